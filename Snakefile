@@ -1,0 +1,31 @@
+# planforge: detection checkpoints → ONNX, engines, benchmarks, mAP and one summary per target.
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+sys.path.insert(0, workflow.basedir)  # the workflow's own workflow_scripts, also from a copy
+
+
+# --configfile replaces the embedded default instead of being merged into it; --config still extends it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/export.smk"
+include: "rules/bench.smk"
+include: "rules/accuracy.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

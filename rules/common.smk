@@ -1,0 +1,161 @@
+# Config access and input functions: the only place rules learn about the config.
+import json
+
+from snakemake.exceptions import WorkflowError
+
+from workflow_scripts import config as pfconfig
+from workflow_scripts.deps import code_files
+from workflow_scripts.io import PlanforgeError
+from workflow_scripts.models import family_file
+from workflow_scripts.power import SAMPLERS
+from workflow_scripts.runners import BACKENDS, backend_available, runner_file
+
+try:
+    CFG = pfconfig.validate(config)
+except PlanforgeError as exc:
+    raise WorkflowError(f"planforge: {exc}") from None
+
+DATASETS = CFG["datasets"]
+MODELS = CFG["models"]
+TARGETS = CFG["targets"]
+BASELINE = CFG["accuracy"]["baseline"]
+AVAILABLE = {b: backend_available(b) for b in BACKENDS}
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    target="|".join(TARGETS),
+    dataset="|".join(DATASETS),
+    backend="|".join(BACKENDS),
+    precision="[a-z0-9]+",
+    batch="[0-9]+",
+
+
+def _as_json(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def runs(target):
+    """(model, backend, precision) triples a target measures, available backends only."""
+    for model in MODELS:
+        for backend, precisions in TARGETS[target]["backends"].items():
+            if AVAILABLE[backend][0]:
+                for precision in precisions:
+                    yield model, backend, precision
+
+
+def bench_outputs():
+    return [
+        f"results/{t}/bench/{m}/{b}_{p}_b{n}.json"
+        for t in TARGETS
+        for m, b, p in runs(t)
+        for n in TARGETS[t]["batch_sizes"]
+    ]
+
+
+def accuracy_outputs():
+    out = []
+    for t in TARGETS:
+        triples = list(runs(t))
+        for m in MODELS:
+            if AVAILABLE[BASELINE["backend"]][0]:
+                triples.append((m, BASELINE["backend"], BASELINE["precision"]))
+        out += [f"results/{t}/accuracy/{m}/{b}_{p}.json" for m, b, p in dict.fromkeys(triples)]
+    return out
+
+
+def unavailable_lines():
+    """One line per target and backend that cannot run here (shown in the summary)."""
+    return [
+        f"{t}: {AVAILABLE[b][1]}"
+        for t in TARGETS
+        for b in TARGETS[t]["backends"]
+        if not AVAILABLE[b][0]
+    ]
+
+
+def plot_outputs():
+    kinds = ("latency_vs_batch", "accuracy_vs_latency")
+    return [f"results/plots/{t}_{k}.png" for t in TARGETS for k in kinds]
+
+
+def get_final_output():
+    return ["results/summary.md", *plot_outputs()]
+
+
+def dataset_of(wildcards):
+    return f"artifacts/data/{MODELS[wildcards.model]['dataset']}"
+
+
+def val_annotations(wildcards):
+    return f"{dataset_of(wildcards)}/instances_val.json"
+
+
+def model_artifact(wildcards):
+    """The file a backend runs: the prepared checkpoint or the ONNX model of that precision."""
+    kind = BACKENDS[wildcards.backend].artifact
+    if kind == "checkpoint":
+        return f"artifacts/checkpoints/{wildcards.model}.pt"
+    return f"artifacts/onnx/{wildcards.model}/{wildcards.precision}.onnx"
+
+
+def step_code(step, *extra):
+    return list(code_files(step, *extra))
+
+
+def measure_code(step):
+    """A bench/accuracy job's code: the step, its backend's runner, its model's family, the sampler."""
+
+    def files(wildcards):
+        target = TARGETS[wildcards.target]
+        return [
+            *code_files(step, SAMPLERS[target["power"]]),
+            runner_file(wildcards.backend),
+            family_file(MODELS[wildcards.model]["family"]),
+        ]
+
+    return files
+
+
+def target_settings(wildcards):
+    """What about a target changes a measurement (not its lists of backends or batch sizes)."""
+    t = TARGETS[wildcards.target]
+    return {
+        "device": t["device"],
+        "threads": t["threads"],
+        "backend_options": t["backend_options"].get(wildcards.backend, {}),
+        "power": t["power"],
+    }
+
+
+def bench_settings(wildcards):
+    s = {**target_settings(wildcards), **CFG["bench"], "imgsz": MODELS[wildcards.model]["imgsz"]}
+    return _as_json({**s, "config_hash": pfconfig.digest(s)})
+
+
+def accuracy_settings(wildcards):
+    acc = {k: v for k, v in CFG["accuracy"].items() if k != "baseline"}
+    s = {**target_settings(wildcards), **acc, "imgsz": MODELS[wildcards.model]["imgsz"]}
+    return _as_json({**s, "config_hash": pfconfig.digest(s)})
+
+
+def is_baseline(wildcards):
+    return (wildcards.backend, wildcards.precision) == (
+        BASELINE["backend"],
+        BASELINE["precision"],
+    )
+
+
+def baseline_accuracy(wildcards):
+    if is_baseline(wildcards):
+        return []
+    return f"results/{wildcards.target}/accuracy/{wildcards.model}/{BASELINE['backend']}_{BASELINE['precision']}.json"
+
+
+def baseline_arg(wildcards, input):
+    return f"--baseline {input.baseline}" if input.baseline else ""
+
+
+def exclusive_threads():
+    """Timing jobs take every core Snakemake was given, so nothing runs beside them."""
+    return max(1, workflow.cores or 1)

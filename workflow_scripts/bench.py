@@ -1,0 +1,114 @@
+"""Time one (model, backend, precision, batch) on one target and write the bench JSON.
+
+Three timers, never mixed: preprocessing (decoded RGB images → model input batch),
+the model (`Runner.infer` on a batch already in the backend's layout, device synchronised)
+and postprocessing (raw outputs → final detections in image coordinates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from workflow_scripts.data import load_split
+from workflow_scripts.envinfo import environment
+from workflow_scripts.io import PlanforgeError, run_cli, write_json
+from workflow_scripts.metrics import latency_stats
+from workflow_scripts.models import get_family
+from workflow_scripts.pipeline import load_images, make_runner
+from workflow_scripts.power import get_sampler
+
+TIMERS = {
+    "model": "Runner.infer on a preprocessed batch already in the backend's memory and layout; GPU work "
+             "synchronised before the clock stops; no pre/post-processing, no host-device copies",
+    "preprocess": "letterbox/resize + normalise + NCHW stacking of decoded RGB images (image decoding excluded)",
+    "postprocess": "raw model outputs on the host → final detections in original image coordinates",
+}
+
+
+def _timed(fn, iterations: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench(model: str, family: str, artifact: Path, backend: str, precision: str, batch: int, imgsz: int,
+          dataset: Path, target: str, device: str, threads: int | None, options: dict, warmup: int,
+          iterations: int, conf: float, power: str, config_hash: str) -> dict:
+    """Run the three timers and return the bench record (the measurement contract)."""
+    fam = get_family(family)
+    split = load_split(dataset, "val")
+    images = [im for _, im in load_images(split, batch)]
+    if len(images) < batch:  # a small val split still fills the batch by repeating images
+        images = (images * (batch // len(images) + 1))[:batch]
+    runner = make_runner(backend, artifact, family, precision, device, threads, options)
+
+    pre_times = _timed(lambda: fam.preprocess(images, imgsz), iterations)
+    inputs, metas = fam.preprocess(images, imgsz)
+    prepared = runner.prepare(inputs)
+    for _ in range(warmup):
+        runner.infer(prepared)
+    sampler = get_sampler(power, device=device)
+    sampler.start()
+    t_start = time.perf_counter()
+    model_times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        out = runner.infer(prepared)
+        model_times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - t_start
+    sampler.stop()
+    outputs = runner.to_numpy(out)
+    post_times = _timed(lambda: fam.postprocess(outputs[0], metas, conf=conf), iterations)
+
+    stats = latency_stats(model_times)
+    return {
+        "status": "ok", "model": model, "family": family, "backend": backend, "precision": precision,
+        "batch": batch, "imgsz": imgsz, "target": target, "artifact": str(artifact),
+        "warmup": warmup, "iterations": iterations, "timer": TIMERS,
+        "latency_ms": stats,
+        "throughput_items_per_s": round(batch * iterations / sum(model_times), 3),
+        "throughput_wall_items_per_s": round(batch * iterations / wall, 3),
+        "preprocess_ms": latency_stats(pre_times), "postprocess_ms": latency_stats(post_times),
+        "postprocess_conf": conf,
+        "power": sampler.result(batch * iterations),
+        "runner": runner.versions(), "threads": threads, "backend_options": options,
+        "environment": environment(device), "config_hash": config_hash,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--family", required=True)
+    p.add_argument("--artifact", type=Path, required=True, help="checkpoint or ONNX file the backend runs")
+    p.add_argument("--backend", required=True)
+    p.add_argument("--precision", required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--imgsz", type=int, required=True)
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--settings", required=True, help="JSON: device, threads, backend_options, power, warmup, "
+                   "iterations, conf, config_hash")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    s = json.loads(a.settings)
+    if a.batch < 1:
+        raise PlanforgeError(f"batch {a.batch}: must be at least 1")
+    r = bench(a.model, a.family, a.artifact, a.backend, a.precision, a.batch, a.imgsz, a.dataset, a.target,
+              s["device"], s.get("threads"), s.get("backend_options", {}), s["warmup"], s["iterations"], s["conf"],
+              s.get("power", "none"), s["config_hash"])
+    write_json(a.out, r)
+    print(f"{a.out}: p50 {r['latency_ms']['p50']:.2f} ms, p99 {r['latency_ms']['p99']:.2f} ms, "
+          f"{r['throughput_items_per_s']:.1f} items/s")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,52 @@
+"""Which source files a step runs, so Snakemake reruns a rule when (and only when) its code changes."""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "workflow_scripts"
+
+
+def _module_file(module: str) -> Path | None:
+    base = ROOT / module.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.cache
+def _imports(path: Path) -> tuple[str, ...]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith(PACKAGE)]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE) and node.level == 0:
+            found.append(node.module)
+            found += [f"{node.module}.{a.name}" for a in node.names]
+    return tuple(found)
+
+
+@functools.cache
+def code_files(*modules: str) -> tuple[str, ...]:
+    """Files (relative to the repository) of `modules` and every project module they import, transitively.
+
+    Modules imported by name at run time (a backend's runner, a family) are not seen here:
+    the rules add those by hand with `runner_file` and `family_file`.
+    """
+    seen: dict[Path, None] = {}
+    todo = [f"{PACKAGE}.{m}" if not m.startswith(PACKAGE) else m for m in modules]
+    while todo:
+        mod = todo.pop()
+        path = _module_file(mod)
+        if path is None or path in seen:
+            continue
+        seen[path] = None
+        parts = mod.split(".")
+        # importing a.b.c runs a/__init__ and a/b/__init__ too
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += list(_imports(path))
+    return tuple(sorted(str(p.relative_to(ROOT)) for p in seen))

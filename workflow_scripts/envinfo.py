@@ -1,0 +1,73 @@
+"""What machine and software a number was measured on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+LIBRARIES = ("numpy", "torch", "torchvision", "ultralytics", "onnx", "onnxruntime", "onnxsim", "onnxslim",
+             "pycocotools", "snakemake")
+
+
+@functools.cache
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: str) -> dict[str, str | None]:
+    """Device and driver names for `device` ('cpu', 'cuda', 'cuda:0')."""
+    info = {"device": device, "cpu": cpu_name(), "cpu_count": str(os.cpu_count()), "gpu": None, "driver": None}
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            info["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else None
+        except Exception:  # a machine without a driver still gets its JSON
+            pass
+    return info
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """HEAD of the repository the code runs from, with '-dirty' if tracked files changed."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def environment(device: str) -> dict:
+    """Device, libraries, git commit and a UTC timestamp for a result JSON."""
+    return {**device_info(device), "platform": platform.platform(), "libraries": library_versions(),
+            "git_commit": git_commit(), "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

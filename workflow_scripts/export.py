@@ -1,0 +1,135 @@
+"""Export a checkpoint to ONNX (opset 17, dynamic batch), simplify it, and check it against PyTorch.
+
+The check runs ONNX Runtime and the torch module on the same real, preprocessed images at
+batch 1 and batch N (a dynamic-batch export that fails at run time fails here instead) and
+records the max abs error per output in a JSON beside the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from workflow_scripts.data import load_split
+from workflow_scripts.envinfo import library_versions
+from workflow_scripts.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.models import get_family
+from workflow_scripts.pipeline import load_images
+
+
+def simplify(path: Path, method: str) -> str:
+    """Simplify the ONNX file in place with onnxsim (or onnxslim); return the tool that did it."""
+    import onnx
+
+    tried = ["onnxsim", "onnxslim"] if method == "auto" else [method]
+    reasons = []
+    for tool in tried:
+        if tool == "none":
+            return "none"
+        try:
+            model = onnx.load(str(path))
+            if tool == "onnxsim":
+                import onnxsim
+
+                simplified, ok = onnxsim.simplify(model)
+                if not ok:
+                    raise RuntimeError("onnxsim could not validate the simplified model")
+            else:
+                import onnxslim
+
+                simplified = onnxslim.slim(model)
+            onnx.save(simplified, str(path))
+            return tool
+        except Exception as exc:  # ImportError where a wheel is missing, or the tool's own failure
+            reasons.append(f"{tool}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    if method == "auto":
+        return "none (" + "; ".join(reasons) + ")"
+    raise PlanforgeError(f"export.simplify={method!r} failed ({reasons[0]}); set export.simplify to auto or none")
+
+
+def check_against_torch(onnx_path: Path, checkpoint: Path, family: str, images: list[np.ndarray],
+                        imgsz: int) -> dict:
+    """Max abs error of ONNX Runtime vs torch on real images, at batch 1 and batch len(images)."""
+    import onnxruntime as ort
+    import torch
+
+    fam = get_family(family)
+    model = fam.load_torch(checkpoint)
+    batch, _ = fam.preprocess(images, imgsz)
+    with torch.inference_mode():
+        ref = fam.forward_output(model(torch.from_numpy(batch)))
+    refs = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    full = sess.run(None, {name: batch})
+    single = [np.concatenate(parts) for parts in zip(*(sess.run(None, {name: batch[i:i + 1]}) for i in range(len(batch))))]
+    errors = {}
+    for out, r, f, s in zip(sess.get_outputs(), refs, full, single):
+        if r.shape != f.shape:
+            raise PlanforgeError(f"{onnx_path}: output {out.name} has shape {f.shape}, torch gives {r.shape}")
+        errors[out.name] = {"max_abs_error_batch_n": float(np.abs(r - f).max()),
+                            "max_abs_error_batch_1": float(np.abs(r - s).max()),
+                            "max_abs_reference": float(np.abs(r).max()), "shape_batch_n": list(f.shape)}
+    return errors
+
+
+def export(family: str, checkpoint: Path, dataset: Path, out: Path, report: Path, imgsz: int, opset: int,
+           dynamic: bool, simplify_method: str, check_images: int, max_abs_error: float) -> dict:
+    """Export, simplify, check; write the ONNX file and its report only if the check passes."""
+    import onnx
+
+    fam = get_family(family)
+    images = [im for _, im in load_images(load_split(dataset, "val"), check_images)]
+    t0 = time.perf_counter()
+    with atomic_path(out) as tmp:
+        facts = fam.export_onnx(checkpoint, tmp, imgsz=imgsz, opset=opset, dynamic=dynamic)
+        t_export = time.perf_counter() - t0
+        simplifier = simplify(tmp, simplify_method)
+        onnx.checker.check_model(str(tmp))
+        errors = check_against_torch(tmp, checkpoint, family, images, imgsz)
+        worst = max(e[k] for e in errors.values() for k in ("max_abs_error_batch_n", "max_abs_error_batch_1"))
+        if worst > max_abs_error:
+            raise PlanforgeError(f"{out}: ONNX differs from PyTorch by {worst:.4g} (> export.max_abs_error "
+                                 f"{max_abs_error}); the export is wrong, see the log")
+        model = onnx.load(str(tmp))
+        record = {
+            **facts, "checkpoint": str(checkpoint), "opset": opset, "dynamic_batch": dynamic, "imgsz": imgsz,
+            "simplifier": simplifier, "export_seconds": round(t_export, 2),
+            "total_seconds": round(time.perf_counter() - t0, 2), "size_bytes": tmp.stat().st_size,
+            "inputs": [{"name": i.name, "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
+                       for i in model.graph.input],
+            "outputs": [{"name": o.name, "shape": [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]}
+                        for o in model.graph.output],
+            "check": {"images": len(images), "reference": "torch eager FP32 on CPU", "outputs": errors,
+                      "max_abs_error": worst, "tolerance": max_abs_error},
+            "libraries": library_versions(("torch", "ultralytics", "onnx", "onnxsim", "onnxslim", "onnxruntime")),
+        }
+    write_json(report, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--dataset", type=Path, required=True, help="dataset folder; its val images check the export")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--report", type=Path, required=True)
+    p.add_argument("--imgsz", type=int, required=True)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--static-batch", action="store_true")
+    p.add_argument("--simplify", default="auto", choices=["auto", "onnxsim", "onnxslim", "none"])
+    p.add_argument("--check-images", type=int, default=4)
+    p.add_argument("--max-abs-error", type=float, default=0.05)
+    a = p.parse_args(argv)
+    r = export(a.family, a.checkpoint, a.dataset, a.out, a.report, a.imgsz, a.opset, not a.static_batch,
+               a.simplify, a.check_images, a.max_abs_error)
+    print(f"{a.out}: opset {r['opset']}, simplified by {r['simplifier']}, max abs error vs torch "
+          f"{r['check']['max_abs_error']:.3g} on {r['check']['images']} images")
+
+
+if __name__ == "__main__":
+    run_cli(main)

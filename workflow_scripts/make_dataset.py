@@ -1,0 +1,44 @@
+"""Make a dataset folder: images/<split>/ and instances_<split>.json for train, val and calib."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from workflow_scripts.data import SyntheticSpec, make_synthetic_dataset
+from workflow_scripts.io import PlanforgeError, atomic_dir, run_cli
+
+
+def synthetic_spec(settings: dict) -> SyntheticSpec:
+    """SyntheticSpec from a dataset's config entry."""
+    splits = settings.get("splits", {})
+    lo, hi = settings.get("image_size", [256, 416])
+    if lo > hi:
+        raise PlanforgeError(f"dataset image_size {lo}..{hi}: the first value must not exceed the second")
+    return SyntheticSpec(seed=settings.get("seed", 0), train=splits.get("train", 0), val=splits.get("val", 200),
+                         calib=splits.get("calib", 128), min_size=lo, max_size=hi,
+                         max_objects=settings.get("max_objects", 8))
+
+
+def make_dataset(out: Path, settings: dict) -> dict[str, int]:
+    """Build the dataset in a temporary folder and move it to `out` only when complete."""
+    if settings["kind"] != "synthetic":
+        raise PlanforgeError(f"dataset kind {settings['kind']!r} is not one of ['synthetic']")
+    spec = synthetic_spec(settings)
+    with atomic_dir(out) as tmp:
+        counts = make_synthetic_dataset(tmp, spec)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--settings", required=True, help="the dataset's config entry, as JSON")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    counts = make_dataset(a.out, json.loads(a.settings))
+    print(f"{a.out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    run_cli(main)

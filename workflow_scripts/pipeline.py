@@ -1,0 +1,32 @@
+"""Where model families meet backends: build a runner for a model artifact, load image batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workflow_scripts.data import CocoSplit, read_image
+from workflow_scripts.models import get_family
+from workflow_scripts.runners import BACKENDS, Runner, get_runner_class
+
+
+def make_runner(backend: str, artifact: str | Path, family: str, precision: str, device: str = "cpu",
+                threads: int | None = None, options: dict | None = None) -> Runner:
+    """A ready Runner for `artifact` (a checkpoint the family loads, or a file the backend reads)."""
+    cls = get_runner_class(backend)
+    if BACKENDS[backend].artifact == "checkpoint":
+        fam = get_family(family)
+        return cls(fam.load_torch(artifact), precision, device, threads, options, output_fn=fam.forward_output)
+    return cls(artifact, precision, device, threads, options)
+
+
+def load_images(split: CocoSplit, limit: int | None = None) -> list[tuple[dict, np.ndarray]]:
+    """(image record, RGB array) pairs for the first `limit` images of a split."""
+    records = split.images[:limit] if limit else split.images
+    return [(rec, read_image(split.image_path(rec))) for rec in records]
+
+
+def batches(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]

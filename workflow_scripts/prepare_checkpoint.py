@@ -1,0 +1,41 @@
+"""Check that a checkpoint loads, then copy it into artifacts/ with an info JSON beside it."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+from pathlib import Path
+
+from workflow_scripts.io import atomic_path, run_cli, write_json
+from workflow_scripts.models import get_family
+
+
+def prepare_checkpoint(family: str, src: Path, out: Path, info: Path) -> dict:
+    """Load `src` with its family (one clear error if it is missing or corrupt), copy it, describe it."""
+    fam = get_family(family)
+    model = fam.load_torch(src)
+    record = {
+        "source": str(src), "family": family, "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        "size_bytes": src.stat().st_size, "class_names": fam.class_names(model),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+    with atomic_path(out) as tmp:
+        shutil.copyfile(src, tmp)
+    write_json(info, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--family", required=True)
+    p.add_argument("--src", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--info", type=Path, required=True)
+    a = p.parse_args(argv)
+    r = prepare_checkpoint(a.family, a.src, a.out, a.info)
+    print(f"{a.out}: {r['parameters']:,} parameters, {len(r['class_names'])} classes, sha256 {r['sha256'][:12]}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,85 @@
+"""Backends: one Runner per backend, all with the same small interface.
+
+A runner runs arrays: `prepare` puts a preprocessed batch where the backend wants it
+(device memory, contiguous layout), `infer` runs the model and waits for it to finish,
+`to_numpy` brings outputs back. The bench loop times `infer` alone, so "model only" means
+the same thing for every backend. Adding a backend is one module here and one entry in
+BACKENDS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What the DAG must know about a backend without importing it."""
+
+    module: str  # workflow_scripts.runners.<module>
+    cls: str
+    artifact: str  # which artifact it runs: "checkpoint" (torch module) or "onnx"
+    precisions: tuple[str, ...]
+    requires: tuple[str, ...]  # importable modules it needs; absent → reported unavailable
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "torch": BackendSpec("torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
+    "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32",), ("onnxruntime",)),
+}
+
+
+def backend_available(name: str) -> tuple[bool, str]:
+    """Whether `name`'s modules are installed here (cheap: nothing is imported), and why not."""
+    spec = BACKENDS[name]
+    missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"{name}: not installed on this machine (missing Python module {', '.join(missing)})"
+    return True, ""
+
+
+def runner_file(name: str) -> str:
+    """Source file of backend `name`'s runner, relative to the repository."""
+    return f"workflow_scripts/runners/{BACKENDS[name].module}.py"
+
+
+def get_runner_class(name: str) -> type[Runner]:
+    spec = BACKENDS[name]
+    return getattr(importlib.import_module(f"workflow_scripts.runners.{spec.module}"), spec.cls)
+
+
+class Runner:
+    """Base class: subclasses set `backend` and implement the four methods."""
+
+    backend = "base"
+
+    def __init__(self, model: Any, precision: str, device: str = "cpu", threads: int | None = None,
+                 options: dict | None = None) -> None:
+        self.precision = precision
+        self.device = device
+        self.threads = threads
+        self.options = dict(options or {})
+
+    def prepare(self, batch: np.ndarray) -> Any:
+        """Put a float32 NCHW batch where `infer` reads it (not timed as model time)."""
+        raise NotImplementedError
+
+    def infer(self, prepared: Any) -> Any:
+        """Run the model once on a prepared batch and return when the result is ready."""
+        raise NotImplementedError
+
+    def to_numpy(self, outputs: Any) -> list[np.ndarray]:
+        """Outputs as host float32 arrays, in the model's output order."""
+        raise NotImplementedError
+
+    def versions(self) -> dict[str, str]:
+        """Library versions that determine this runner's numbers."""
+        return {}
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.to_numpy(self.infer(self.prepare(batch)))
