@@ -5,7 +5,9 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-sys.path.insert(0, workflow.basedir)  # the workflow's own workflow_scripts, also from a copy
+sys.path.insert(
+    0, workflow.basedir
+)  # the workflow's own workflow_scripts, also from a copy
 
 
 # --configfile replaces the embedded default instead of being merged into it; --config still extends it.
@@ -26,6 +28,6 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

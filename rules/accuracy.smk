@@ -1,22 +1,22 @@
 rule accuracy:
-    output:
-        "results/{target}/accuracy/{model}/{backend}_{precision}.json",
     input:
         artifact=model_artifact,
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
         baseline=baseline_accuracy,
         code=measure_code("accuracy"),
+    output:
+        "results/{target}/accuracy/{model}/{backend}_{precision}.json",
+    log:
+        "logs/accuracy/{target}/{model}/{backend}_{precision}.log",
+    conda:
+        "../envs/bench.yaml"
     params:
         family=lambda w: MODELS[w.model]["family"],
         dataset=dataset_of,
         imgsz=lambda w: MODELS[w.model]["imgsz"],
         settings=accuracy_settings,
         baseline=baseline_arg,
-    log:
-        "logs/accuracy/{target}/{model}/{backend}_{precision}.log",
-    conda:
-        "../envs/bench.yaml"
     shell:
         "python -m workflow_scripts.accuracy --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --checkpoint-info {input.info} --backend {wildcards.backend}"

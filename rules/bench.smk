@@ -1,22 +1,22 @@
 rule bench:
-    output:
-        "results/{target}/bench/{model}/{backend}_{precision}_b{batch}.json",
     input:
         artifact=model_artifact,
         val=val_annotations,
         code=measure_code("bench"),
+    output:
+        "results/{target}/bench/{model}/{backend}_{precision}_b{batch}.json",
+    log:
+        "logs/bench/{target}/{model}/{backend}_{precision}_b{batch}.log",
+    conda:
+        "../envs/bench.yaml"
+    threads: exclusive_threads()
+    resources:
+        bench=1,
     params:
         family=lambda w: MODELS[w.model]["family"],
         dataset=dataset_of,
         imgsz=lambda w: MODELS[w.model]["imgsz"],
         settings=bench_settings,
-    threads: exclusive_threads()
-    resources:
-        bench=1,
-    log:
-        "logs/bench/{target}/{model}/{backend}_{precision}_b{batch}.log",
-    conda:
-        "../envs/bench.yaml"
     shell:
         "python -m workflow_scripts.bench --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --backend {wildcards.backend} --precision {wildcards.precision}"

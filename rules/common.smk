@@ -60,7 +60,10 @@ def accuracy_outputs():
         for m in MODELS:
             if AVAILABLE[BASELINE["backend"]][0]:
                 triples.append((m, BASELINE["backend"], BASELINE["precision"]))
-        out += [f"results/{t}/accuracy/{m}/{b}_{p}.json" for m, b, p in dict.fromkeys(triples)]
+        out += [
+            f"results/{t}/accuracy/{m}/{b}_{p}.json"
+            for m, b, p in dict.fromkeys(triples)
+        ]
     return out
 
 
@@ -129,7 +132,11 @@ def target_settings(wildcards):
 
 
 def bench_settings(wildcards):
-    s = {**target_settings(wildcards), **CFG["bench"], "imgsz": MODELS[wildcards.model]["imgsz"]}
+    s = {
+        **target_settings(wildcards),
+        **CFG["bench"],
+        "imgsz": MODELS[wildcards.model]["imgsz"],
+    }
     return _as_json({**s, "config_hash": pfconfig.digest(s)})
 
 

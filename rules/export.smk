@@ -1,29 +1,36 @@
 rule prepare_checkpoint:
+    input:
+        src=lambda w: MODELS[w.model]["checkpoint"],
+        code=lambda w: [
+            *step_code("prepare_checkpoint"),
+            family_file(MODELS[w.model]["family"]),
+        ],
     output:
         ckpt="artifacts/checkpoints/{model}.pt",
         info="artifacts/checkpoints/{model}.json",
-    input:
-        src=lambda w: MODELS[w.model]["checkpoint"],
-        code=lambda w: [*step_code("prepare_checkpoint"), family_file(MODELS[w.model]["family"])],
-    params:
-        family=lambda w: MODELS[w.model]["family"],
     log:
         "logs/checkpoints/{model}.log",
     conda:
         "../envs/export.yaml"
+    params:
+        family=lambda w: MODELS[w.model]["family"],
     shell:
         "python -m workflow_scripts.prepare_checkpoint --family {params.family} --src {input.src:q}"
         " --out {output.ckpt} --info {output.info} > {log} 2>&1"
 
 
 rule export_onnx:
-    output:
-        onnx="artifacts/onnx/{model}/fp32.onnx",
-        report="artifacts/onnx/{model}/fp32.json",
     input:
         ckpt="artifacts/checkpoints/{model}.pt",
         val=val_annotations,
         code=lambda w: [*step_code("export"), family_file(MODELS[w.model]["family"])],
+    output:
+        onnx="artifacts/onnx/{model}/fp32.onnx",
+        report="artifacts/onnx/{model}/fp32.json",
+    log:
+        "logs/onnx/{model}/fp32.log",
+    conda:
+        "../envs/export.yaml"
     params:
         family=lambda w: MODELS[w.model]["family"],
         dataset=dataset_of,
@@ -33,10 +40,6 @@ rule export_onnx:
         simplify=CFG["export"]["simplify"],
         check_images=CFG["export"]["check_images"],
         max_abs_error=CFG["export"]["max_abs_error"],
-    log:
-        "logs/onnx/{model}/fp32.log",
-    conda:
-        "../envs/export.yaml"
     shell:
         "python -m workflow_scripts.export --family {params.family} --checkpoint {input.ckpt}"
         " --dataset {params.dataset} --out {output.onnx} --report {output.report} --imgsz {params.imgsz}"

@@ -20,14 +20,33 @@ def category_map(class_names: list[str], categories: dict[int, str], source: str
     by_name = {name: cid for cid, name in categories.items()}
     mapping = {i: by_name[n] for i, n in enumerate(class_names) if n in by_name}
     if not mapping:
-        raise PlanforgeError(f"{source}: none of the model's classes {class_names[:5]}… are dataset categories "
-                             f"{list(by_name)[:5]}…; the model and dataset do not match")
+        raise PlanforgeError(
+            f"{source}: none of the model's classes {class_names[:5]}… are dataset categories "
+            f"{list(by_name)[:5]}…; the model and dataset do not match"
+        )
     return mapping
 
 
-def evaluate(model: str, family: str, artifact: Path, checkpoint_info: Path, backend: str, precision: str,
-             imgsz: int, dataset: Path, target: str, device: str, threads: int | None, options: dict, batch: int,
-             max_images: int | None, conf: float, iou: float, max_det: int, config_hash: str) -> dict:
+def evaluate(
+    model: str,
+    family: str,
+    artifact: Path,
+    checkpoint_info: Path,
+    backend: str,
+    precision: str,
+    imgsz: int,
+    dataset: Path,
+    target: str,
+    device: str,
+    threads: int | None,
+    options: dict,
+    batch: int,
+    max_images: int | None,
+    conf: float,
+    iou: float,
+    max_det: int,
+    config_hash: str,
+) -> dict:
     """Run the backend over the val split and score its detections with pycocotools."""
     from tqdm import tqdm
 
@@ -43,19 +62,40 @@ def evaluate(model: str, family: str, artifact: Path, checkpoint_info: Path, bac
         inputs, metas = fam.preprocess(images, imgsz)
         outputs = runner(inputs)
         for rec, det in zip(chunk, fam.postprocess(outputs[0], metas, conf=conf, iou=iou, max_det=max_det)):
-            for (x0, y0, x1, y1), score, cls in zip(det["boxes"].tolist(), det["scores"].tolist(),
-                                                    det["classes"].tolist()):
+            for (x0, y0, x1, y1), score, cls in zip(
+                det["boxes"].tolist(), det["scores"].tolist(), det["classes"].tolist()
+            ):
                 if cls in cats:
-                    detections.append({"image_id": rec["id"], "category_id": cats[cls], "score": round(score, 5),
-                                       "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]})
+                    detections.append(
+                        {
+                            "image_id": rec["id"],
+                            "category_id": cats[cls],
+                            "score": round(score, 5),
+                            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                        }
+                    )
     seconds = time.perf_counter() - t0
     stats = coco_evaluate(split.annotations, detections, [r["id"] for r in records])
     return {
-        "status": "ok", "model": model, "family": family, "backend": backend, "precision": precision,
-        "target": target, "artifact": str(artifact), "images": len(records), "detections": len(detections),
-        **stats, "evaluator": "pycocotools COCOeval bbox", "conf": conf, "iou": iou, "max_det": max_det,
-        "batch": batch, "seconds": round(seconds, 2), "runner": runner.versions(),
-        "environment": environment(device), "config_hash": config_hash,
+        "status": "ok",
+        "model": model,
+        "family": family,
+        "backend": backend,
+        "precision": precision,
+        "target": target,
+        "artifact": str(artifact),
+        "images": len(records),
+        "detections": len(detections),
+        **stats,
+        "evaluator": "pycocotools COCOeval bbox",
+        "conf": conf,
+        "iou": iou,
+        "max_det": max_det,
+        "batch": batch,
+        "seconds": round(seconds, 2),
+        "runner": runner.versions(),
+        "environment": environment(device),
+        "config_hash": config_hash,
     }
 
 
@@ -64,8 +104,12 @@ def gate(record: dict, baseline: dict | None, threshold: float) -> dict:
     base = record if baseline is None else baseline
     base_map = base["map50_95"]
     ratio = record["map50_95"] / base_map if base_map else None
-    record["baseline"] = {"backend": base["backend"], "precision": base["precision"], "map50_95": base_map,
-                          "is_self": baseline is None}
+    record["baseline"] = {
+        "backend": base["backend"],
+        "precision": base["precision"],
+        "map50_95": base_map,
+        "is_self": baseline is None,
+    }
     record["ratio_to_baseline"] = round(ratio, 5) if ratio is not None else None
     record["gate"] = {"threshold": threshold, "passed": bool(ratio is not None and ratio >= threshold)}
     return record
@@ -83,22 +127,43 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--baseline", type=Path, default=None, help="the baseline's accuracy JSON (absent: this is it)")
-    p.add_argument("--settings", required=True, help="JSON: device, threads, backend_options, batch, max_images, "
-                   "conf, iou, max_det, gate, strict, config_hash")
+    p.add_argument(
+        "--settings",
+        required=True,
+        help="JSON: device, threads, backend_options, batch, max_images, conf, iou, max_det, gate, strict, config_hash",
+    )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     s = json.loads(a.settings)
-    r = evaluate(a.model, a.family, a.artifact, a.checkpoint_info, a.backend, a.precision, a.imgsz, a.dataset,
-                 a.target, s["device"], s.get("threads"), s.get("backend_options", {}), s["batch"],
-                 s.get("max_images"), s["conf"], s["iou"], s["max_det"], s["config_hash"])
+    r = evaluate(
+        a.model,
+        a.family,
+        a.artifact,
+        a.checkpoint_info,
+        a.backend,
+        a.precision,
+        a.imgsz,
+        a.dataset,
+        a.target,
+        s["device"],
+        s.get("threads"),
+        s.get("backend_options", {}),
+        s["batch"],
+        s.get("max_images"),
+        s["conf"],
+        s["iou"],
+        s["max_det"],
+        s["config_hash"],
+    )
     r = gate(r, read_json(a.baseline) if a.baseline else None, s["gate"])
     write_json(a.out, r)
     verdict = "pass" if r["gate"]["passed"] else "FAIL"
     print(f"{a.out}: mAP50-95 {r['map50_95']:.4f}, mAP50 {r['map50']:.4f}, ratio {r['ratio_to_baseline']} ({verdict})")
     if s.get("strict") and not r["gate"]["passed"]:
         a.out.unlink()
-        raise PlanforgeError(f"{a.out}: mAP50-95 ratio {r['ratio_to_baseline']} is below the gate {s['gate']} "
-                             f"(accuracy.strict is on)")
+        raise PlanforgeError(
+            f"{a.out}: mAP50-95 ratio {r['ratio_to_baseline']} is below the gate {s['gate']} (accuracy.strict is on)"
+        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from workflow_scripts.power import get_sampler
 
 TIMERS = {
     "model": "Runner.infer on a preprocessed batch already in the backend's memory and layout; GPU work "
-             "synchronised before the clock stops; no pre/post-processing, no host-device copies",
+    "synchronised before the clock stops; no pre/post-processing, no host-device copies",
     "preprocess": "letterbox/resize + normalise + NCHW stacking of decoded RGB images (image decoding excluded)",
     "postprocess": "raw model outputs on the host → final detections in original image coordinates",
 }
@@ -39,9 +39,25 @@ def _timed(fn, iterations: int, warmup: int = 2) -> list[float]:
     return times
 
 
-def bench(model: str, family: str, artifact: Path, backend: str, precision: str, batch: int, imgsz: int,
-          dataset: Path, target: str, device: str, threads: int | None, options: dict, warmup: int,
-          iterations: int, conf: float, power: str, config_hash: str) -> dict:
+def bench(
+    model: str,
+    family: str,
+    artifact: Path,
+    backend: str,
+    precision: str,
+    batch: int,
+    imgsz: int,
+    dataset: Path,
+    target: str,
+    device: str,
+    threads: int | None,
+    options: dict,
+    warmup: int,
+    iterations: int,
+    conf: float,
+    power: str,
+    config_hash: str,
+) -> dict:
     """Run the three timers and return the bench record (the measurement contract)."""
     fam = get_family(family)
     split = load_split(dataset, "val")
@@ -70,17 +86,30 @@ def bench(model: str, family: str, artifact: Path, backend: str, precision: str,
 
     stats = latency_stats(model_times)
     return {
-        "status": "ok", "model": model, "family": family, "backend": backend, "precision": precision,
-        "batch": batch, "imgsz": imgsz, "target": target, "artifact": str(artifact),
-        "warmup": warmup, "iterations": iterations, "timer": TIMERS,
+        "status": "ok",
+        "model": model,
+        "family": family,
+        "backend": backend,
+        "precision": precision,
+        "batch": batch,
+        "imgsz": imgsz,
+        "target": target,
+        "artifact": str(artifact),
+        "warmup": warmup,
+        "iterations": iterations,
+        "timer": TIMERS,
         "latency_ms": stats,
         "throughput_items_per_s": round(batch * iterations / sum(model_times), 3),
         "throughput_wall_items_per_s": round(batch * iterations / wall, 3),
-        "preprocess_ms": latency_stats(pre_times), "postprocess_ms": latency_stats(post_times),
+        "preprocess_ms": latency_stats(pre_times),
+        "postprocess_ms": latency_stats(post_times),
         "postprocess_conf": conf,
         "power": sampler.result(batch * iterations),
-        "runner": runner.versions(), "threads": threads, "backend_options": options,
-        "environment": environment(device), "config_hash": config_hash,
+        "runner": runner.versions(),
+        "threads": threads,
+        "backend_options": options,
+        "environment": environment(device),
+        "config_hash": config_hash,
     }
 
 
@@ -95,19 +124,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--imgsz", type=int, required=True)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--target", required=True)
-    p.add_argument("--settings", required=True, help="JSON: device, threads, backend_options, power, warmup, "
-                   "iterations, conf, config_hash")
+    p.add_argument(
+        "--settings",
+        required=True,
+        help="JSON: device, threads, backend_options, power, warmup, iterations, conf, config_hash",
+    )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     s = json.loads(a.settings)
     if a.batch < 1:
         raise PlanforgeError(f"batch {a.batch}: must be at least 1")
-    r = bench(a.model, a.family, a.artifact, a.backend, a.precision, a.batch, a.imgsz, a.dataset, a.target,
-              s["device"], s.get("threads"), s.get("backend_options", {}), s["warmup"], s["iterations"], s["conf"],
-              s.get("power", "none"), s["config_hash"])
+    r = bench(
+        a.model,
+        a.family,
+        a.artifact,
+        a.backend,
+        a.precision,
+        a.batch,
+        a.imgsz,
+        a.dataset,
+        a.target,
+        s["device"],
+        s.get("threads"),
+        s.get("backend_options", {}),
+        s["warmup"],
+        s["iterations"],
+        s["conf"],
+        s.get("power", "none"),
+        s["config_hash"],
+    )
     write_json(a.out, r)
-    print(f"{a.out}: p50 {r['latency_ms']['p50']:.2f} ms, p99 {r['latency_ms']['p99']:.2f} ms, "
-          f"{r['throughput_items_per_s']:.1f} items/s")
+    print(
+        f"{a.out}: p50 {r['latency_ms']['p50']:.2f} ms, p99 {r['latency_ms']['p99']:.2f} ms, "
+        f"{r['throughput_items_per_s']:.1f} items/s"
+    )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,23 @@ SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 DEFAULTS: dict[str, Any] = {
     "export": {"opset": 17, "dynamic_batch": True, "simplify": "auto", "check_images": 4, "max_abs_error": 0.05},
     "bench": {"warmup": 10, "iterations": 100, "conf": 0.25},
-    "accuracy": {"gate": 0.95, "strict": False, "baseline": {"backend": "torch", "precision": "fp32"}, "batch": 8,
-                 "max_images": None, "conf": 0.001, "iou": 0.7, "max_det": 300},
+    "accuracy": {
+        "gate": 0.95,
+        "strict": False,
+        "baseline": {"backend": "torch", "precision": "fp32"},
+        "batch": 8,
+        "max_images": None,
+        "conf": 0.001,
+        "iou": 0.7,
+        "max_det": 300,
+    },
 }
-DATASET_DEFAULTS = {"seed": 0, "splits": {"train": 0, "val": 200, "calib": 128}, "image_size": [256, 416],
-                    "max_objects": 8}
+DATASET_DEFAULTS = {
+    "seed": 0,
+    "splits": {"train": 0, "val": 200, "calib": 128},
+    "image_size": [256, 416],
+    "max_objects": 8,
+}
 MODEL_DEFAULTS = {"imgsz": 640}
 TARGET_DEFAULTS = {"threads": None, "backend_options": {}, "power": "none"}
 
@@ -52,22 +64,28 @@ def validate(config: dict) -> dict:
     for name, model in cfg["models"].items():
         cfg["models"][name] = _merge(MODEL_DEFAULTS, model)
         if model["dataset"] not in cfg["datasets"]:
-            raise PlanforgeError(f"config key models.{name}.dataset: {model['dataset']!r} is not one of "
-                                 f"{sorted(cfg['datasets'])}")
+            raise PlanforgeError(
+                f"config key models.{name}.dataset: {model['dataset']!r} is not one of {sorted(cfg['datasets'])}"
+            )
     for name, target in cfg["targets"].items():
         cfg["targets"][name] = _merge(TARGET_DEFAULTS, target)
         for backend, precisions in target["backends"].items():
             bad = [p for p in precisions if p not in BACKENDS[backend].precisions]
             if bad:
-                raise PlanforgeError(f"config key targets.{name}.backends.{backend}: {bad[0]!r} is not one of "
-                                     f"{list(BACKENDS[backend].precisions)}")
+                raise PlanforgeError(
+                    f"config key targets.{name}.backends.{backend}: {bad[0]!r} is not one of "
+                    f"{list(BACKENDS[backend].precisions)}"
+                )
             if backend == "torch" and "fp16" in precisions and target["device"] == "cpu":
-                raise PlanforgeError(f"config key targets.{name}.backends.torch: 'fp16' needs a cuda device; "
-                                     f"allowed on cpu: ['fp32']")
+                raise PlanforgeError(
+                    f"config key targets.{name}.backends.torch: 'fp16' needs a cuda device; allowed on cpu: ['fp32']"
+                )
     base = cfg["accuracy"]["baseline"]
     if base["precision"] not in BACKENDS[base["backend"]].precisions:
-        raise PlanforgeError(f"config key accuracy.baseline.precision: {base['precision']!r} is not one of "
-                             f"{list(BACKENDS[base['backend']].precisions)}")
+        raise PlanforgeError(
+            f"config key accuracy.baseline.precision: {base['precision']!r} is not one of "
+            f"{list(BACKENDS[base['backend']].precisions)}"
+        )
     return cfg
 
 

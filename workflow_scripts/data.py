@@ -43,7 +43,20 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
             pts.append((rr * math.cos(a), rr * math.sin(a)))
     elif kind == "cross":
         w = 0.33
-        base = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+        base = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
         ca, sa = math.cos(angle), math.sin(angle)
         pts = [(x * ca - y * sa, x * sa + y * ca) for x, y in base]
     else:
@@ -81,7 +94,9 @@ def render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[Image.I
     for _ in range(int(rng.integers(1, spec.max_objects + 1))):
         for _attempt in range(20):
             # log-uniform sizes so small, medium and large COCO areas all occur
-            size = float(np.exp(rng.uniform(math.log(spec.min_object), math.log(min(spec.max_object, 0.8 * min(w, h))))))
+            size = float(
+                np.exp(rng.uniform(math.log(spec.min_object), math.log(min(spec.max_object, 0.8 * min(w, h)))))
+            )
             r = size / 2
             cx = float(rng.uniform(r, w - r))
             cy = float(rng.uniform(r, h - r))
@@ -132,13 +147,22 @@ def make_synthetic_dataset(out_dir: str | Path, spec: SyntheticSpec, progress: b
             images.append({"id": i + 1, "file_name": name, "width": img.width, "height": img.height})
             for obj in objects:
                 x0, y0, x1, y1 = (round(v, 2) for v in obj["box"])
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": i + 1, "category_id": cat_id[obj["name"]],
-                    "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "area": round((x1 - x0) * (y1 - y0), 2), "iscrowd": 0,
-                })
-        coco = {"info": {"description": f"planforge synthetic shapes, {spec}"}, "images": images,
-                "annotations": annotations, "categories": categories}
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": cat_id[obj["name"]],
+                        "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                        "area": round((x1 - x0) * (y1 - y0), 2),
+                        "iscrowd": 0,
+                    }
+                )
+        coco = {
+            "info": {"description": f"planforge synthetic shapes, {spec}"},
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         (out / f"instances_{split}.json").write_text(json.dumps(coco))
         counts[split] = n
     return counts

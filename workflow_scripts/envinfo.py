@@ -10,8 +10,18 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-LIBRARIES = ("numpy", "torch", "torchvision", "ultralytics", "onnx", "onnxruntime", "onnxsim", "onnxslim",
-             "pycocotools", "snakemake")
+LIBRARIES = (
+    "numpy",
+    "torch",
+    "torchvision",
+    "ultralytics",
+    "onnx",
+    "onnxruntime",
+    "onnxsim",
+    "onnxslim",
+    "pycocotools",
+    "snakemake",
+)
 
 
 @functools.cache
@@ -33,8 +43,12 @@ def device_info(device: str) -> dict[str, str | None]:
             import torch
 
             info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             info["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else None
         except Exception:  # a machine without a driver still gets its JSON
             pass
@@ -60,8 +74,13 @@ def git_commit() -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -69,5 +88,10 @@ def git_commit() -> str | None:
 
 def environment(device: str) -> dict:
     """Device, libraries, git commit and a UTC timestamp for a result JSON."""
-    return {**device_info(device), "platform": platform.platform(), "libraries": library_versions(),
-            "git_commit": git_commit(), "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        **device_info(device),
+        "platform": platform.platform(),
+        "libraries": library_versions(),
+        "git_commit": git_commit(),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

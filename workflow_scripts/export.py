@@ -50,8 +50,7 @@ def simplify(path: Path, method: str) -> str:
     raise PlanforgeError(f"export.simplify={method!r} failed ({reasons[0]}); set export.simplify to auto or none")
 
 
-def check_against_torch(onnx_path: Path, checkpoint: Path, family: str, images: list[np.ndarray],
-                        imgsz: int) -> dict:
+def check_against_torch(onnx_path: Path, checkpoint: Path, family: str, images: list[np.ndarray], imgsz: int) -> dict:
     """Max abs error of ONNX Runtime vs torch on real images, at batch 1 and batch len(images)."""
     import onnxruntime as ort
     import torch
@@ -65,19 +64,35 @@ def check_against_torch(onnx_path: Path, checkpoint: Path, family: str, images: 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     full = sess.run(None, {name: batch})
-    single = [np.concatenate(parts) for parts in zip(*(sess.run(None, {name: batch[i:i + 1]}) for i in range(len(batch))))]
+    single = [
+        np.concatenate(parts) for parts in zip(*(sess.run(None, {name: batch[i : i + 1]}) for i in range(len(batch))))
+    ]
     errors = {}
     for out, r, f, s in zip(sess.get_outputs(), refs, full, single):
         if r.shape != f.shape:
             raise PlanforgeError(f"{onnx_path}: output {out.name} has shape {f.shape}, torch gives {r.shape}")
-        errors[out.name] = {"max_abs_error_batch_n": float(np.abs(r - f).max()),
-                            "max_abs_error_batch_1": float(np.abs(r - s).max()),
-                            "max_abs_reference": float(np.abs(r).max()), "shape_batch_n": list(f.shape)}
+        errors[out.name] = {
+            "max_abs_error_batch_n": float(np.abs(r - f).max()),
+            "max_abs_error_batch_1": float(np.abs(r - s).max()),
+            "max_abs_reference": float(np.abs(r).max()),
+            "shape_batch_n": list(f.shape),
+        }
     return errors
 
 
-def export(family: str, checkpoint: Path, dataset: Path, out: Path, report: Path, imgsz: int, opset: int,
-           dynamic: bool, simplify_method: str, check_images: int, max_abs_error: float) -> dict:
+def export(
+    family: str,
+    checkpoint: Path,
+    dataset: Path,
+    out: Path,
+    report: Path,
+    imgsz: int,
+    opset: int,
+    dynamic: bool,
+    simplify_method: str,
+    check_images: int,
+    max_abs_error: float,
+) -> dict:
     """Export, simplify, check; write the ONNX file and its report only if the check passes."""
     import onnx
 
@@ -92,19 +107,36 @@ def export(family: str, checkpoint: Path, dataset: Path, out: Path, report: Path
         errors = check_against_torch(tmp, checkpoint, family, images, imgsz)
         worst = max(e[k] for e in errors.values() for k in ("max_abs_error_batch_n", "max_abs_error_batch_1"))
         if worst > max_abs_error:
-            raise PlanforgeError(f"{out}: ONNX differs from PyTorch by {worst:.4g} (> export.max_abs_error "
-                                 f"{max_abs_error}); the export is wrong, see the log")
+            raise PlanforgeError(
+                f"{out}: ONNX differs from PyTorch by {worst:.4g} (> export.max_abs_error "
+                f"{max_abs_error}); the export is wrong, see the log"
+            )
         model = onnx.load(str(tmp))
         record = {
-            **facts, "checkpoint": str(checkpoint), "opset": opset, "dynamic_batch": dynamic, "imgsz": imgsz,
-            "simplifier": simplifier, "export_seconds": round(t_export, 2),
-            "total_seconds": round(time.perf_counter() - t0, 2), "size_bytes": tmp.stat().st_size,
-            "inputs": [{"name": i.name, "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
-                       for i in model.graph.input],
-            "outputs": [{"name": o.name, "shape": [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]}
-                        for o in model.graph.output],
-            "check": {"images": len(images), "reference": "torch eager FP32 on CPU", "outputs": errors,
-                      "max_abs_error": worst, "tolerance": max_abs_error},
+            **facts,
+            "checkpoint": str(checkpoint),
+            "opset": opset,
+            "dynamic_batch": dynamic,
+            "imgsz": imgsz,
+            "simplifier": simplifier,
+            "export_seconds": round(t_export, 2),
+            "total_seconds": round(time.perf_counter() - t0, 2),
+            "size_bytes": tmp.stat().st_size,
+            "inputs": [
+                {"name": i.name, "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
+                for i in model.graph.input
+            ],
+            "outputs": [
+                {"name": o.name, "shape": [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]}
+                for o in model.graph.output
+            ],
+            "check": {
+                "images": len(images),
+                "reference": "torch eager FP32 on CPU",
+                "outputs": errors,
+                "max_abs_error": worst,
+                "tolerance": max_abs_error,
+            },
             "libraries": library_versions(("torch", "ultralytics", "onnx", "onnxsim", "onnxslim", "onnxruntime")),
         }
     write_json(report, record)
@@ -125,10 +157,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-images", type=int, default=4)
     p.add_argument("--max-abs-error", type=float, default=0.05)
     a = p.parse_args(argv)
-    r = export(a.family, a.checkpoint, a.dataset, a.out, a.report, a.imgsz, a.opset, not a.static_batch,
-               a.simplify, a.check_images, a.max_abs_error)
-    print(f"{a.out}: opset {r['opset']}, simplified by {r['simplifier']}, max abs error vs torch "
-          f"{r['check']['max_abs_error']:.3g} on {r['check']['images']} images")
+    r = export(
+        a.family,
+        a.checkpoint,
+        a.dataset,
+        a.out,
+        a.report,
+        a.imgsz,
+        a.opset,
+        not a.static_batch,
+        a.simplify,
+        a.check_images,
+        a.max_abs_error,
+    )
+    print(
+        f"{a.out}: opset {r['opset']}, simplified by {r['simplifier']}, max abs error vs torch "
+        f"{r['check']['max_abs_error']:.3g} on {r['check']['images']} images"
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,15 @@ def synthetic_spec(settings: dict) -> SyntheticSpec:
     lo, hi = settings.get("image_size", [256, 416])
     if lo > hi:
         raise PlanforgeError(f"dataset image_size {lo}..{hi}: the first value must not exceed the second")
-    return SyntheticSpec(seed=settings.get("seed", 0), train=splits.get("train", 0), val=splits.get("val", 200),
-                         calib=splits.get("calib", 128), min_size=lo, max_size=hi,
-                         max_objects=settings.get("max_objects", 8))
+    return SyntheticSpec(
+        seed=settings.get("seed", 0),
+        train=splits.get("train", 0),
+        val=splits.get("val", 200),
+        calib=splits.get("calib", 128),
+        min_size=lo,
+        max_size=hi,
+        max_objects=settings.get("max_objects", 8),
+    )
 
 
 def make_dataset(out: Path, settings: dict) -> dict[str, int]:

@@ -21,8 +21,20 @@ def latency_stats(seconds: list[float] | np.ndarray) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in zip(STAT_KEYS, values)}
 
 
-COCO_STATS = ("map50_95", "map50", "map75", "ap_small", "ap_medium", "ap_large",
-              "ar_1", "ar_10", "ar_100", "ar_small", "ar_medium", "ar_large")
+COCO_STATS = (
+    "map50_95",
+    "map50",
+    "map75",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "ar_1",
+    "ar_10",
+    "ar_100",
+    "ar_small",
+    "ar_medium",
+    "ar_large",
+)
 
 
 def coco_evaluate(annotation_file: str | Path, detections: list[dict], image_ids: list[int]) -> dict[str, float]:

@@ -12,8 +12,15 @@ from workflow_scripts.models import get_family
 from workflow_scripts.runners import BACKENDS, Runner, get_runner_class
 
 
-def make_runner(backend: str, artifact: str | Path, family: str, precision: str, device: str = "cpu",
-                threads: int | None = None, options: dict | None = None) -> Runner:
+def make_runner(
+    backend: str,
+    artifact: str | Path,
+    family: str,
+    precision: str,
+    device: str = "cpu",
+    threads: int | None = None,
+    options: dict | None = None,
+) -> Runner:
     """A ready Runner for `artifact` (a checkpoint the family loads, or a file the backend reads)."""
     cls = get_runner_class(backend)
     if BACKENDS[backend].artifact == "checkpoint":
@@ -29,4 +36,4 @@ def load_images(split: CocoSplit, limit: int | None = None) -> list[tuple[dict, 
 
 
 def batches(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -16,8 +16,11 @@ def prepare_checkpoint(family: str, src: Path, out: Path, info: Path) -> dict:
     fam = get_family(family)
     model = fam.load_torch(src)
     record = {
-        "source": str(src), "family": family, "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-        "size_bytes": src.stat().st_size, "class_names": fam.class_names(model),
+        "source": str(src),
+        "family": family,
+        "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        "size_bytes": src.stat().st_size,
+        "class_names": fam.class_names(model),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
     with atomic_path(out) as tmp:

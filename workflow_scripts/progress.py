@@ -27,7 +27,13 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, every_s: f
         now = time.monotonic()
         if now - last >= every_s:
             last = now
-            print(f"{desc}: {done}/{total if total is not None else '?'} ({now - start:.0f} s)", file=sys.stderr,
-                  flush=True)
-    print(f"{desc}: {done}/{total if total is not None else done} done in {time.monotonic() - start:.1f} s",
-          file=sys.stderr, flush=True)
+            print(
+                f"{desc}: {done}/{total if total is not None else '?'} ({now - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(
+        f"{desc}: {done}/{total if total is not None else done} done in {time.monotonic() - start:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )

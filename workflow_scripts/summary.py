@@ -19,27 +19,51 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
     bench = []
     for f in bench_files:
         r = read_json(f)
-        bench.append({
-            "target": r["target"], "model": r["model"], "backend": r["backend"], "precision": r["precision"],
-            "batch": r["batch"], "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
-            "mean_ms": r["latency_ms"]["mean"], "throughput": r["throughput_items_per_s"],
-            "pre_ms": r["preprocess_ms"]["p50"], "post_ms": r["postprocess_ms"]["p50"],
-            "energy_j": (r.get("power") or {}).get("energy_per_inference_j"), "file": str(f),
-            "device": r["environment"].get("gpu") or r["environment"].get("cpu"),
-            "libraries": r["environment"].get("libraries", {}), "runner": r.get("runner", {}),
-            "git_commit": r["environment"].get("git_commit"), "timestamp": r["environment"].get("timestamp"),
-            "iterations": r["iterations"], "warmup": r["warmup"], "threads": r.get("threads"),
-        })
+        bench.append(
+            {
+                "target": r["target"],
+                "model": r["model"],
+                "backend": r["backend"],
+                "precision": r["precision"],
+                "batch": r["batch"],
+                "p50_ms": r["latency_ms"]["p50"],
+                "p99_ms": r["latency_ms"]["p99"],
+                "mean_ms": r["latency_ms"]["mean"],
+                "throughput": r["throughput_items_per_s"],
+                "pre_ms": r["preprocess_ms"]["p50"],
+                "post_ms": r["postprocess_ms"]["p50"],
+                "energy_j": (r.get("power") or {}).get("energy_per_inference_j"),
+                "file": str(f),
+                "device": r["environment"].get("gpu") or r["environment"].get("cpu"),
+                "libraries": r["environment"].get("libraries", {}),
+                "runner": r.get("runner", {}),
+                "git_commit": r["environment"].get("git_commit"),
+                "timestamp": r["environment"].get("timestamp"),
+                "iterations": r["iterations"],
+                "warmup": r["warmup"],
+                "threads": r.get("threads"),
+            }
+        )
     acc = []
     for f in accuracy_files:
         r = read_json(f)
-        acc.append({
-            "target": r["target"], "model": r["model"], "backend": r["backend"], "precision": r["precision"],
-            "map50_95": r["map50_95"], "map50": r["map50"], "ap_small": r.get("ap_small"),
-            "ap_medium": r.get("ap_medium"), "ap_large": r.get("ap_large"), "images": r["images"],
-            "ratio": r.get("ratio_to_baseline"), "gate_passed": r.get("gate", {}).get("passed"),
-            "baseline": f"{r['baseline']['backend']} {r['baseline']['precision']}" if r.get("baseline") else None,
-        })
+        acc.append(
+            {
+                "target": r["target"],
+                "model": r["model"],
+                "backend": r["backend"],
+                "precision": r["precision"],
+                "map50_95": r["map50_95"],
+                "map50": r["map50"],
+                "ap_small": r.get("ap_small"),
+                "ap_medium": r.get("ap_medium"),
+                "ap_large": r.get("ap_large"),
+                "images": r["images"],
+                "ratio": r.get("ratio_to_baseline"),
+                "gate_passed": r.get("gate", {}).get("passed"),
+                "baseline": f"{r['baseline']['backend']} {r['baseline']['precision']}" if r.get("baseline") else None,
+            }
+        )
     bench_cols = ["target", "model", "backend", "precision", "batch"]
     acc_cols = ["target", "model", "backend", "precision"]
     b = pd.DataFrame(bench, columns=None if bench else bench_cols)
@@ -114,8 +138,13 @@ def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_
     for _, r in pts.iterrows():
         colour = "tab:green" if r["gate_passed"] else "tab:red"
         ax.scatter(r["p50_ms"], r["map50_95"], color=colour, s=40)
-        ax.annotate(f"{r['model']} {r['backend']} {r['precision']}", (r["p50_ms"], r["map50_95"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            f"{r['model']} {r['backend']} {r['precision']}",
+            (r["p50_ms"], r["map50_95"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xlabel("batch-1 model latency, ms (p50)")
     ax.set_ylabel("mAP50-95 (pycocotools)")
     ax.set_title(f"{target}: accuracy vs latency (green: passes the gate)")
@@ -132,15 +161,25 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def render(bench: pd.DataFrame, acc: pd.DataFrame, unavailable: list[str], gate: float, baseline: str,
-           plots: dict[str, Path], out: Path) -> str:
+def render(
+    bench: pd.DataFrame,
+    acc: pd.DataFrame,
+    unavailable: list[str],
+    gate: float,
+    baseline: str,
+    plots: dict[str, Path],
+    out: Path,
+) -> str:
     """The summary as markdown; plot links are relative to `out`."""
     lines = ["# planforge summary", ""]
     if not bench.empty:
         commits = sorted({c for c in bench["git_commit"] if c})
-        lines += [f"Measured {bench['timestamp'].min()} … {bench['timestamp'].max()} (UTC) from git "
-                  f"{', '.join(commits) or 'unknown'}. Accuracy gate: mAP50-95 ≥ {gate:g} × the "
-                  f"{baseline.replace('_', ' ')} baseline of the same target.", ""]
+        lines += [
+            f"Measured {bench['timestamp'].min()} … {bench['timestamp'].max()} (UTC) from git "
+            f"{', '.join(commits) or 'unknown'}. Accuracy gate: mAP50-95 ≥ {gate:g} × the "
+            f"{baseline.replace('_', ' ')} baseline of the same target.",
+            "",
+        ]
     targets = sorted(set(bench.get("target", pd.Series(dtype=str))) | set(acc.get("target", pd.Series(dtype=str))))
     for target in targets:
         tb = bench[bench["target"] == target] if not bench.empty else bench
@@ -151,37 +190,77 @@ def render(bench: pd.DataFrame, acc: pd.DataFrame, unavailable: list[str], gate:
             first = tb.iloc[0]
             libs = {**first["libraries"]}
             lib_text = ", ".join(f"{k} {v}" for k, v in libs.items() if v)
-            lines += [f"Device: {first['device']}; threads {first['threads']}; {first['warmup']} warmup + "
-                      f"{first['iterations']} timed iterations per row. Libraries: {lib_text}.", ""]
+            lines += [
+                f"Device: {first['device']}; threads {first['threads']}; {first['warmup']} warmup + "
+                f"{first['iterations']} timed iterations per row. Libraries: {lib_text}.",
+                "",
+            ]
             merged = merged.sort_values(["model", "backend", "precision", "batch"])
-            lines += [markdown_table(merged, {
-                "model": ("model", 0), "backend": ("backend", 0), "precision": ("precision", 0), "batch": ("batch", 0),
-                "p50_ms": ("p50 ms", 2), "p99_ms": ("p99 ms", 2), "throughput": ("throughput img/s", 1),
-                "pre_ms": ("pre ms/batch", 2), "post_ms": ("post ms/batch", 2), "map50_95": ("mAP50-95", 4),
-                "ratio": ("ratio to baseline", 3), "gate_passed": ("gate", 0)}), ""]
+            lines += [
+                markdown_table(
+                    merged,
+                    {
+                        "model": ("model", 0),
+                        "backend": ("backend", 0),
+                        "precision": ("precision", 0),
+                        "batch": ("batch", 0),
+                        "p50_ms": ("p50 ms", 2),
+                        "p99_ms": ("p99 ms", 2),
+                        "throughput": ("throughput img/s", 1),
+                        "pre_ms": ("pre ms/batch", 2),
+                        "post_ms": ("post ms/batch", 2),
+                        "map50_95": ("mAP50-95", 4),
+                        "ratio": ("ratio to baseline", 3),
+                        "gate_passed": ("gate", 0),
+                    },
+                ),
+                "",
+            ]
             lowest, best = fastest_passing(merged)
             if lowest is None and best is None:
                 lines += ["**No configuration passes the accuracy gate on this target.**", ""]
             else:
                 if lowest is not None:
-                    lines.append(f"- Fastest at batch 1 that passes the gate: **{_label(lowest)}**, "
-                                 f"p50 {lowest['p50_ms']:.2f} ms, p99 {lowest['p99_ms']:.2f} ms, mAP50-95 "
-                                 f"{lowest['map50_95']:.4f}.")
+                    lines.append(
+                        f"- Fastest at batch 1 that passes the gate: **{_label(lowest)}**, "
+                        f"p50 {lowest['p50_ms']:.2f} ms, p99 {lowest['p99_ms']:.2f} ms, mAP50-95 "
+                        f"{lowest['map50_95']:.4f}."
+                    )
                 if best is not None:
-                    lines.append(f"- Highest throughput that passes the gate: **{_label(best)}**, "
-                                 f"{best['throughput']:.1f} img/s (model only).")
+                    lines.append(
+                        f"- Highest throughput that passes the gate: **{_label(best)}**, "
+                        f"{best['throughput']:.1f} img/s (model only)."
+                    )
                 lines.append("")
         if not ta.empty:
-            lines += ["Accuracy on the validation split:", "", markdown_table(
-                ta.sort_values(["model", "backend", "precision"]), {
-                    "model": ("model", 0), "backend": ("backend", 0), "precision": ("precision", 0),
-                    "images": ("images", 0), "map50_95": ("mAP50-95", 4), "map50": ("mAP50", 4),
-                    "ap_small": ("AP small", 4), "ap_medium": ("AP medium", 4), "ap_large": ("AP large", 4),
-                    "baseline": ("baseline", 0), "ratio": ("ratio", 3), "gate_passed": ("gate", 0)}), ""]
+            lines += [
+                "Accuracy on the validation split:",
+                "",
+                markdown_table(
+                    ta.sort_values(["model", "backend", "precision"]),
+                    {
+                        "model": ("model", 0),
+                        "backend": ("backend", 0),
+                        "precision": ("precision", 0),
+                        "images": ("images", 0),
+                        "map50_95": ("mAP50-95", 4),
+                        "map50": ("mAP50", 4),
+                        "ap_small": ("AP small", 4),
+                        "ap_medium": ("AP medium", 4),
+                        "ap_large": ("AP large", 4),
+                        "baseline": ("baseline", 0),
+                        "ratio": ("ratio", 3),
+                        "gate_passed": ("gate", 0),
+                    },
+                ),
+                "",
+            ]
             failed = ta[ta["gate_passed"] == False]  # noqa: E712
             for _, r in failed.iterrows():
-                lines.append(f"> **ACCURACY GATE FAILED**: {r['model']} {r['backend']} {r['precision']} keeps "
-                             f"{_fmt(r['ratio'], 3)} of the baseline's mAP50-95 (gate {gate:g}).")
+                lines.append(
+                    f"> **ACCURACY GATE FAILED**: {r['model']} {r['backend']} {r['precision']} keeps "
+                    f"{_fmt(r['ratio'], 3)} of the baseline's mAP50-95 (gate {gate:g})."
+                )
             if not failed.empty:
                 lines.append("")
         for kind in PLOT_KINDS:
@@ -192,18 +271,30 @@ def render(bench: pd.DataFrame, acc: pd.DataFrame, unavailable: list[str], gate:
         lines.append("")
     lines += ["## Not available on this machine", ""]
     lines += [f"- {u}" for u in unavailable] or ["- every configured backend ran"]
-    lines += ["", "## What the timers include", "",
-              "- **p50/p99 ms, throughput**: the model alone on a batch already in the backend's memory and "
-              "layout (GPU work synchronised); throughput = batch × iterations / summed model time.",
-              "- **pre ms/batch**: letterbox + normalise of decoded images; **post ms/batch**: raw outputs to "
-              "final detections (NMS), both timed separately and never inside the model timer.",
-              "- Every number comes from the JSON files under `results/`; each records its warmup and iteration "
-              "counts, device, library versions, git commit, config hash and timestamp.", ""]
+    lines += [
+        "",
+        "## What the timers include",
+        "",
+        "- **p50/p99 ms, throughput**: the model alone on a batch already in the backend's memory and "
+        "layout (GPU work synchronised); throughput = batch × iterations / summed model time.",
+        "- **pre ms/batch**: letterbox + normalise of decoded images; **post ms/batch**: raw outputs to "
+        "final detections (NMS), both timed separately and never inside the model timer.",
+        "- Every number comes from the JSON files under `results/`; each records its warmup and iteration "
+        "counts, device, library versions, git commit, config hash and timestamp.",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def summarise(bench_files: list[Path], accuracy_files: list[Path], unavailable: list[str], gate: float,
-              baseline: str, out: Path, plot_files: list[Path]) -> str:
+def summarise(
+    bench_files: list[Path],
+    accuracy_files: list[Path],
+    unavailable: list[str],
+    gate: float,
+    baseline: str,
+    out: Path,
+    plot_files: list[Path],
+) -> str:
     bench, acc = load_tables(bench_files, accuracy_files)
     plots = {}
     for p in plot_files:

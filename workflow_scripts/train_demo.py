@@ -43,11 +43,16 @@ def coco_to_yolo_layout(dataset_dir: Path, yolo_dir: Path, splits: tuple[str, ..
             lines = []
             for a in by_image.get(img["id"], []):
                 x, y, bw, bh = a["bbox"]
-                lines.append(f"{index[a['category_id']]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
+                lines.append(
+                    f"{index[a['category_id']]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
+                )
             (yolo_dir / "labels" / split / (Path(img["file_name"]).stem + ".txt")).write_text("\n".join(lines) + "\n")
     data_yaml = yolo_dir / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump({"path": str(yolo_dir), "train": "images/train", "val": "images/val",
-                                         "names": dict(enumerate(names))}))
+    data_yaml.write_text(
+        yaml.safe_dump(
+            {"path": str(yolo_dir), "train": "images/train", "val": "images/val", "names": dict(enumerate(names))}
+        )
+    )
     return data_yaml
 
 
@@ -55,8 +60,17 @@ def _same_fs(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b.parent).st_dev
 
 
-def train_demo(out: Path, spec: SyntheticSpec, imgsz: int, epochs: int, batch: int, time_hours: float | None,
-               device: str, workers: int, workdir: Path | None = None) -> dict:
+def train_demo(
+    out: Path,
+    spec: SyntheticSpec,
+    imgsz: int,
+    epochs: int,
+    batch: int,
+    time_hours: float | None,
+    device: str,
+    workers: int,
+    workdir: Path | None = None,
+) -> dict:
     """Generate the dataset, train yolov8n from scratch on it, copy best.pt to `out`, return the record."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
@@ -71,20 +85,50 @@ def train_demo(out: Path, spec: SyntheticSpec, imgsz: int, epochs: int, batch: i
 
     model = YOLO("yolov8n.yaml")
     t1 = time.perf_counter()
-    model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, seed=spec.seed,
-                deterministic=True, device=device, project=str(work / "runs"), name="demo", exist_ok=True,
-                plots=False, pretrained=False, patience=1000, **({"time": time_hours} if time_hours else {}))
+    model.train(
+        data=str(data_yaml),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        workers=workers,
+        seed=spec.seed,
+        deterministic=True,
+        device=device,
+        project=str(work / "runs"),
+        name="demo",
+        exist_ok=True,
+        plots=False,
+        pretrained=False,
+        patience=1000,
+        **({"time": time_hours} if time_hours else {}),
+    )
     t_train = time.perf_counter() - t1
     best = Path(model.trainer.best)
-    metrics = YOLO(str(best)).val(data=str(data_yaml), imgsz=imgsz, batch=batch, device=device, plots=False,
-                                  project=str(work / "runs"), name="val", exist_ok=True)
+    metrics = YOLO(str(best)).val(
+        data=str(data_yaml),
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        plots=False,
+        project=str(work / "runs"),
+        name="val",
+        exist_ok=True,
+    )
     with atomic_path(out) as tmp:
         shutil.copy(best, tmp)
     record = {
-        "checkpoint": str(out), "classes": list(SHAPE_CLASSES), "dataset": spec.__dict__, "imgsz": imgsz,
-        "epochs_requested": epochs, "epochs_run": int(model.trainer.epoch) + 1, "batch": batch,
-        "time_hours_cap": time_hours, "device": device, "train_seconds": round(t_train, 1),
-        "data_seconds": round(t_data, 1), "machine": _machine(device),
+        "checkpoint": str(out),
+        "classes": list(SHAPE_CLASSES),
+        "dataset": spec.__dict__,
+        "imgsz": imgsz,
+        "epochs_requested": epochs,
+        "epochs_run": int(model.trainer.epoch) + 1,
+        "batch": batch,
+        "time_hours_cap": time_hours,
+        "device": device,
+        "train_seconds": round(t_train, 1),
+        "data_seconds": round(t_data, 1),
+        "machine": _machine(device),
         "ultralytics_val": {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)},
     }
     write_json(out.with_suffix(".json"), record)

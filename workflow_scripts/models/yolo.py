@@ -110,8 +110,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.n
     return np.asarray(keep, dtype=np.int64)
 
 
-def postprocess(output: np.ndarray, metas: list[LetterboxMeta], conf: float = 0.25, iou: float = 0.7,
-                max_det: int = 300, max_candidates: int = 30000) -> list[dict[str, np.ndarray]]:
+def postprocess(
+    output: np.ndarray,
+    metas: list[LetterboxMeta],
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    max_candidates: int = 30000,
+) -> list[dict[str, np.ndarray]]:
     """[N, 4+nc, anchors] raw output → per image {boxes (xyxy, original pixels), scores, classes}."""
     output = np.asarray(output, dtype=np.float32)
     results = []
@@ -131,8 +137,13 @@ def postprocess(output: np.ndarray, metas: list[LetterboxMeta], conf: float = 0.
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - meta.pad_x) / meta.gain).clip(0, meta.orig_w)
         boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - meta.pad_y) / meta.gain).clip(0, meta.orig_h)
-        results.append({"boxes": boxes.astype(np.float32), "scores": scores.astype(np.float32),
-                        "classes": classes.astype(np.int64)})
+        results.append(
+            {
+                "boxes": boxes.astype(np.float32),
+                "scores": scores.astype(np.float32),
+                "classes": classes.astype(np.int64),
+            }
+        )
     return results
 
 
@@ -145,7 +156,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path, imgsz: int, opset: int 
     with tempfile.TemporaryDirectory(prefix="planforge-export-") as tmp:
         local = Path(tmp) / "model.pt"
         shutil.copy(checkpoint, local)
-        exported = YOLO(str(local)).export(format="onnx", imgsz=imgsz, opset=opset, dynamic=dynamic,
-                                           simplify=False, batch=1, device="cpu", verbose=False)
+        exported = YOLO(str(local)).export(
+            format="onnx",
+            imgsz=imgsz,
+            opset=opset,
+            dynamic=dynamic,
+            simplify=False,
+            batch=1,
+            device="cpu",
+            verbose=False,
+        )
         shutil.move(str(exported), out)
     return {"exporter": "ultralytics", "input_name": INPUT_NAME, "output_names": list(OUTPUT_NAMES)}

@@ -21,8 +21,13 @@ class Sampler:
 
     def result(self, inferences: int) -> dict[str, Any]:
         """Energy per inference and mean power; None values where nothing was measured."""
-        return {"sampler": self.name, "mean_power_w": None, "energy_j": None, "energy_per_inference_j": None,
-                "inferences_per_joule": None}
+        return {
+            "sampler": self.name,
+            "mean_power_w": None,
+            "energy_j": None,
+            "energy_per_inference_j": None,
+            "inferences_per_joule": None,
+        }
 
 
 def get_sampler(name: str, **kwargs: Any) -> Sampler:

@@ -58,8 +58,9 @@ class Runner:
 
     backend = "base"
 
-    def __init__(self, model: Any, precision: str, device: str = "cpu", threads: int | None = None,
-                 options: dict | None = None) -> None:
+    def __init__(
+        self, model: Any, precision: str, device: str = "cpu", threads: int | None = None, options: dict | None = None
+    ) -> None:
         self.precision = precision
         self.device = device
         self.threads = threads

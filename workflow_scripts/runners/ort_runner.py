@@ -34,14 +34,22 @@ class OrtRunner(Runner):
 
     backend = "onnxruntime"
 
-    def __init__(self, model: str | Path, precision: str, device: str = "cpu", threads: int | None = None,
-                 options: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        precision: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        options: dict | None = None,
+    ) -> None:
         super().__init__(model, precision, device, threads, options)
         providers = self.options.get("providers", ["CPUExecutionProvider"])
         try:
             self.session = ort.InferenceSession(str(model), session_options(threads, self.options), providers=providers)
         except Exception as exc:  # ORT raises its own exception types for a damaged model
-            raise PlanforgeError(f"{model}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]}); rerun the export") from None
+            raise PlanforgeError(
+                f"{model}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]}); rerun the export"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 

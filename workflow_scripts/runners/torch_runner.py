@@ -16,8 +16,15 @@ class TorchRunner(Runner):
 
     backend = "torch"
 
-    def __init__(self, model: torch.nn.Module, precision: str, device: str = "cpu", threads: int | None = None,
-                 options: dict | None = None, output_fn=None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        precision: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        options: dict | None = None,
+        output_fn=None,
+    ) -> None:
         super().__init__(model, precision, device, threads, options)
         if threads:
             torch.set_num_threads(int(threads))
