@@ -1,0 +1,98 @@
+"""Shared fixtures: a copy of the workflow on a tiny config, run once for real by snakemake."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CHECKPOINT = Path(os.environ.get("PLANFORGE_TEST_CHECKPOINT", REPO / "weights" / "yolo-demo.pt"))
+COPY_ITEMS = ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "envs", "report", "pyproject.toml")
+
+TINY_CONFIG = {
+    "datasets": {"tiny": {"kind": "synthetic", "seed": 3, "splits": {"train": 0, "val": 6, "calib": 2},
+                          "image_size": [96, 160], "max_objects": 3}},
+    "models": {
+        "a": {"family": "yolo", "checkpoint": "ckpt/a.pt", "dataset": "tiny", "imgsz": 160},
+        "b": {"family": "yolo", "checkpoint": "ckpt/b.pt", "dataset": "tiny", "imgsz": 160},
+    },
+    "export": {"check_images": 2},
+    "targets": {
+        "cpu": {"device": "cpu", "threads": 1, "backends": {"torch": ["fp32"], "onnxruntime": ["fp32"]},
+                "batch_sizes": [1, 2]},
+        "edge": {"device": "cpu", "threads": 1, "backends": {"onnxruntime": ["fp32"]}, "batch_sizes": [1]},
+    },
+    "bench": {"warmup": 1, "iterations": 3},
+    "accuracy": {"batch": 4},
+}
+
+
+def make_workflow_copy(dest: Path, config: dict | None = None) -> Path:
+    """A self-contained copy of the workflow (its own code, config and checkpoints) in `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in COPY_ITEMS:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / item)
+    (dest / "ckpt").mkdir(exist_ok=True)
+    for name in ("a", "b"):
+        shutil.copy2(DEMO_CHECKPOINT, dest / "ckpt" / f"{name}.pt")
+    write_config(dest, config or TINY_CONFIG)
+    return dest
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real snakemake CLI in `workdir` (the copy's own code is first on the import path)."""
+    env = {**os.environ, "PYTHONPATH": str(workdir), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_outputs(workdir: Path, *targets: str) -> set[str]:
+    """Outputs of every job a dry run would run (the `all` rule excluded)."""
+    proc = snakemake(workdir, "-n", *targets)
+    text = proc.stdout + proc.stderr
+    outputs: set[str] = set()
+    for block in re.split(r"\n(?=\[.*\]\n|(?:local)?rule )", text):
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if not m or m.group(1) == "all":
+            continue
+        out = re.search(r"^\s+output: (.+)$", block, re.M)
+        if out:
+            outputs.update(o.strip() for o in out.group(1).split(","))
+    return outputs
+
+
+@pytest.fixture(scope="session")
+def built_workflow(tmp_path_factory) -> Path:
+    """The tiny workflow run once end to end; tests copy it before changing anything."""
+    if not DEMO_CHECKPOINT.is_file():
+        pytest.fail(f"{DEMO_CHECKPOINT} is missing: it ships with the repository")
+    work = make_workflow_copy(tmp_path_factory.mktemp("built") / "wf")
+    snakemake(work, "results/summary.md")
+    return work
+
+
+@pytest.fixture
+def workflow_copy(built_workflow: Path, tmp_path: Path) -> Path:
+    """A private copy of the built workflow, mtimes and snakemake metadata included."""
+    dest = tmp_path / "wf"
+    shutil.copytree(built_workflow, dest, symlinks=True)
+    return dest

@@ -1,0 +1,125 @@
+"""Staleness, proved with real snakemake runs on a tiny config: only what changed is rebuilt."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_CONFIG, planned_outputs, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+def _config(workdir: Path) -> dict:
+    return yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+
+
+def _touch_later(path: Path) -> None:
+    later = time.time() + 5
+    os.utime(path, (later, later))
+
+
+def test_full_run_writes_every_artifact_of_the_contract(built_workflow: Path):
+    w = built_workflow
+    for model in ("a", "b"):
+        assert (w / f"artifacts/checkpoints/{model}.pt").is_file()
+        report = json.loads((w / f"artifacts/onnx/{model}/fp32.json").read_text())
+        assert report["opset"] == 17 and report["dynamic_batch"]
+        assert report["check"]["max_abs_error"] < 0.05
+    bench = json.loads((w / "results/cpu/bench/a/onnxruntime_fp32_b2.json").read_text())
+    for key in ("warmup", "iterations", "batch", "latency_ms", "throughput_items_per_s", "timer", "preprocess_ms",
+                "postprocess_ms", "power", "environment", "config_hash", "runner"):
+        assert key in bench, key
+    assert set(bench["latency_ms"]) == {"mean", "std", "p50", "p90", "p95", "p99", "min", "max"}
+    assert bench["iterations"] == 3 and bench["batch"] == 2
+    assert bench["environment"]["libraries"]["onnxruntime"]
+    acc = json.loads((w / "results/edge/accuracy/a/onnxruntime_fp32.json").read_text())
+    assert acc["images"] == 6 and acc["baseline"]["backend"] == "torch"
+    summary = (w / "results/summary.md").read_text()
+    assert "## Target `cpu`" in summary and "## Target `edge`" in summary
+    assert (w / "results/plots/cpu_latency_vs_batch.png").stat().st_size > 1000
+
+
+def test_second_run_with_nothing_changed_runs_no_job(workflow_copy: Path):
+    assert planned_outputs(workflow_copy) == set()
+    proc = snakemake(workflow_copy, "results/summary.md")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_adding_a_batch_size_schedules_only_the_new_bench_jobs_and_the_summary(workflow_copy: Path):
+    cfg = _config(workflow_copy)
+    cfg["targets"]["cpu"]["batch_sizes"].append(3)
+    write_config(workflow_copy, cfg)
+    planned = planned_outputs(workflow_copy)
+    new_bench = {f"results/cpu/bench/{m}/{b}_fp32_b3.json" for m in ("a", "b") for b in ("torch", "onnxruntime")}
+    assert planned - {"results/summary.md"} - {p for p in planned if p.startswith("results/plots/")} == new_bench
+    snakemake(workflow_copy, "results/summary.md")
+    assert "| 3 |" in (workflow_copy / "results/summary.md").read_text()
+    assert planned_outputs(workflow_copy) == set()
+
+
+def test_adding_a_backend_schedules_only_its_bench_jobs_and_the_summary(workflow_copy: Path):
+    cfg = _config(workflow_copy)
+    cfg["targets"]["edge"]["backends"]["torch"] = ["fp32"]
+    write_config(workflow_copy, cfg)
+    planned = planned_outputs(workflow_copy)
+    # torch fp32 accuracy on edge already exists: it is the baseline every edge accuracy is compared with
+    expected = {"results/edge/bench/a/torch_fp32_b1.json", "results/edge/bench/b/torch_fp32_b1.json"}
+    assert {p for p in planned if "/bench/" in p or "/accuracy/" in p} == expected
+    assert "results/summary.md" in planned
+    assert not any(p.startswith("artifacts/") for p in planned)
+
+
+def test_replacing_one_checkpoint_makes_only_that_models_artifacts_stale(workflow_copy: Path):
+    ckpt = workflow_copy / "ckpt" / "a.pt"
+    shutil.copy(ckpt, ckpt.with_suffix(".new"))
+    ckpt.with_suffix(".new").replace(ckpt)
+    _touch_later(ckpt)
+    planned = planned_outputs(workflow_copy)
+    assert "artifacts/checkpoints/a.pt" in planned and "artifacts/onnx/a/fp32.onnx" in planned
+    assert "results/cpu/bench/a/torch_fp32_b1.json" in planned and "results/edge/accuracy/a/torch_fp32.json" in planned
+    model_b = {p for p in planned if "/b/" in p or p.endswith("/b.pt") or p.endswith("/b.json")}
+    assert model_b == set(), model_b
+    assert not any("artifacts/data" in p for p in planned)
+
+
+def test_changing_one_targets_settings_makes_only_that_targets_results_stale(workflow_copy: Path):
+    cfg = _config(workflow_copy)
+    cfg["targets"]["edge"]["threads"] = 2
+    write_config(workflow_copy, cfg)
+    planned = planned_outputs(workflow_copy)
+    per_target = {p for p in planned if p.startswith("results/") and p != "results/summary.md"
+                  and not p.startswith("results/plots/")}
+    assert per_target and all(p.startswith("results/edge/") for p in per_target), per_target
+    assert not any(p.startswith("artifacts/") for p in planned)
+
+
+def test_editing_a_runner_reruns_only_that_backends_jobs(workflow_copy: Path):
+    runner = workflow_copy / "workflow_scripts/runners/ort_runner.py"
+    runner.write_text(runner.read_text() + "\n# edited\n")
+    _touch_later(runner)
+    planned = planned_outputs(workflow_copy)
+    measured = {p for p in planned if "/bench/" in p or "/accuracy/" in p}
+    assert measured and all("onnxruntime_" in p for p in measured), measured
+    assert not any(p.startswith("artifacts/") for p in planned)
+
+
+def test_editing_the_summary_script_reruns_only_the_summary(workflow_copy: Path):
+    script = workflow_copy / "workflow_scripts/summary.py"
+    script.write_text(script.read_text() + "\n# edited\n")
+    _touch_later(script)
+    planned = planned_outputs(workflow_copy)
+    assert planned == {"results/summary.md", "results/plots/cpu_latency_vs_batch.png",
+                       "results/plots/cpu_accuracy_vs_latency.png", "results/plots/edge_latency_vs_batch.png",
+                       "results/plots/edge_accuracy_vs_latency.png"}
+
+
+def test_tiny_config_is_the_one_in_use(built_workflow: Path):
+    # guards the fixture itself: the copy's config, not the embedded default, drove the run
+    assert _config(built_workflow) == yaml.safe_load(yaml.safe_dump(TINY_CONFIG))
