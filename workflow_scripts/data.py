@@ -105,7 +105,8 @@ def render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[Image.I
             if kind in ("triangle", "star", "cross"):
                 pts = _polygon(kind, cx, cy, r, angle)
                 xs, ys = zip(*pts)
-                box = (min(xs), min(ys), max(xs), max(ys))
+                # rotated corners can poke out of the image; COCO boxes stay inside it
+                box = (max(min(xs), 0.0), max(min(ys), 0.0), min(max(xs), float(w)), min(max(ys), float(h)))
             else:
                 pts = []
                 box = (cx - r, cy - r, cx + r, cy + r)
@@ -158,7 +159,7 @@ def make_synthetic_dataset(out_dir: str | Path, spec: SyntheticSpec, progress: b
                     }
                 )
         coco = {
-            "info": {"description": f"planforge synthetic shapes, {spec}"},
+            "info": {"description": f"planforge synthetic shapes, seed {spec.seed}, {split} split"},
             "images": images,
             "annotations": annotations,
             "categories": categories,
