@@ -165,4 +165,7 @@ def baseline_arg(wildcards, input):
 
 def exclusive_threads():
     """Timing jobs take every core Snakemake was given, so nothing runs beside them."""
-    return max(1, workflow.cores or 1)
+    try:
+        return max(1, workflow.cores or 1)
+    except WorkflowError:  # --report and other modes run no job and set no cores
+        return 1

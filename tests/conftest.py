@@ -17,16 +17,27 @@ DEMO_CHECKPOINT = Path(os.environ.get("PLANFORGE_TEST_CHECKPOINT", REPO / "weigh
 COPY_ITEMS = ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "envs", "report", "pyproject.toml")
 
 TINY_CONFIG = {
-    "datasets": {"tiny": {"kind": "synthetic", "seed": 3, "splits": {"train": 0, "val": 6, "calib": 2},
-                          "image_size": [96, 160], "max_objects": 3}},
+    "datasets": {
+        "tiny": {
+            "kind": "synthetic",
+            "seed": 3,
+            "splits": {"train": 0, "val": 6, "calib": 2},
+            "image_size": [96, 160],
+            "max_objects": 3,
+        }
+    },
     "models": {
         "a": {"family": "yolo", "checkpoint": "ckpt/a.pt", "dataset": "tiny", "imgsz": 160},
         "b": {"family": "yolo", "checkpoint": "ckpt/b.pt", "dataset": "tiny", "imgsz": 160},
     },
     "export": {"check_images": 2},
     "targets": {
-        "cpu": {"device": "cpu", "threads": 1, "backends": {"torch": ["fp32"], "onnxruntime": ["fp32"]},
-                "batch_sizes": [1, 2]},
+        "cpu": {
+            "device": "cpu",
+            "threads": 1,
+            "backends": {"torch": ["fp32"], "onnxruntime": ["fp32"]},
+            "batch_sizes": [1, 2],
+        },
         "edge": {"device": "cpu", "threads": 1, "backends": {"onnxruntime": ["fp32"]}, "batch_sizes": [1]},
     },
     "bench": {"warmup": 1, "iterations": 3},
@@ -60,8 +71,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 90
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

@@ -20,14 +20,23 @@ def _mutated(fn) -> dict:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda c: c["targets"]["cpu"]["backends"].update(tensorrtx=["fp32"]),
-         "config key targets.cpu.backends: 'tensorrtx' is not one of ['torch', 'onnxruntime']"),
+        (
+            lambda c: c["targets"]["cpu"]["backends"].update(tensorrtx=["fp32"]),
+            "config key targets.cpu.backends: 'tensorrtx' is not one of ['torch', 'onnxruntime']",
+        ),
         (lambda c: c["models"]["a"].update(family="rtdetr"), "config key models.a.family: 'rtdetr' is not one of"),
-        (lambda c: c["targets"]["cpu"]["backends"].update(torch=["int4"]),
-         "config key targets.cpu.backends.torch.0: 'int4' is not one of ['fp32', 'fp16']"),
-        (lambda c: c["targets"]["cpu"]["backends"].update(torch=["fp16"]),
-         "config key targets.cpu.backends.torch: 'fp16' needs a cuda device"),
-        (lambda c: c["models"]["a"].update(dataset="coco"), "config key models.a.dataset: 'coco' is not one of ['tiny']"),
+        (
+            lambda c: c["targets"]["cpu"]["backends"].update(torch=["int4"]),
+            "config key targets.cpu.backends.torch.0: 'int4' is not one of ['fp32', 'fp16']",
+        ),
+        (
+            lambda c: c["targets"]["cpu"]["backends"].update(torch=["fp16"]),
+            "config key targets.cpu.backends.torch: 'fp16' needs a cuda device",
+        ),
+        (
+            lambda c: c["models"]["a"].update(dataset="coco"),
+            "config key models.a.dataset: 'coco' is not one of ['tiny']",
+        ),
         (lambda c: c["targets"]["cpu"].update(batch_sizes=[0]), "config key targets.cpu.batch_sizes.0"),
         (lambda c: c["models"]["a"].update(imgsz=100), "config key models.a.imgsz: 100 is not a multiple of 32"),
         (lambda c: c.update(benchmark={}), "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'targets']"),

@@ -68,11 +68,23 @@ def test_an_empty_split_is_one_line_naming_the_annotation_file(tmp_path):
 
 def test_make_dataset_cli_leaves_nothing_behind_when_it_fails(tmp_path):
     out = tmp_path / "ds"
-    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.make_dataset", "--out", str(out), "--settings",
-                           json.dumps({"kind": "synthetic", "image_size": [300, 200]})], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflow_scripts.make_dataset",
+            "--out",
+            str(out),
+            "--settings",
+            json.dumps({"kind": "synthetic", "image_size": [300, 200]}),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "planforge error: dataset image_size 300..200: the first value must not exceed the second"]
+        "planforge error: dataset image_size 300..200: the first value must not exceed the second"
+    ]
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

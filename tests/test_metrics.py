@@ -19,8 +19,10 @@ def test_latency_stats_in_milliseconds():
 
 def _gt(tmp_path):
     coco = {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 200},
-                   {"id": 2, "file_name": "b.jpg", "width": 200, "height": 200}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 200, "height": 200},
+            {"id": 2, "file_name": "b.jpg", "width": 200, "height": 200},
+        ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "area": 2500, "iscrowd": 0},
             {"id": 2, "image_id": 2, "category_id": 2, "bbox": [20, 30, 120, 100], "area": 12000, "iscrowd": 0},
@@ -34,8 +36,10 @@ def _gt(tmp_path):
 
 def test_perfect_detections_score_one_and_a_missed_object_halves_recall(tmp_path):
     path, coco = _gt(tmp_path)
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
-               for a in coco["annotations"]]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in coco["annotations"]
+    ]
     assert coco_evaluate(path, perfect, [1, 2])["map50_95"] == pytest.approx(1.0)
     half = coco_evaluate(path, perfect[:1], [1, 2])
     assert half["map50_95"] == pytest.approx(0.5) and half["ap_small"] is None

@@ -33,8 +33,20 @@ def test_full_run_writes_every_artifact_of_the_contract(built_workflow: Path):
         assert report["opset"] == 17 and report["dynamic_batch"]
         assert report["check"]["max_abs_error"] < 0.05
     bench = json.loads((w / "results/cpu/bench/a/onnxruntime_fp32_b2.json").read_text())
-    for key in ("warmup", "iterations", "batch", "latency_ms", "throughput_items_per_s", "timer", "preprocess_ms",
-                "postprocess_ms", "power", "environment", "config_hash", "runner"):
+    for key in (
+        "warmup",
+        "iterations",
+        "batch",
+        "latency_ms",
+        "throughput_items_per_s",
+        "timer",
+        "preprocess_ms",
+        "postprocess_ms",
+        "power",
+        "environment",
+        "config_hash",
+        "runner",
+    ):
         assert key in bench, key
     assert set(bench["latency_ms"]) == {"mean", "std", "p50", "p90", "p95", "p99", "min", "max"}
     assert bench["iterations"] == 3 and bench["batch"] == 2
@@ -94,8 +106,11 @@ def test_changing_one_targets_settings_makes_only_that_targets_results_stale(wor
     cfg["targets"]["edge"]["threads"] = 2
     write_config(workflow_copy, cfg)
     planned = planned_outputs(workflow_copy)
-    per_target = {p for p in planned if p.startswith("results/") and p != "results/summary.md"
-                  and not p.startswith("results/plots/")}
+    per_target = {
+        p
+        for p in planned
+        if p.startswith("results/") and p != "results/summary.md" and not p.startswith("results/plots/")
+    }
     assert per_target and all(p.startswith("results/edge/") for p in per_target), per_target
     assert not any(p.startswith("artifacts/") for p in planned)
 
@@ -115,11 +130,22 @@ def test_editing_the_summary_script_reruns_only_the_summary(workflow_copy: Path)
     script.write_text(script.read_text() + "\n# edited\n")
     _touch_later(script)
     planned = planned_outputs(workflow_copy)
-    assert planned == {"results/summary.md", "results/plots/cpu_latency_vs_batch.png",
-                       "results/plots/cpu_accuracy_vs_latency.png", "results/plots/edge_latency_vs_batch.png",
-                       "results/plots/edge_accuracy_vs_latency.png"}
+    assert planned == {
+        "results/summary.md",
+        "results/plots/cpu_latency_vs_batch.png",
+        "results/plots/cpu_accuracy_vs_latency.png",
+        "results/plots/edge_latency_vs_batch.png",
+        "results/plots/edge_accuracy_vs_latency.png",
+    }
 
 
 def test_tiny_config_is_the_one_in_use(built_workflow: Path):
     # guards the fixture itself: the copy's config, not the embedded default, drove the run
     assert _config(built_workflow) == yaml.safe_load(yaml.safe_dump(TINY_CONFIG))
+
+
+def test_the_html_report_holds_the_summary_and_the_plots(workflow_copy: Path):
+    snakemake(workflow_copy, "--report", "report.html")
+    html = (workflow_copy / "report.html").read_text()
+    for name in ("summary.md", "cpu_latency_vs_batch.png", "edge_accuracy_vs_latency.png"):
+        assert name in html, name

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 from workflow_scripts.io import PlanforgeError
 
@@ -207,5 +207,5 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise PlanforgeError(f"{p}: image not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except Exception as exc:  # decoders raise many types (ultralytics even hooks Image.open for HEIF)
         raise PlanforgeError(f"{p}: unreadable image ({exc.__class__.__name__}); replace or remove it") from None

@@ -93,5 +93,5 @@ def environment(device: str) -> dict:
         "platform": platform.platform(),
         "libraries": library_versions(),
         "git_commit": git_commit(),
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

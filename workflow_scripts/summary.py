@@ -125,6 +125,9 @@ def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_
         ax.plot(g["batch"], g["p50_ms"], marker="o", label=f"{model} {backend} {precision}")
         ax.fill_between(g["batch"], g["p50_ms"], g["p99_ms"], alpha=0.15)
     ax.set_xscale("log", base=2)
+    if not bench.empty:
+        sizes = sorted(bench["batch"].unique())
+        ax.set_xticks(sizes, [str(int(b)) for b in sizes])
     ax.set_xlabel("batch size")
     ax.set_ylabel("model latency per batch, ms (p50; band to p99)")
     ax.set_title(f"{target}: latency vs batch")
@@ -145,6 +148,7 @@ def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_
             xytext=(4, 4),
             textcoords="offset points",
         )
+    ax.margins(x=0.25, y=0.2)
     ax.set_xlabel("batch-1 model latency, ms (p50)")
     ax.set_ylabel("mAP50-95 (pycocotools)")
     ax.set_title(f"{target}: accuracy vs latency (green: passes the gate)")

@@ -1,0 +1,182 @@
+"""Bad input stops the job with one line naming the file, and leaves no output behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_workflow_copy, snakemake
+
+
+def _run_step(step: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"workflow_scripts.{step}", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("planforge error:")]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a pickle at all", b"PK\x03\x04 truncated zip"])
+def test_a_corrupt_checkpoint_fails_its_job_with_one_line_and_no_output(tmp_path, content):
+    work = make_workflow_copy(tmp_path / "wf")
+    (work / "ckpt" / "a.pt").write_bytes(content)
+    proc = snakemake(work, "artifacts/checkpoints/a.pt", check=False)
+    assert proc.returncode != 0
+    log = (work / "logs/checkpoints/a.log").read_text().strip().splitlines()
+    assert len([line for line in log if line.startswith("planforge error:")]) == 1
+    assert "ckpt/a.pt: not a loadable YOLO checkpoint" in log[-1]
+    assert "Traceback" not in "\n".join(log)
+    assert not (work / "artifacts/checkpoints/a.pt").exists()
+    assert not (work / "artifacts/checkpoints/a.json").exists()
+    assert not list((work / "artifacts/checkpoints").glob(".*"))  # no temp files either
+
+
+def test_a_missing_checkpoint_is_named_before_any_job_runs(tmp_path):
+    work = make_workflow_copy(tmp_path / "wf")
+    (work / "ckpt" / "b.pt").unlink()
+    proc = snakemake(work, "-n", check=False)
+    assert proc.returncode != 0
+    assert "ckpt/b.pt" in proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def prepared(tmp_path) -> dict[str, Path]:
+    """A checkpoint and a two-image dataset prepared by the real steps."""
+    from tests.conftest import DEMO_CHECKPOINT
+
+    ds = tmp_path / "ds"
+    assert (
+        _run_step(
+            "make_dataset",
+            "--out",
+            str(ds),
+            "--settings",
+            json.dumps(
+                {"kind": "synthetic", "seed": 1, "splits": {"train": 0, "val": 2, "calib": 0}, "image_size": [96, 128]}
+            ),
+        ).returncode
+        == 0
+    )
+    info = tmp_path / "ckpt.json"
+    ckpt = tmp_path / "ckpt.pt"
+    proc = _run_step(
+        "prepare_checkpoint", "--family", "yolo", "--src", str(DEMO_CHECKPOINT), "--out", str(ckpt), "--info", str(info)
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {"dataset": ds, "ckpt": ckpt, "info": info}
+
+
+def _accuracy(p: dict[str, Path], out: Path) -> subprocess.CompletedProcess:
+    settings = {
+        "device": "cpu",
+        "threads": 1,
+        "batch": 2,
+        "max_images": None,
+        "conf": 0.001,
+        "iou": 0.7,
+        "max_det": 100,
+        "gate": 0.95,
+        "config_hash": "test",
+    }
+    return _run_step(
+        "accuracy",
+        "--model",
+        "m",
+        "--family",
+        "yolo",
+        "--artifact",
+        str(p["ckpt"]),
+        "--checkpoint-info",
+        str(p["info"]),
+        "--backend",
+        "torch",
+        "--precision",
+        "fp32",
+        "--imgsz",
+        "128",
+        "--dataset",
+        str(p["dataset"]),
+        "--target",
+        "cpu",
+        "--settings",
+        json.dumps(settings),
+        "--out",
+        str(out),
+    )
+
+
+def test_the_accuracy_step_works_on_good_input(prepared, tmp_path):
+    out = tmp_path / "acc.json"
+    proc = _accuracy(prepared, out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["images"] == 2
+
+
+def test_an_unreadable_image_stops_the_job_with_one_line_and_no_output(prepared, tmp_path):
+    image = next((prepared["dataset"] / "images" / "val").glob("*.jpg"))
+    image.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "acc.json"
+    proc = _accuracy(prepared, out)
+    assert proc.returncode == 1
+    assert (
+        _error_lines(proc)
+        == [f"planforge error: {image}: unreadable image (UnidentifiedImageError); replace or remove it"]
+        or image.name in _error_lines(proc)[0]
+    )
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".acc.json*"))
+
+
+def test_an_empty_dataset_stops_the_job_with_one_line_and_no_output(prepared, tmp_path):
+    ann = prepared["dataset"] / "instances_val.json"
+    coco = json.loads(ann.read_text())
+    ann.write_text(json.dumps({**coco, "images": [], "annotations": []}))
+    out = tmp_path / "acc.json"
+    proc = _accuracy(prepared, out)
+    assert proc.returncode == 1
+    assert _error_lines(proc) == [
+        f"planforge error: {ann}: the val split has no images; raise its size in the dataset config"
+    ]
+    assert not out.exists()
+
+
+def test_a_corrupt_onnx_model_stops_the_bench_with_one_line(prepared, tmp_path):
+    onnx = tmp_path / "fp32.onnx"
+    onnx.write_bytes(b"\x08\x07garbage")
+    out = tmp_path / "bench.json"
+    settings = {"device": "cpu", "threads": 1, "warmup": 1, "iterations": 2, "conf": 0.25, "config_hash": "t"}
+    proc = _run_step(
+        "bench",
+        "--model",
+        "m",
+        "--family",
+        "yolo",
+        "--artifact",
+        str(onnx),
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+        "--batch",
+        "1",
+        "--imgsz",
+        "128",
+        "--dataset",
+        str(prepared["dataset"]),
+        "--target",
+        "cpu",
+        "--settings",
+        json.dumps(settings),
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 1
+    lines = _error_lines(proc)
+    assert len(lines) == 1 and f"{onnx}: ONNX Runtime cannot load it" in lines[0]
+    assert not out.exists()

@@ -1,0 +1,84 @@
+"""Snakemake conventions: logs and conda envs on every rule, envs consistent with pyproject, lint clean."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def _pyproject_requirements() -> set[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = set(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        reqs |= set(extra)
+    return {_norm(r) for r in reqs}
+
+
+def _norm(req: str) -> str:
+    return re.sub(r"\s+", "", req).replace('"', "'").lower()
+
+
+def _rule_blocks() -> dict[str, str]:
+    blocks = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for m in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", smk.read_text(), re.M):
+            blocks[m.group(1)] = m.group(2)
+    return blocks
+
+
+def test_every_env_file_pins_exactly_what_pyproject_pins():
+    known = _pyproject_requirements()
+    envs = sorted((REPO / "envs").glob("*.yaml"))
+    assert envs
+    for env in envs:
+        deps = yaml.safe_load(env.read_text())["dependencies"]
+        pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+        for req in pip:
+            assert _norm(req) in known, f"{env.name}: {req!r} is not (with this specifier) in pyproject.toml"
+
+
+def test_every_rule_has_a_log_and_a_conda_env_that_exists():
+    blocks = _rule_blocks()
+    assert {"synthetic_dataset", "prepare_checkpoint", "export_onnx", "bench", "accuracy", "summary"} <= set(blocks)
+    for name, body in blocks.items():
+        assert re.search(r"^\s+log:", body, re.M), f"rule {name} has no log"
+        env = re.search(r'^\s+conda:\n\s+"([^"]+)"', body, re.M)
+        assert env, f"rule {name} has no conda env"
+        assert (REPO / "rules" / env.group(1)).resolve().is_file(), f"rule {name}: {env.group(1)} missing"
+
+
+def test_timing_rules_hold_the_exclusive_bench_resource():
+    assert "bench=1" in _rule_blocks()["bench"]
+    profile = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
+    assert "bench=1" in profile["resources"]
+
+
+def test_snakemake_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_snakefmt_and_ruff_are_clean():
+    fmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stderr
+    ruff = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "workflow_scripts", "tests"], cwd=REPO, capture_output=True, text=True
+    )
+    assert ruff.returncode == 0, ruff.stdout
+
+
+def test_every_step_script_runs_as_a_cli_with_help():
+    for step in ("make_dataset", "prepare_checkpoint", "export", "bench", "accuracy", "summary", "train_demo"):
+        proc = subprocess.run(
+            [sys.executable, "-m", f"workflow_scripts.{step}", "--help"], cwd=REPO, capture_output=True, text=True
+        )
+        assert proc.returncode == 0 and "usage:" in proc.stdout, step
