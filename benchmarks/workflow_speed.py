@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import re
@@ -53,8 +54,10 @@ def _job_count(text: str) -> int:
 def large_config(models: int, targets: int, batches: list[int]) -> dict:
     base = yaml.safe_load((REPO / "config/config.yaml").read_text())
     cfg = copy.deepcopy(base)
-    cfg["models"] = {f"m{i:02d}": {**base["models"]["yolo-demo"]} for i in range(models)}
-    cfg["targets"] = {f"t{i:02d}": {**base["targets"]["cpu"], "batch_sizes": batches} for i in range(targets)}
+    cfg["models"] = {f"m{i:02d}": copy.deepcopy(base["models"]["yolo-demo"]) for i in range(models)}
+    cfg["targets"] = {
+        f"t{i:02d}": {**copy.deepcopy(base["targets"]["cpu"]), "batch_sizes": list(batches)} for i in range(targets)
+    }
     return cfg
 
 
@@ -84,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
             assert "Nothing to be done" in out, out[-2000:]
             result["up_to_date_dry_run"] = {"seconds": round(seconds, 2), "target_s": 3}
         cfg = large_config(models=10, targets=6, batches=[1, 2, 4, 8])
-        (work / "config/large.yaml").write_text(yaml.safe_dump(cfg))
-        seconds, out = _snakemake(work, "-n", "--configfile", "config/large.yaml", "results/summary.md")
+        (work / "config/large.json").write_text(json.dumps(cfg))
+        seconds, out = _snakemake(work, "-n", "results/summary.md", "--configfile", "config/large.json")
         result["large_dry_run"] = {"seconds": round(seconds, 2), "jobs": _job_count(out), "target_s": 10}
     write_json(a.out, result)
     print(yaml.safe_dump(result, sort_keys=False))

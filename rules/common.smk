@@ -44,18 +44,18 @@ def runs(target):
                     yield model, backend, precision
 
 
-def bench_outputs():
+def bench_outputs(targets=None):
     return [
         f"results/{t}/bench/{m}/{b}_{p}_b{n}.json"
-        for t in TARGETS
+        for t in targets or TARGETS
         for m, b, p in runs(t)
         for n in TARGETS[t]["batch_sizes"]
     ]
 
 
-def accuracy_outputs():
+def accuracy_outputs(targets=None):
     out = []
-    for t in TARGETS:
+    for t in targets or TARGETS:
         triples = list(runs(t))
         for m in MODELS:
             if AVAILABLE[BASELINE["backend"]][0]:

@@ -1,18 +1,41 @@
+rule plots:
+    input:
+        bench=lambda w: bench_outputs([w.target]),
+        accuracy=lambda w: accuracy_outputs([w.target]),
+        code=step_code("plots"),
+    output:
+        latency=report(
+            "results/plots/{target}_latency_vs_batch.png",
+            category="Plots",
+            subcategory="{target}",
+            caption="../report/plots.rst",
+        ),
+        accuracy=report(
+            "results/plots/{target}_accuracy_vs_latency.png",
+            category="Plots",
+            subcategory="{target}",
+            caption="../report/plots.rst",
+        ),
+    log:
+        "logs/plots/{target}.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m workflow_scripts.plots --target {wildcards.target} --bench {input.bench}"
+        " --accuracy {input.accuracy} --latency-png {output.latency} --accuracy-png {output.accuracy} > {log} 2>&1"
+
+
 rule summary:
     input:
         bench=bench_outputs(),
         accuracy=accuracy_outputs(),
+        plots=plot_outputs(),
         code=step_code("summary"),
     output:
-        summary=report(
+        report(
             "results/summary.md",
             category="Summary",
             caption="../report/summary.rst",
-        ),
-        plots=report(
-            plot_outputs(),
-            category="Plots",
-            caption="../report/plots.rst",
         ),
     log:
         "logs/summary.log",
@@ -24,5 +47,5 @@ rule summary:
         baseline=f"{BASELINE['backend']}_{BASELINE['precision']}",
     shell:
         "python -m workflow_scripts.summary --bench {input.bench} --accuracy {input.accuracy}"
-        " --unavailable {params.unavailable:q} --gate {params.gate} --baseline {params.baseline}"
-        " --out {output.summary} --plots {output.plots} > {log} 2>&1"
+        " --plots {input.plots} --unavailable {params.unavailable:q} --gate {params.gate}"
+        " --baseline {params.baseline} --out {output} > {log} 2>&1"

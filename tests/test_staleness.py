@@ -13,6 +13,8 @@ import yaml
 
 from tests.conftest import TINY_CONFIG, planned_outputs, snakemake, write_config
 
+SUMMARY = "results/summary.md"  # what users ask for
+
 pytestmark = pytest.mark.workflow
 
 
@@ -59,7 +61,7 @@ def test_full_run_writes_every_artifact_of_the_contract(built_workflow: Path):
 
 
 def test_second_run_with_nothing_changed_runs_no_job(workflow_copy: Path):
-    assert planned_outputs(workflow_copy) == set()
+    assert planned_outputs(workflow_copy, SUMMARY) == set()
     proc = snakemake(workflow_copy, "results/summary.md")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
@@ -68,19 +70,20 @@ def test_adding_a_batch_size_schedules_only_the_new_bench_jobs_and_the_summary(w
     cfg = _config(workflow_copy)
     cfg["targets"]["cpu"]["batch_sizes"].append(3)
     write_config(workflow_copy, cfg)
-    planned = planned_outputs(workflow_copy)
+    planned = planned_outputs(workflow_copy, SUMMARY)
     new_bench = {f"results/cpu/bench/{m}/{b}_fp32_b3.json" for m in ("a", "b") for b in ("torch", "onnxruntime")}
-    assert planned - {"results/summary.md"} - {p for p in planned if p.startswith("results/plots/")} == new_bench
+    cpu_plots = {"results/plots/cpu_latency_vs_batch.png", "results/plots/cpu_accuracy_vs_latency.png"}
+    assert planned == new_bench | cpu_plots | {SUMMARY}
     snakemake(workflow_copy, "results/summary.md")
     assert "| 3 |" in (workflow_copy / "results/summary.md").read_text()
-    assert planned_outputs(workflow_copy) == set()
+    assert planned_outputs(workflow_copy, SUMMARY) == set()
 
 
 def test_adding_a_backend_schedules_only_its_bench_jobs_and_the_summary(workflow_copy: Path):
     cfg = _config(workflow_copy)
     cfg["targets"]["edge"]["backends"]["torch"] = ["fp32"]
     write_config(workflow_copy, cfg)
-    planned = planned_outputs(workflow_copy)
+    planned = planned_outputs(workflow_copy, SUMMARY)
     # torch fp32 accuracy on edge already exists: it is the baseline every edge accuracy is compared with
     expected = {"results/edge/bench/a/torch_fp32_b1.json", "results/edge/bench/b/torch_fp32_b1.json"}
     assert {p for p in planned if "/bench/" in p or "/accuracy/" in p} == expected
@@ -93,7 +96,7 @@ def test_replacing_one_checkpoint_makes_only_that_models_artifacts_stale(workflo
     shutil.copy(ckpt, ckpt.with_suffix(".new"))
     ckpt.with_suffix(".new").replace(ckpt)
     _touch_later(ckpt)
-    planned = planned_outputs(workflow_copy)
+    planned = planned_outputs(workflow_copy, SUMMARY)
     assert "artifacts/checkpoints/a.pt" in planned and "artifacts/onnx/a/fp32.onnx" in planned
     assert "results/cpu/bench/a/torch_fp32_b1.json" in planned and "results/edge/accuracy/a/torch_fp32.json" in planned
     model_b = {p for p in planned if "/b/" in p or p.endswith("/b.pt") or p.endswith("/b.json")}
@@ -101,11 +104,28 @@ def test_replacing_one_checkpoint_makes_only_that_models_artifacts_stale(workflo
     assert not any("artifacts/data" in p for p in planned)
 
 
+def test_adding_a_target_schedules_only_its_jobs_and_the_summary(workflow_copy: Path):
+    cfg = _config(workflow_copy)
+    cfg["targets"]["lab"] = {"device": "cpu", "threads": 2, "backends": {"onnxruntime": ["fp32"]}, "batch_sizes": [1]}
+    write_config(workflow_copy, cfg)
+    planned = planned_outputs(workflow_copy, SUMMARY)
+    assert planned - {SUMMARY} == {
+        "results/lab/bench/a/onnxruntime_fp32_b1.json",
+        "results/lab/bench/b/onnxruntime_fp32_b1.json",
+        "results/lab/accuracy/a/onnxruntime_fp32.json",
+        "results/lab/accuracy/b/onnxruntime_fp32.json",
+        "results/lab/accuracy/a/torch_fp32.json",
+        "results/lab/accuracy/b/torch_fp32.json",
+        "results/plots/lab_latency_vs_batch.png",
+        "results/plots/lab_accuracy_vs_latency.png",
+    }
+
+
 def test_changing_one_targets_settings_makes_only_that_targets_results_stale(workflow_copy: Path):
     cfg = _config(workflow_copy)
     cfg["targets"]["edge"]["threads"] = 2
     write_config(workflow_copy, cfg)
-    planned = planned_outputs(workflow_copy)
+    planned = planned_outputs(workflow_copy, SUMMARY)
     per_target = {
         p
         for p in planned
@@ -119,7 +139,7 @@ def test_editing_a_runner_reruns_only_that_backends_jobs(workflow_copy: Path):
     runner = workflow_copy / "workflow_scripts/runners/ort_runner.py"
     runner.write_text(runner.read_text() + "\n# edited\n")
     _touch_later(runner)
-    planned = planned_outputs(workflow_copy)
+    planned = planned_outputs(workflow_copy, SUMMARY)
     measured = {p for p in planned if "/bench/" in p or "/accuracy/" in p}
     assert measured and all("onnxruntime_" in p for p in measured), measured
     assert not any(p.startswith("artifacts/") for p in planned)
@@ -129,13 +149,17 @@ def test_editing_the_summary_script_reruns_only_the_summary(workflow_copy: Path)
     script = workflow_copy / "workflow_scripts/summary.py"
     script.write_text(script.read_text() + "\n# edited\n")
     _touch_later(script)
-    planned = planned_outputs(workflow_copy)
-    assert planned == {
-        "results/summary.md",
-        "results/plots/cpu_latency_vs_batch.png",
-        "results/plots/cpu_accuracy_vs_latency.png",
-        "results/plots/edge_latency_vs_batch.png",
-        "results/plots/edge_accuracy_vs_latency.png",
+    planned = planned_outputs(workflow_copy, SUMMARY)
+    assert planned == {SUMMARY}
+
+
+def test_editing_the_plotting_script_reruns_only_the_plots_and_the_summary(workflow_copy: Path):
+    script = workflow_copy / "workflow_scripts/plots.py"
+    script.write_text(script.read_text() + "\n# edited\n")
+    _touch_later(script)
+    planned = planned_outputs(workflow_copy, SUMMARY)
+    assert planned == {SUMMARY} | {
+        f"results/plots/{t}_{k}.png" for t in ("cpu", "edge") for k in ("latency_vs_batch", "accuracy_vs_latency")
     }
 
 

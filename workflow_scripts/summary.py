@@ -1,5 +1,5 @@
-"""results/summary.md and results/plots/: one table per target, the fastest configuration that passes
-the accuracy gate, the environment, and the plots."""
+"""results/summary.md: one table per target, the fastest configuration that passes the accuracy gate,
+the environment, what could not run here, and links to the plots."""
 
 from __future__ import annotations
 
@@ -9,66 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import atomic_path, read_json, run_cli
-
-PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency")
-
-
-def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Bench rows (one per model/backend/precision/batch) and accuracy rows, as DataFrames."""
-    bench = []
-    for f in bench_files:
-        r = read_json(f)
-        bench.append(
-            {
-                "target": r["target"],
-                "model": r["model"],
-                "backend": r["backend"],
-                "precision": r["precision"],
-                "batch": r["batch"],
-                "p50_ms": r["latency_ms"]["p50"],
-                "p99_ms": r["latency_ms"]["p99"],
-                "mean_ms": r["latency_ms"]["mean"],
-                "throughput": r["throughput_items_per_s"],
-                "pre_ms": r["preprocess_ms"]["p50"],
-                "post_ms": r["postprocess_ms"]["p50"],
-                "energy_j": (r.get("power") or {}).get("energy_per_inference_j"),
-                "file": str(f),
-                "device": r["environment"].get("gpu") or r["environment"].get("cpu"),
-                "libraries": r["environment"].get("libraries", {}),
-                "runner": r.get("runner", {}),
-                "git_commit": r["environment"].get("git_commit"),
-                "timestamp": r["environment"].get("timestamp"),
-                "iterations": r["iterations"],
-                "warmup": r["warmup"],
-                "threads": r.get("threads"),
-            }
-        )
-    acc = []
-    for f in accuracy_files:
-        r = read_json(f)
-        acc.append(
-            {
-                "target": r["target"],
-                "model": r["model"],
-                "backend": r["backend"],
-                "precision": r["precision"],
-                "map50_95": r["map50_95"],
-                "map50": r["map50"],
-                "ap_small": r.get("ap_small"),
-                "ap_medium": r.get("ap_medium"),
-                "ap_large": r.get("ap_large"),
-                "images": r["images"],
-                "ratio": r.get("ratio_to_baseline"),
-                "gate_passed": r.get("gate", {}).get("passed"),
-                "baseline": f"{r['baseline']['backend']} {r['baseline']['precision']}" if r.get("baseline") else None,
-            }
-        )
-    bench_cols = ["target", "model", "backend", "precision", "batch"]
-    acc_cols = ["target", "model", "backend", "precision"]
-    b = pd.DataFrame(bench, columns=None if bench else bench_cols)
-    a = pd.DataFrame(acc, columns=None if acc else acc_cols)
-    return b, a
+from workflow_scripts.io import atomic_path, run_cli
+from workflow_scripts.plots import PLOT_KINDS
+from workflow_scripts.results import load_tables, merged
 
 
 def _fmt(v, digits: int = 2) -> str:
@@ -112,59 +55,6 @@ def _label(row: pd.Series) -> str:
     return f"{row['model']} {row['backend']} {row['precision']} b{int(row['batch'])}"
 
 
-def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_png: Path, accuracy_png: Path) -> None:
-    """Latency vs batch per backend, and mAP50-95 vs batch-1 latency, for one target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (model, backend, precision), g in bench.groupby(["model", "backend", "precision"]):
-        g = g.sort_values("batch")
-        ax.plot(g["batch"], g["p50_ms"], marker="o", label=f"{model} {backend} {precision}")
-        ax.fill_between(g["batch"], g["p50_ms"], g["p99_ms"], alpha=0.15)
-    ax.set_xscale("log", base=2)
-    if not bench.empty:
-        sizes = sorted(bench["batch"].unique())
-        ax.set_xticks(sizes, [str(int(b)) for b in sizes])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("model latency per batch, ms (p50; band to p99)")
-    ax.set_title(f"{target}: latency vs batch")
-    ax.grid(True, alpha=0.3)
-    if not bench.empty:
-        ax.legend(fontsize=8)
-    _save(fig, latency_png)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = merged[(merged["batch"] == 1) & merged["map50_95"].notna()] if not merged.empty else merged
-    for _, r in pts.iterrows():
-        colour = "tab:green" if r["gate_passed"] else "tab:red"
-        ax.scatter(r["p50_ms"], r["map50_95"], color=colour, s=40)
-        ax.annotate(
-            f"{r['model']} {r['backend']} {r['precision']}",
-            (r["p50_ms"], r["map50_95"]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    ax.margins(x=0.25, y=0.2)
-    ax.set_xlabel("batch-1 model latency, ms (p50)")
-    ax.set_ylabel("mAP50-95 (pycocotools)")
-    ax.set_title(f"{target}: accuracy vs latency (green: passes the gate)")
-    ax.grid(True, alpha=0.3)
-    _save(fig, accuracy_png)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
 def render(
     bench: pd.DataFrame,
     acc: pd.DataFrame,
@@ -186,9 +76,7 @@ def render(
         ]
     targets = sorted(set(bench.get("target", pd.Series(dtype=str))) | set(acc.get("target", pd.Series(dtype=str))))
     for target in targets:
-        tb = bench[bench["target"] == target] if not bench.empty else bench
-        ta = acc[acc["target"] == target] if not acc.empty else acc
-        merged = tb.merge(ta, on=["target", "model", "backend", "precision"], how="left") if not tb.empty else tb
+        tb, ta, joined = merged(bench, acc, target)
         lines += [f"## Target `{target}`", ""]
         if not tb.empty:
             first = tb.iloc[0]
@@ -199,10 +87,10 @@ def render(
                 f"{first['iterations']} timed iterations per row. Libraries: {lib_text}.",
                 "",
             ]
-            merged = merged.sort_values(["model", "backend", "precision", "batch"])
+            joined = joined.sort_values(["model", "backend", "precision", "batch"])
             lines += [
                 markdown_table(
-                    merged,
+                    joined,
                     {
                         "model": ("model", 0),
                         "backend": ("backend", 0),
@@ -220,7 +108,7 @@ def render(
                 ),
                 "",
             ]
-            lowest, best = fastest_passing(merged)
+            lowest, best = fastest_passing(joined)
             if lowest is None and best is None:
                 lines += ["**No configuration passes the accuracy gate on this target.**", ""]
             else:
@@ -305,12 +193,6 @@ def summarise(
         for kind in PLOT_KINDS:
             if p.stem.endswith("_" + kind):
                 plots[p.stem] = p
-    targets = {key[: -len(kind) - 1] for key in plots for kind in PLOT_KINDS if key.endswith(kind)}
-    for target in sorted(targets):
-        tb = bench[bench["target"] == target] if not bench.empty else bench
-        ta = acc[acc["target"] == target] if not acc.empty else acc
-        merged = tb.merge(ta, on=["target", "model", "backend", "precision"], how="left") if not tb.empty else tb
-        plot_target(target, tb, merged, plots[f"{target}_latency_vs_batch"], plots[f"{target}_accuracy_vs_latency"])
     text = render(bench, acc, unavailable, gate, baseline, plots, out)
     with atomic_path(out) as tmp:
         tmp.write_text(text)

@@ -1,0 +1,83 @@
+"""results/plots/{target}_*.png: latency vs batch per backend, and accuracy vs latency, for one target."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts.io import atomic_path, run_cli
+from workflow_scripts.results import load_tables, merged
+
+PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency")
+
+
+def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_png: Path, accuracy_png: Path) -> None:
+    """Latency vs batch per backend, and mAP50-95 vs batch-1 latency, for one target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (model, backend, precision), g in bench.groupby(["model", "backend", "precision"]):
+        g = g.sort_values("batch")
+        ax.plot(g["batch"], g["p50_ms"], marker="o", label=f"{model} {backend} {precision}")
+        ax.fill_between(g["batch"], g["p50_ms"], g["p99_ms"], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    if not bench.empty:
+        sizes = sorted(bench["batch"].unique())
+        ax.set_xticks(sizes, [str(int(b)) for b in sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("model latency per batch, ms (p50; band to p99)")
+    ax.set_title(f"{target}: latency vs batch")
+    ax.grid(True, alpha=0.3)
+    if not bench.empty:
+        ax.legend(fontsize=8)
+    _save(fig, latency_png)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = merged[(merged["batch"] == 1) & merged["map50_95"].notna()] if not merged.empty else merged
+    for _, r in pts.iterrows():
+        colour = "tab:green" if r["gate_passed"] else "tab:red"
+        ax.scatter(r["p50_ms"], r["map50_95"], color=colour, s=40)
+        ax.annotate(
+            f"{r['model']} {r['backend']} {r['precision']}",
+            (r["p50_ms"], r["map50_95"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.margins(x=0.25, y=0.2)
+    ax.set_xlabel("batch-1 model latency, ms (p50)")
+    ax.set_ylabel("mAP50-95 (pycocotools)")
+    ax.set_title(f"{target}: accuracy vs latency (green: passes the gate)")
+    ax.grid(True, alpha=0.3)
+    _save(fig, accuracy_png)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--target", required=True)
+    p.add_argument("--bench", type=Path, nargs="*", default=[])
+    p.add_argument("--accuracy", type=Path, nargs="*", default=[])
+    p.add_argument("--latency-png", type=Path, required=True)
+    p.add_argument("--accuracy-png", type=Path, required=True)
+    a = p.parse_args(argv)
+    tb, _, joined = merged(*load_tables(a.bench, a.accuracy), a.target)
+    plot_target(a.target, tb, joined, a.latency_png, a.accuracy_png)
+    print(f"wrote {a.latency_png} and {a.accuracy_png}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

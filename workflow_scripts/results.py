@@ -1,0 +1,76 @@
+"""Result JSONs as tables: the one reader the summary and the plots share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts.io import read_json
+
+KEYS = ["target", "model", "backend", "precision"]
+
+
+def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Bench rows (one per model/backend/precision/batch) and accuracy rows, as DataFrames."""
+    bench = []
+    for f in bench_files:
+        r = read_json(f)
+        bench.append(
+            {
+                "target": r["target"],
+                "model": r["model"],
+                "backend": r["backend"],
+                "precision": r["precision"],
+                "batch": r["batch"],
+                "p50_ms": r["latency_ms"]["p50"],
+                "p99_ms": r["latency_ms"]["p99"],
+                "mean_ms": r["latency_ms"]["mean"],
+                "throughput": r["throughput_items_per_s"],
+                "pre_ms": r["preprocess_ms"]["p50"],
+                "post_ms": r["postprocess_ms"]["p50"],
+                "energy_j": (r.get("power") or {}).get("energy_per_inference_j"),
+                "file": str(f),
+                "device": r["environment"].get("gpu") or r["environment"].get("cpu"),
+                "libraries": r["environment"].get("libraries", {}),
+                "runner": r.get("runner", {}),
+                "git_commit": r["environment"].get("git_commit"),
+                "timestamp": r["environment"].get("timestamp"),
+                "iterations": r["iterations"],
+                "warmup": r["warmup"],
+                "threads": r.get("threads"),
+            }
+        )
+    acc = []
+    for f in accuracy_files:
+        r = read_json(f)
+        acc.append(
+            {
+                "target": r["target"],
+                "model": r["model"],
+                "backend": r["backend"],
+                "precision": r["precision"],
+                "map50_95": r["map50_95"],
+                "map50": r["map50"],
+                "ap_small": r.get("ap_small"),
+                "ap_medium": r.get("ap_medium"),
+                "ap_large": r.get("ap_large"),
+                "images": r["images"],
+                "ratio": r.get("ratio_to_baseline"),
+                "gate_passed": r.get("gate", {}).get("passed"),
+                "baseline": f"{r['baseline']['backend']} {r['baseline']['precision']}" if r.get("baseline") else None,
+            }
+        )
+    bench_cols = ["target", "model", "backend", "precision", "batch"]
+    acc_cols = ["target", "model", "backend", "precision"]
+    b = pd.DataFrame(bench, columns=None if bench else bench_cols)
+    a = pd.DataFrame(acc, columns=None if acc else acc_cols)
+    return b, a
+
+
+def merged(bench: pd.DataFrame, acc: pd.DataFrame, target: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One target's bench rows, accuracy rows, and bench rows joined with their accuracy."""
+    tb = bench[bench["target"] == target] if not bench.empty else bench
+    ta = acc[acc["target"] == target] if not acc.empty else acc
+    joined = tb.merge(ta, on=KEYS, how="left") if not tb.empty else tb
+    return tb, ta, joined
