@@ -11,6 +11,8 @@ rule accuracy:
         "logs/accuracy/{target}/{model}/{backend}_{precision}.log",
     conda:
         "../envs/bench.yaml"
+    resources:
+        gpu=gpus,
     params:
         family=lambda w: MODELS[w.model]["family"],
         dataset=dataset_of,

@@ -12,6 +12,7 @@ rule bench:
     threads: exclusive_threads()
     resources:
         bench=1,
+        gpu=gpus,
     params:
         family=lambda w: MODELS[w.model]["family"],
         dataset=dataset_of,

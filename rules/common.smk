@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 from workflow_scripts import config as pfconfig
 from workflow_scripts.deps import code_files
 from workflow_scripts.io import PlanforgeError
-from workflow_scripts.models import family_file
+from workflow_scripts.models import family_file, is_architecture
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS, backend_available, runner_file
 
@@ -56,9 +56,9 @@ def bench_outputs(targets=None):
 def accuracy_outputs(targets=None):
     out = []
     for t in targets or TARGETS:
-        triples = list(runs(t))
+        triples = [r for r in runs(t) if MODELS[r[0]]["accuracy"]]
         for m in MODELS:
-            if AVAILABLE[BASELINE["backend"]][0]:
+            if MODELS[m]["accuracy"] and AVAILABLE[BASELINE["backend"]][0]:
                 triples.append((m, BASELINE["backend"], BASELINE["precision"]))
         out += [
             f"results/{t}/accuracy/{m}/{b}_{p}.json"
@@ -128,6 +128,7 @@ def target_settings(wildcards):
         "threads": t["threads"],
         "backend_options": t["backend_options"].get(wildcards.backend, {}),
         "power": t["power"],
+        "gpu": t["gpu"],
     }
 
 
@@ -161,6 +162,17 @@ def baseline_accuracy(wildcards):
 
 def baseline_arg(wildcards, input):
     return f"--baseline {input.baseline}" if input.baseline else ""
+
+
+def gpus(wildcards):
+    """GPU jobs declare gpu=1 (a cluster maps it to a GPU request; locally --resources gpu=N caps them)."""
+    return int(TARGETS[wildcards.target]["device"].startswith("cuda"))
+
+
+def checkpoint_source(wildcards):
+    """The configured checkpoint file; none for an architecture name such as yolov8n.yaml (random weights)."""
+    src = MODELS[wildcards.model]["checkpoint"]
+    return [] if is_architecture(src) else src
 
 
 def exclusive_threads():

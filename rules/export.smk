@@ -1,6 +1,6 @@
 rule prepare_checkpoint:
     input:
-        src=lambda w: MODELS[w.model]["checkpoint"],
+        src=checkpoint_source,
         code=lambda w: [
             *step_code("prepare_checkpoint"),
             family_file(MODELS[w.model]["family"]),
@@ -14,8 +14,9 @@ rule prepare_checkpoint:
         "../envs/export.yaml"
     params:
         family=lambda w: MODELS[w.model]["family"],
+        src=lambda w: MODELS[w.model]["checkpoint"],
     shell:
-        "python -m workflow_scripts.prepare_checkpoint --family {params.family} --src {input.src:q}"
+        "python -m workflow_scripts.prepare_checkpoint --family {params.family} --src {params.src:q}"
         " --out {output.ckpt} --info {output.info} > {log} 2>&1"
 
 

@@ -22,7 +22,7 @@ def _mutated(fn) -> dict:
     [
         (
             lambda c: c["targets"]["cpu"]["backends"].update(tensorrtx=["fp32"]),
-            "config key targets.cpu.backends: 'tensorrtx' is not one of ['torch', 'onnxruntime']",
+            "config key targets.cpu.backends: 'tensorrtx' is not one of ['torch', 'torch-cudagraph',",
         ),
         (lambda c: c["models"]["a"].update(family="rtdetr"), "config key models.a.family: 'rtdetr' is not one of"),
         (
@@ -48,6 +48,14 @@ def test_config_error_names_the_key_and_the_allowed_values(mutate, expected):
         validate(_mutated(mutate))
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_cuda_only_backends_are_refused_on_a_cpu_target():
+    cfg = _mutated(lambda c: c["targets"]["cpu"]["backends"].update({"torch-cudagraph": ["fp32"]}))
+    with pytest.raises(PlanforgeError, match="targets.cpu.backends.torch-cudagraph: needs a cuda device"):
+        validate(cfg)
+    cfg["targets"]["cpu"]["device"] = "cuda"
+    validate(cfg)
 
 
 def test_defaults_match_the_seeds_measurement_settings():

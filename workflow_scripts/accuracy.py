@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from workflow_scripts.data import load_split, read_image
-from workflow_scripts.envinfo import environment
+from workflow_scripts.envinfo import check_target_device, environment
 from workflow_scripts.io import PlanforgeError, read_json, run_cli, write_json
 from workflow_scripts.metrics import coco_evaluate
 from workflow_scripts.models import get_family
@@ -46,10 +46,12 @@ def evaluate(
     iou: float,
     max_det: int,
     config_hash: str,
+    gpu: str | None = None,
 ) -> dict:
     """Run the backend over the val split and score its detections with pycocotools."""
     from tqdm import tqdm
 
+    check_target_device(target, device, gpu)
     fam = get_family(family)
     split = load_split(dataset, "val")
     records = split.images[:max_images] if max_images else split.images
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         s["iou"],
         s["max_det"],
         s["config_hash"],
+        gpu=s.get("gpu"),
     )
     r = gate(r, read_json(a.baseline) if a.baseline else None, s["gate"])
     write_json(a.out, r)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from workflow_scripts.data import load_split
-from workflow_scripts.envinfo import environment
+from workflow_scripts.envinfo import check_target_device, environment
 from workflow_scripts.io import PlanforgeError, run_cli, write_json
 from workflow_scripts.metrics import latency_stats
 from workflow_scripts.models import get_family
@@ -22,7 +22,8 @@ from workflow_scripts.power import get_sampler
 
 TIMERS = {
     "model": "Runner.infer on a preprocessed batch already in the backend's memory and layout; GPU work "
-    "synchronised before the clock stops; no pre/post-processing, no host-device copies",
+    "timed with CUDA events and synchronised before the clock is read; no pre/post-processing, no host-device "
+    "copies; one-off compilation / graph capture excluded (see setup_seconds)",
     "preprocess": "letterbox/resize + normalise + NCHW stacking of decoded RGB images (image decoding excluded)",
     "postprocess": "raw model outputs on the host → final detections in original image coordinates",
 }
@@ -57,8 +58,10 @@ def bench(
     conf: float,
     power: str,
     config_hash: str,
+    gpu: str | None = None,
 ) -> dict:
     """Run the three timers and return the bench record (the measurement contract)."""
+    check_target_device(target, device, gpu)
     fam = get_family(family)
     split = load_split(dataset, "val")
     images = [im for _, im in load_images(split, batch)]
@@ -69,6 +72,7 @@ def bench(
     pre_times = _timed(lambda: fam.preprocess(images, imgsz), iterations)
     inputs, metas = fam.preprocess(images, imgsz)
     prepared = runner.prepare(inputs)
+    runner.setup(prepared)
     for _ in range(warmup):
         runner.infer(prepared)
     sampler = get_sampler(power, device=device)
@@ -76,9 +80,8 @@ def bench(
     t_start = time.perf_counter()
     model_times = []
     for _ in range(iterations):
-        t0 = time.perf_counter()
-        out = runner.infer(prepared)
-        model_times.append(time.perf_counter() - t0)
+        out, seconds = runner.timed_infer(prepared)
+        model_times.append(seconds)
     wall = time.perf_counter() - t_start
     sampler.stop()
     outputs = runner.to_numpy(out)
@@ -105,6 +108,8 @@ def bench(
         "postprocess_ms": latency_stats(post_times),
         "postprocess_conf": conf,
         "power": sampler.result(batch * iterations),
+        "setup_seconds": runner.setup_seconds,
+        "memory": runner.memory(),
         "runner": runner.versions(),
         "threads": threads,
         "backend_options": options,
@@ -152,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         s["conf"],
         s.get("power", "none"),
         s["config_hash"],
+        gpu=s.get("gpu"),
     )
     write_json(a.out, r)
     print(

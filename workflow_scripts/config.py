@@ -35,8 +35,8 @@ DATASET_DEFAULTS = {
     "image_size": [256, 416],
     "max_objects": 8,
 }
-MODEL_DEFAULTS = {"imgsz": 640}
-TARGET_DEFAULTS = {"threads": None, "backend_options": {}, "power": "none"}
+MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True}
+TARGET_DEFAULTS = {"threads": None, "backend_options": {}, "power": "none", "gpu": None}
 
 
 def _key(path: Any) -> str:
@@ -76,9 +76,15 @@ def validate(config: dict) -> dict:
                     f"config key targets.{name}.backends.{backend}: {bad[0]!r} is not one of "
                     f"{list(BACKENDS[backend].precisions)}"
                 )
-            if backend == "torch" and "fp16" in precisions and target["device"] == "cpu":
+            on_cpu = target["device"] == "cpu"
+            if on_cpu and BACKENDS[backend].needs_cuda:
                 raise PlanforgeError(
-                    f"config key targets.{name}.backends.torch: 'fp16' needs a cuda device; allowed on cpu: ['fp32']"
+                    f"config key targets.{name}.backends.{backend}: needs a cuda device; allowed on cpu: "
+                    f"{sorted(b for b, s in BACKENDS.items() if not s.needs_cuda)}"
+                )
+            if on_cpu and backend.startswith("torch") and "fp16" in precisions:
+                raise PlanforgeError(
+                    f"config key targets.{name}.backends.{backend}: 'fp16' needs a cuda device; allowed on cpu: ['fp32']"
                 )
     base = cfg["accuracy"]["baseline"]
     if base["precision"] not in BACKENDS[base["backend"]].precisions:

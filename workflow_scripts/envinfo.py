@@ -95,3 +95,24 @@ def environment(device: str) -> dict:
         "git_commit": git_commit(),
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def check_target_device(target: str, device: str, gpu_pin: str | None) -> None:
+    """Refuse to time a target on the wrong hardware: no GPU for a cuda target, or another GPU than pinned."""
+    from workflow_scripts.io import PlanforgeError
+
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PlanforgeError(
+            f"target {target}: device {device} but torch sees no CUDA GPU here; run it on its GPU machine "
+            f"(e.g. --profile profiles/server) or drop the target"
+        )
+    name = torch.cuda.get_device_name(torch.device(device))
+    if gpu_pin and gpu_pin.lower() not in name.lower():
+        raise PlanforgeError(
+            f"target {target}: pinned to GPU '{gpu_pin}' (targets.{target}.gpu) but this machine's GPU is "
+            f"'{name}'; run it on a {gpu_pin} or use the target that matches this GPU"
+        )

@@ -8,23 +8,28 @@ import shutil
 from pathlib import Path
 
 from workflow_scripts.io import atomic_path, run_cli, write_json
-from workflow_scripts.models import get_family
+from workflow_scripts.models import get_family, is_architecture
 
 
 def prepare_checkpoint(family: str, src: Path, out: Path, info: Path) -> dict:
     """Load `src` with its family (one clear error if it is missing or corrupt), copy it, describe it."""
     fam = get_family(family)
+    architecture = is_architecture(str(src))
     model = fam.load_torch(src)
-    record = {
-        "source": str(src),
-        "family": family,
-        "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-        "size_bytes": src.stat().st_size,
-        "class_names": fam.class_names(model),
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-    }
     with atomic_path(out) as tmp:
-        shutil.copyfile(src, tmp)
+        if architecture:  # random weights from a seeded architecture: useful for latency, not accuracy
+            fam.save_checkpoint(fam.build_architecture(str(src)), tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        record = {
+            "source": str(src),
+            "family": family,
+            "random_weights": architecture,
+            "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest(),
+            "size_bytes": tmp.stat().st_size,
+            "class_names": fam.class_names(model),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+        }
     write_json(info, record)
     return record
 

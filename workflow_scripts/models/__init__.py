@@ -25,3 +25,10 @@ def get_family(name: str) -> ModuleType:
 def family_file(name: str) -> str:
     """Path of the family's source file, relative to the repository (for Snakemake code inputs)."""
     return FAMILIES[name].replace(".", "/") + ".py"
+
+
+def is_architecture(checkpoint: str) -> bool:
+    """A checkpoint given as an architecture name (`yolov8n.yaml`): built with random weights, no file needed."""
+    from pathlib import Path
+
+    return str(checkpoint).endswith((".yaml", ".yml")) and not Path(checkpoint).is_file()

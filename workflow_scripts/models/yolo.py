@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.io import PlanforgeError
+from workflow_scripts.models import is_architecture
 
 PAD_VALUE = 114
 INPUT_NAME = "images"
@@ -40,9 +41,37 @@ def _offline_env() -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "planforge-ultralytics"))
 
 
-def load_torch(checkpoint: str | Path, device: str = "cpu"):
-    """Load an ultralytics checkpoint as an eval-mode, fused, FP32 torch module."""
+def build_architecture(name: str, seed: int = 0):
+    """A randomly initialised (seeded) detection model from an ultralytics architecture name."""
     _offline_env()
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    try:
+        model = DetectionModel(name, verbose=False)
+    except Exception as exc:  # ultralytics raises FileNotFoundError or its own errors for unknown names
+        raise PlanforgeError(
+            f"{name}: not an ultralytics architecture ({exc.__class__.__name__}); use e.g. yolov8n.yaml"
+        ) from None
+    return model
+
+
+def save_checkpoint(model, path: str | Path) -> None:
+    """Save a module the way ultralytics checkpoints are laid out, so `load_torch` reads it back."""
+    import torch
+
+    torch.save({"model": model, "train_args": {}, "epoch": -1}, str(path))
+
+
+def load_torch(checkpoint: str | Path, device: str = "cpu"):
+    """Load an ultralytics checkpoint (or build an architecture) as an eval-mode, fused, FP32 torch module."""
+    _offline_env()
+    if is_architecture(checkpoint):
+        model = build_architecture(str(checkpoint)).fuse().eval().to(device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
     path = Path(checkpoint)
     if not path.is_file():
         raise PlanforgeError(f"{path}: checkpoint not found; check the model's `checkpoint` in the config")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import resource
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +28,18 @@ class BackendSpec:
     artifact: str  # which artifact it runs: "checkpoint" (torch module) or "onnx"
     precisions: tuple[str, ...]
     requires: tuple[str, ...]  # importable modules it needs; absent → reported unavailable
+    needs_cuda: bool = False  # only meaningful on a CUDA target
 
 
 BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
+    "torch-cudagraph": BackendSpec(
+        "torch_runner", "TorchCudaGraphRunner", "checkpoint", ("fp32", "fp16"), ("torch",), needs_cuda=True
+    ),
+    "torch-compile": BackendSpec("torch_runner", "TorchCompileRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
+    "torch-compile-max": BackendSpec(
+        "torch_runner", "TorchCompileMaxRunner", "checkpoint", ("fp32", "fp16"), ("torch",)
+    ),
     "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32",), ("onnxruntime",)),
 }
 
@@ -77,6 +87,21 @@ class Runner:
     def to_numpy(self, outputs: Any) -> list[np.ndarray]:
         """Outputs as host float32 arrays, in the model's output order."""
         raise NotImplementedError
+
+    def setup(self, prepared: Any) -> None:
+        """One-off work before warmup (compiling, graph capture); recorded apart in `setup_seconds`."""
+
+    setup_seconds: dict[str, float] = {}
+
+    def timed_infer(self, prepared: Any) -> tuple[Any, float]:
+        """`infer` and the seconds it took (host clock; GPU runners use device events)."""
+        t0 = time.perf_counter()
+        out = self.infer(prepared)
+        return out, time.perf_counter() - t0
+
+    def memory(self) -> dict[str, int | None]:
+        """Peak memory: this process's resident set, and the GPU's where the runner has one."""
+        return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_gpu_bytes": None}
 
     def versions(self) -> dict[str, str]:
         """Library versions that determine this runner's numbers."""

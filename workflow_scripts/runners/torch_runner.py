@@ -1,7 +1,15 @@
-"""PyTorch eager runner (FP32; FP16 on CUDA)."""
+"""PyTorch runners: eager, CUDA-graph replay of a fixed batch, and torch.compile.
+
+All share one class; the backend name picks the mode. On CUDA the model timer uses CUDA
+events around the forward (the stream is synchronised before the clock is read), FP16 is
+`half()`, and channels_last is on by default (`backend_options: {channels_last: false}` to
+turn it off). One-off work — compiling, capturing a graph — happens in `setup` and is
+recorded apart from the timed iterations.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +23,8 @@ class TorchRunner(Runner):
     """Runs a torch.nn.Module that a model family loaded; `output_fn` picks its outputs."""
 
     backend = "torch"
+    mode = "eager"  # eager | cudagraph | compile
+    compile_mode: str | None = None
 
     def __init__(
         self,
@@ -29,28 +39,135 @@ class TorchRunner(Runner):
         if threads:
             torch.set_num_threads(int(threads))
         self.torch_device = torch.device(device)
-        if precision == "fp16" and self.torch_device.type == "cpu":
+        self.cuda = self.torch_device.type == "cuda"
+        if self.cuda and not torch.cuda.is_available():
+            raise PlanforgeError(f"device {device}: torch sees no CUDA GPU on this machine; run this target on a GPU")
+        if precision == "fp16" and not self.cuda:
             raise PlanforgeError("torch fp16 needs a CUDA device; remove fp16 from this CPU target's torch precisions")
+        if self.mode == "cudagraph" and not self.cuda:
+            raise PlanforgeError("torch-cudagraph needs a CUDA device; remove it from this CPU target's backends")
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
-        self.model = model.to(self.torch_device, self.dtype).eval()
+        self.channels_last = bool(self.options.get("channels_last", self.cuda))
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        model = model.to(self.torch_device, self.dtype).eval()
+        self.model = model.to(memory_format=self.memory_format)
         self.output_fn = output_fn or (lambda raw: raw)
+        self.forward = self._eager
+        if self.mode == "compile":
+            self.compile_mode = self.options.get("compile_mode", self.compile_mode)
+            self.forward = torch.compile(self._eager, mode=self.compile_mode, dynamic=False)
+        self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
+        self.setup_seconds: dict[str, float] = {}
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.torch_device)
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+
+    def _eager(self, x: torch.Tensor) -> Any:
+        return self.output_fn(self.model(x))
 
     def prepare(self, batch: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(batch).to(self.torch_device, self.dtype)
+        x = torch.from_numpy(batch).to(self.torch_device, self.dtype).contiguous(memory_format=self.memory_format)
+        if self.mode == "cudagraph":
+            graph = self.graphs.get(tuple(x.shape)) or self._capture(x)
+            graph[1].copy_(x)
+            return graph[1]
+        return x
 
-    @torch.inference_mode()
-    def infer(self, prepared: torch.Tensor) -> Any:
-        out = self.output_fn(self.model(prepared))
-        if self.torch_device.type == "cuda":
+    def setup(self, prepared: torch.Tensor) -> None:
+        if self.mode == "compile" and tuple(prepared.shape) not in self.setup_seconds:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for _ in range(3):  # reduce-overhead records its graphs on the later calls
+                    self.forward(prepared)
+            self._sync()
+            self.setup_seconds[str(tuple(prepared.shape))] = round(time.perf_counter() - t0, 3)
+
+    def _capture(self, x: torch.Tensor):
+        t0 = time.perf_counter()
+        static_in = torch.empty_like(x).copy_(x)
+        stream = torch.cuda.Stream(self.torch_device)
+        stream.wait_stream(torch.cuda.current_stream(self.torch_device))
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(3):  # warm up allocator and cuDNN choices outside the graph
+                self._eager(static_in)
+        torch.cuda.current_stream(self.torch_device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            static_out = self._eager(static_in)
+        self.graphs[tuple(x.shape)] = (graph, static_in, static_out)
+        self.setup_seconds[f"capture {tuple(x.shape)}"] = round(time.perf_counter() - t0, 3)
+        return self.graphs[tuple(x.shape)]
+
+    def _sync(self) -> None:
+        if self.cuda:
             torch.cuda.synchronize(self.torch_device)
+
+    def _run(self, prepared: torch.Tensor) -> Any:
+        if self.mode == "cudagraph":
+            graph, _, static_out = self.graphs[tuple(prepared.shape)]
+            graph.replay()
+            return static_out
+        with torch.inference_mode():
+            return self.forward(prepared)
+
+    def infer(self, prepared: torch.Tensor) -> Any:
+        out = self._run(prepared)
+        self._sync()
         return out
+
+    def timed_infer(self, prepared: torch.Tensor) -> tuple[Any, float]:
+        if not self.cuda:
+            return super().timed_infer(prepared)
+        self._start.record()
+        out = self._run(prepared)
+        self._end.record()
+        self._end.synchronize()
+        return out, self._start.elapsed_time(self._end) / 1e3
 
     def to_numpy(self, outputs: Any) -> list[np.ndarray]:
         outs = outputs if isinstance(outputs, (tuple, list)) else [outputs]
         return [o.detach().float().cpu().numpy() for o in outs]
 
+    def memory(self) -> dict[str, int | None]:
+        mem = super().memory()
+        if self.cuda:
+            mem["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(self.torch_device))
+        return mem
+
     def versions(self) -> dict[str, str]:
-        v = {"torch": torch.__version__, "torch_threads": str(torch.get_num_threads())}
-        if self.torch_device.type == "cuda":
+        v = {
+            "torch": torch.__version__,
+            "torch_threads": str(torch.get_num_threads()),
+            "mode": self.mode,
+            "channels_last": str(self.channels_last),
+        }
+        if self.compile_mode:
+            v["compile_mode"] = self.compile_mode
+        if self.cuda:
             v["cuda"] = str(torch.version.cuda)
+            v["cudnn"] = str(torch.backends.cudnn.version())
         return v
+
+
+class TorchCudaGraphRunner(TorchRunner):
+    """A fixed batch captured once in a CUDA graph and replayed (input copied into its static buffer)."""
+
+    backend = "torch-cudagraph"
+    mode = "cudagraph"
+
+
+class TorchCompileRunner(TorchRunner):
+    """torch.compile(mode="reduce-overhead"): inductor kernels plus CUDA graphs on GPU."""
+
+    backend = "torch-compile"
+    mode = "compile"
+    compile_mode = "reduce-overhead"
+
+
+class TorchCompileMaxRunner(TorchRunner):
+    """torch.compile(mode="max-autotune-no-cudagraphs"): autotuned kernels, no graphs (slow to compile)."""
+
+    backend = "torch-compile-max"
+    mode = "compile"
+    compile_mode = "max-autotune-no-cudagraphs"
