@@ -8,6 +8,7 @@ from workflow_scripts.deps import code_files
 from workflow_scripts.io import PlanforgeError
 from workflow_scripts.models import family_file
 from workflow_scripts.power import SAMPLERS
+from workflow_scripts.calib_cache import ALGORITHMS as CALIB_ALGORITHMS
 from workflow_scripts.runners import BACKENDS, backend_available, runner_file
 
 try:
@@ -27,7 +28,11 @@ wildcard_constraints:
     target="|".join(TARGETS),
     dataset="|".join(DATASETS),
     backend="|".join(BACKENDS),
-    precision="[a-z0-9]+",
+    precision="|".join(
+        sorted({p for spec in BACKENDS.values() for p in spec.precisions})
+    ),
+    calib="|".join(CALIB_ALGORITHMS),
+    split="train|val|calib",
     batch="[0-9]+",
 
 
@@ -86,6 +91,12 @@ def get_final_output():
     return ["results/summary.md", *plot_outputs()]
 
 
+def split_settings(dataset, split):
+    """A dataset's config with only `split`'s size (other splits' sizes do not change its images)."""
+    ds = DATASETS[dataset]
+    return {**ds, "splits": {split: ds["splits"][split]}}
+
+
 def dataset_of(wildcards):
     return f"artifacts/data/{MODELS[wildcards.model]['dataset']}"
 
@@ -95,11 +106,29 @@ def val_annotations(wildcards):
 
 
 def model_artifact(wildcards):
-    """The file a backend runs: the prepared checkpoint or the ONNX model of that precision."""
+    """The file a backend runs: the prepared checkpoint or the ONNX model of that precision.
+
+    ONNX files are named by precision: fp32 → fp32.onnx, int8_<calib> → int8_<calib>.onnx (QDQ).
+    """
     kind = BACKENDS[wildcards.backend].artifact
     if kind == "checkpoint":
         return f"artifacts/checkpoints/{wildcards.model}.pt"
     return f"artifacts/onnx/{wildcards.model}/{wildcards.precision}.onnx"
+
+
+def calibration_settings(wildcards):
+    """What changes a calibration: the image count and the method's histogram settings."""
+    c = CFG["quantize"]["calibration"]
+    return _as_json({**c, "trt_version": CFG["quantize"]["trt_version"]})
+
+
+def quantize_settings(wildcards):
+    """What changes a QDQ model beyond its ranges: types, per-channel weights, nodes kept in float."""
+    q = CFG["quantize"]
+    keys = ("activation_type", "per_channel", "reduce_range")
+    return _as_json(
+        {**{k: q[k] for k in keys}, "keep_float": MODELS[wildcards.model]["keep_float"]}
+    )
 
 
 def step_code(step, *extra):

@@ -28,9 +28,11 @@ class BackendSpec:
     requires: tuple[str, ...]  # importable modules it needs; absent → reported unavailable
 
 
+INT8_PRECISIONS = ("int8_minmax", "int8_entropy", "int8_percentile")  # int8_<calibration method>
+
 BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
-    "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32",), ("onnxruntime",)),
+    "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("onnxruntime",)),
 }
 
 

@@ -1,0 +1,43 @@
+rule calibrate:
+    input:
+        onnx="artifacts/onnx/{model}/fp32.onnx",
+        calib=lambda w: f"{dataset_of(w)}/instances_calib.json",
+        code=lambda w: [*step_code("calibrate"), family_file(MODELS[w.model]["family"])],
+    output:
+        ranges="artifacts/calib/{model}/{calib}.ranges.json",
+        cache="artifacts/calib/{model}/{calib}.cache",
+        report="artifacts/calib/{model}/{calib}.json",
+    log:
+        "logs/calib/{model}/{calib}.log",
+    conda:
+        "../envs/export.yaml"
+    params:
+        family=lambda w: MODELS[w.model]["family"],
+        dataset=dataset_of,
+        imgsz=lambda w: MODELS[w.model]["imgsz"],
+        settings=calibration_settings,
+    shell:
+        "python -m workflow_scripts.calibrate --family {params.family} --onnx {input.onnx} --dataset {params.dataset}"
+        " --imgsz {params.imgsz} --method {wildcards.calib} --settings {params.settings:q} --ranges {output.ranges}"
+        " --cache {output.cache} --report {output.report} > {log} 2>&1"
+
+
+rule quantize_onnx:
+    input:
+        fp32="artifacts/onnx/{model}/fp32.onnx",
+        ranges="artifacts/calib/{model}/{calib}.ranges.json",
+        code=lambda w: [*step_code("quantize"), family_file(MODELS[w.model]["family"])],
+    output:
+        onnx="artifacts/onnx/{model}/int8_{calib}.onnx",
+        report="artifacts/onnx/{model}/int8_{calib}.json",
+    log:
+        "logs/onnx/{model}/int8_{calib}.log",
+    conda:
+        "../envs/export.yaml"
+    params:
+        family=lambda w: MODELS[w.model]["family"],
+        settings=quantize_settings,
+    shell:
+        "python -m workflow_scripts.quantize --family {params.family} --fp32 {input.fp32} --ranges {input.ranges}"
+        " --method {wildcards.calib} --settings {params.settings:q} --out {output.onnx} --report {output.report}"
+        " > {log} 2>&1"
