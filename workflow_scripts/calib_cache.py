@@ -77,7 +77,9 @@ class CalibrationCache:
         lines = text.splitlines()
         m = _HEADER.match(lines[0].strip()) if lines else None
         if not m:
-            raise PlanforgeError(f"{source}: not a TensorRT calibration cache (first line must be TRT-<version>-<algo>)")
+            raise PlanforgeError(
+                f"{source}: not a TensorRT calibration cache (first line must be TRT-<version>-<algo>)"
+            )
         cache = cls(m.group(2), int(m.group(1)))
         for n, line in enumerate(lines[1:], start=2):
             if not line.strip():

@@ -131,7 +131,11 @@ def calibrate(
         "num_bins": num_bins if method != "minmax" else None,
         "percentile": percentile if method == "percentile" else None,
         "tensors": len(plain),
-        "trt_cache": {"path": str(cache_out), "version": trt_version, "algorithm": CalibrationCache.read(cache_out).algorithm},
+        "trt_cache": {
+            "path": str(cache_out),
+            "version": trt_version,
+            "algorithm": CalibrationCache.read(cache_out).algorithm,
+        },
         "seconds": round(seconds, 2),
         "libraries": library_versions(("onnxruntime", "onnx")),
     }

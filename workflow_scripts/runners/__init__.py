@@ -33,6 +33,7 @@ INT8_PRECISIONS = ("int8_minmax", "int8_entropy", "int8_percentile")  # int8_<ca
 BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
     "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("onnxruntime",)),
+    "openvino": BackendSpec("openvino_runner", "OpenVinoRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("openvino",)),
 }
 
 
