@@ -116,10 +116,18 @@ def model_artifact(wildcards):
     return f"artifacts/onnx/{wildcards.model}/{wildcards.precision}.onnx"
 
 
+CALIBRATION_KEYS = {
+    "minmax": ("images",),
+    "entropy": ("images", "num_bins"),
+    "percentile": ("images", "num_bins", "percentile"),
+}
+
+
 def calibration_settings(wildcards):
-    """What changes a calibration: the image count and the method's histogram settings."""
+    """What changes one method's calibration (the percentile does not touch the entropy ranges)."""
     c = CFG["quantize"]["calibration"]
-    return _as_json({**c, "trt_version": CFG["quantize"]["trt_version"]})
+    s = {k: c[k] for k in CALIBRATION_KEYS[wildcards.calib]}
+    return _as_json({**s, "trt_version": CFG["quantize"]["trt_version"]})
 
 
 def quantize_settings(wildcards):

@@ -141,3 +141,25 @@ def test_keeping_a_node_in_float_requantizes_without_recalibrating(int8_copy: Pa
     _edit(int8_copy, lambda c: c["models"]["a"].update(keep_float=["/model.0/"]))
     expected = int8_chain("minmax", calibrate=False) | int8_chain("percentile", calibrate=False)
     assert planned_outputs(int8_copy, SUMMARY) == expected | PLOTS | {SUMMARY}
+
+
+def test_openvino_runs_the_fp32_and_int8_onnx_files_like_onnx_runtime(int8_built: Path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from workflow_scripts.data import load_split
+    from workflow_scripts.models import yolo
+    from workflow_scripts.pipeline import load_images
+    from workflow_scripts.runners import backend_available
+    from workflow_scripts.runners.openvino_runner import OpenVinoRunner
+    from workflow_scripts.runners.ort_runner import OrtRunner
+
+    assert backend_available("openvino") == (True, "")
+    images = [im for _, im in load_images(load_split(int8_built / "artifacts/data/tiny", "val"), 2)]
+    batch, _ = yolo.preprocess(images, 160)
+    for precision, box_tol in (("fp32", 0.05), ("int8_minmax", 4.0)):
+        onnx_file = int8_built / f"artifacts/onnx/a/{precision}.onnx"
+        ov_out = OpenVinoRunner(onnx_file, precision, threads=1)(batch)[0]
+        ort_out = OrtRunner(onnx_file, precision, threads=1)(batch)[0]
+        assert ov_out.shape == ort_out.shape == (2, 4 + 6, 525)
+        # boxes in input pixels (INT8: both dequantize the same QDQ graph, kernels round differently)
+        assert abs(ov_out[:, :4] - ort_out[:, :4]).max() < box_tol, precision
+        assert abs(ov_out[:, 4:] - ort_out[:, 4:]).max() < (1e-3 if precision == "fp32" else 0.1), precision
