@@ -169,3 +169,20 @@ def test_openvino_runs_the_fp32_and_int8_onnx_files_like_onnx_runtime(int8_built
     assert confident.sum() > 0
     box_error = abs(ov_int8 - ort_fp32)[:, :4].transpose(0, 2, 1)[confident]
     assert np.median(box_error) < 1.0 and box_error.max() < 4.0, box_error.max()
+
+
+def test_sensitivity_blocks_and_keep_float_names_are_checked(int8_built: Path):
+    from workflow_scripts.io import PlanforgeError
+    from workflow_scripts.quantize import excluded_nodes
+    from workflow_scripts.sensitivity import blocks
+
+    fp32 = int8_built / "artifacts/onnx/a/fp32.onnx"
+    found = blocks(fp32)
+    assert found[:2] == ["/model.0/", "/model.1/"] and "/model.21/" in found
+    assert [b for b in found if b.startswith("/model.22/")] == [
+        f"/model.22/cv{k}.{i}/" for k in (2, 3) for i in range(3)
+    ]
+    groups = excluded_nodes("yolo", onnx.load(str(fp32)), ["/model.4/"])
+    assert groups["config keep_float"] and all(n.startswith("/model.4/") for n in groups["config keep_float"])
+    with pytest.raises(PlanforgeError, match=r"keep_float: '/model\.99/' is no node"):
+        excluded_nodes("yolo", onnx.load(str(fp32)), ["/model.99/"])
