@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         fp32 = work / "fp32.onnx"
         export_random_yolov8n(fp32, a.imgsz)
         calibrate(
-            "yolo", fp32, a.dataset, a.imgsz, "minmax", 16, 2048, 99.99, 100300,
-            work / "minmax.ranges.json", work / "minmax.cache", work / "minmax.json",
+            "yolo", fp32, a.dataset, a.imgsz, "minmax", 16, 2048, 99.99, work / "minmax.ranges.json", work / "minmax.json",
         )  # fmt: skip
         quantize("yolo", fp32, work / "minmax.ranges.json", "minmax", work / "int8_minmax.onnx",
                  work / "int8_minmax.json", [], **QUANT)  # fmt: skip

@@ -87,8 +87,19 @@ def plot_outputs():
     return [f"results/plots/{t}_{k}.png" for t in TARGETS for k in kinds]
 
 
+def calibration_cache_outputs():
+    """A TensorRT calibration cache per model and INT8 method that some target measures."""
+    methods = {
+        (m, p.removeprefix("int8_"))
+        for t in TARGETS
+        for m, _, p in runs(t)
+        if p.startswith("int8_")
+    }
+    return [f"artifacts/calib/{m}/{c}.cache" for m, c in sorted(methods)]
+
+
 def get_final_output():
-    return ["results/summary.md", *plot_outputs()]
+    return ["results/summary.md", *plot_outputs(), *calibration_cache_outputs()]
 
 
 def split_settings(dataset, split):
@@ -126,8 +137,7 @@ CALIBRATION_KEYS = {
 def calibration_settings(wildcards):
     """What changes one method's calibration (the percentile does not touch the entropy ranges)."""
     c = CFG["quantize"]["calibration"]
-    s = {k: c[k] for k in CALIBRATION_KEYS[wildcards.calib]}
-    return _as_json({**s, "trt_version": CFG["quantize"]["trt_version"]})
+    return _as_json({k: c[k] for k in CALIBRATION_KEYS[wildcards.calib]})
 
 
 def quantize_settings(wildcards):

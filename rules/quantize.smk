@@ -5,7 +5,6 @@ rule calibrate:
         code=lambda w: [*step_code("calibrate"), family_file(MODELS[w.model]["family"])],
     output:
         ranges="artifacts/calib/{model}/{calib}.ranges.json",
-        cache="artifacts/calib/{model}/{calib}.cache",
         report="artifacts/calib/{model}/{calib}.json",
     log:
         "logs/calib/{model}/{calib}.log",
@@ -19,7 +18,24 @@ rule calibrate:
     shell:
         "python -m workflow_scripts.calibrate --family {params.family} --onnx {input.onnx} --dataset {params.dataset}"
         " --imgsz {params.imgsz} --method {wildcards.calib} --settings {params.settings:q} --ranges {output.ranges}"
-        " --cache {output.cache} --report {output.report} > {log} 2>&1"
+        " --report {output.report} > {log} 2>&1"
+
+
+rule trt_calibration_cache:
+    input:
+        ranges="artifacts/calib/{model}/{calib}.ranges.json",
+        code=step_code("calib_cache"),
+    output:
+        "artifacts/calib/{model}/{calib}.cache",
+    log:
+        "logs/calib/{model}/{calib}_cache.log",
+    conda:
+        "../envs/export.yaml"
+    params:
+        trt_version=CFG["quantize"]["trt_version"],
+    shell:
+        "python -m workflow_scripts.calib_cache --ranges {input.ranges} --method {wildcards.calib}"
+        " --trt-version {params.trt_version} --out {output} > {log} 2>&1"
 
 
 rule quantize_onnx:

@@ -51,6 +51,7 @@ def test_every_rule_has_a_log_and_a_conda_env_that_exists():
         "export_onnx",
         "calibrate",
         "quantize_onnx",
+        "trt_calibration_cache",
         "bench",
         "accuracy",
     }
@@ -91,6 +92,7 @@ def test_every_step_script_runs_as_a_cli_with_help():
         "prepare_checkpoint",
         "export",
         "calibrate",
+        "calib_cache",
         "quantize",
         "sensitivity",
         "bench",

@@ -17,6 +17,7 @@ from workflow_scripts.calib_cache import CalibrationCache
 pytestmark = pytest.mark.workflow
 
 SUMMARY = "results/summary.md"
+ALL: tuple[str, ...] = ()  # the default target: the summary, the plots and the TensorRT caches
 METHODS = ("minmax", "percentile")
 INT8_CONFIG = {
     "datasets": {
@@ -62,7 +63,7 @@ def int8_chain(method: str, calibrate: bool = True) -> set[str]:
 def int8_built(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("int8") / "wf"
     make_workflow_copy(work, INT8_CONFIG)
-    snakemake(work, SUMMARY)
+    snakemake(work, *ALL)
     return work
 
 
@@ -112,7 +113,7 @@ def test_int8_artifacts_cache_and_accuracy_follow_the_contract(int8_built: Path)
 
 def test_changing_the_calibration_method_reruns_only_that_methods_int8_chain(int8_copy: Path):
     _edit(int8_copy, lambda c: c["quantize"]["calibration"].update(percentile=99.9))
-    assert planned_outputs(int8_copy, SUMMARY) == int8_chain("percentile") | PLOTS | {SUMMARY}
+    assert planned_outputs(int8_copy, *ALL) == int8_chain("percentile") | PLOTS | {SUMMARY}
 
 
 def test_switching_a_target_to_another_method_adds_only_its_chain(int8_copy: Path):
@@ -120,28 +121,33 @@ def test_switching_a_target_to_another_method_adds_only_its_chain(int8_copy: Pat
         c["targets"]["cpu"]["backends"]["onnxruntime"] = ["fp32", "int8_minmax", "int8_entropy"]
 
     _edit(int8_copy, change)
-    assert planned_outputs(int8_copy, SUMMARY) == int8_chain("entropy") | PLOTS | {SUMMARY}
+    assert planned_outputs(int8_copy, *ALL) == int8_chain("entropy") | PLOTS | {SUMMARY}
+
+
+def test_changing_the_tensorrt_version_rewrites_only_the_caches(int8_copy: Path):
+    _edit(int8_copy, lambda c: c["quantize"].update(trt_version=8601))
+    assert planned_outputs(int8_copy, *ALL) == {f"artifacts/calib/a/{m}.cache" for m in METHODS}
 
 
 def test_changing_the_calibration_set_size_reruns_only_int8(int8_copy: Path):
     _edit(int8_copy, lambda c: c["quantize"]["calibration"].update(images=3))
     expected = int8_chain("minmax") | int8_chain("percentile") | PLOTS | {SUMMARY}
-    assert planned_outputs(int8_copy, SUMMARY) == expected
-    snakemake(int8_copy, SUMMARY)
+    assert planned_outputs(int8_copy, *ALL) == expected
+    snakemake(int8_copy, *ALL)
     assert json.loads((int8_copy / "artifacts/calib/a/minmax.json").read_text())["images"] == 3
-    assert planned_outputs(int8_copy, SUMMARY) == set()
+    assert planned_outputs(int8_copy, *ALL) == set()
 
 
 def test_changing_the_calib_split_reruns_only_it_and_int8(int8_copy: Path):
     _edit(int8_copy, lambda c: c["datasets"]["tiny"]["splits"].update(calib=5))
     expected = {"artifacts/data/tiny/instances_calib.json"} | int8_chain("minmax") | int8_chain("percentile")
-    assert planned_outputs(int8_copy, SUMMARY) == expected | PLOTS | {SUMMARY}
+    assert planned_outputs(int8_copy, *ALL) == expected | PLOTS | {SUMMARY}
 
 
 def test_keeping_a_node_in_float_requantizes_without_recalibrating(int8_copy: Path):
     _edit(int8_copy, lambda c: c["models"]["a"].update(keep_float=["/model.0/"]))
     expected = int8_chain("minmax", calibrate=False) | int8_chain("percentile", calibrate=False)
-    assert planned_outputs(int8_copy, SUMMARY) == expected | PLOTS | {SUMMARY}
+    assert planned_outputs(int8_copy, *ALL) == expected | PLOTS | {SUMMARY}
 
 
 def test_openvino_runs_the_fp32_and_int8_onnx_files_like_onnx_runtime(int8_built: Path):

@@ -15,15 +15,18 @@ format (ORT's TensorRT EP format, `name absmax`), so this module writes it by ha
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workflow_scripts.io import PlanforgeError, atomic_path
+from workflow_scripts.io import PlanforgeError, atomic_path, run_cli
 
-ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration", "percentile": "EntropyCalibration2"}
+# percentile ranges go under the entropy header: trtexec's own calibrator is an EntropyCalibrator2,
+# and TensorRT ignores a cache whose header names another algorithm than the calibrator's
+ALGORITHMS = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2"}
 DEFAULT_TRT_VERSION = 100300  # TensorRT 10.3.0, as getInferLibVersion() reports it
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 _LINE = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
@@ -102,3 +105,32 @@ class CalibrationCache:
         """The [-absmax, absmax] TensorRT derives from a tensor's scale."""
         r = self.scales[name] * 127.0
         return -r, r
+
+
+def read_ort_ranges(path: str | Path) -> dict[str, tuple[float, float]]:
+    """tensor → (min, max) from ONNX Runtime's calibration ranges JSON (`save_tensors_data`)."""
+    import numpy as np
+    from onnxruntime.quantization import load_tensors_data
+
+    p = Path(path)
+    try:
+        data = load_tensors_data(p)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PlanforgeError(f"{p}: not an ONNX Runtime calibration ranges file ({exc}); rerun calibrate") from None
+    return {name: (float(np.min(td.range_value[0])), float(np.max(td.range_value[1]))) for name, td in data.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranges", type=Path, required=True, help="ONNX Runtime ranges JSON written by calibrate")
+    p.add_argument("--method", required=True, choices=sorted(ALGORITHMS))
+    p.add_argument("--trt-version", type=int, default=DEFAULT_TRT_VERSION, help="e.g. 100300 for TensorRT 10.3.0")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    cache = CalibrationCache.from_ranges(read_ort_ranges(a.ranges), a.method, a.trt_version)
+    cache.write(a.out)
+    print(f"{a.out}: TRT-{cache.version}-{cache.algorithm}, {len(cache.scales)} tensors")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,8 +1,8 @@
 """Calibrate an FP32 ONNX model's activation ranges on the dataset's calibration split.
 
-Writes three files from one calibration run, so every INT8 artifact uses the same ranges:
-the ranges in ONNX Runtime's format (what `quantize` reads), the TensorRT calibration cache
-(`trtexec --calib`), and a report (method, images, time). Images come from the `calib` split
+Writes the ranges in ONNX Runtime's format and a report (method, images, time). Every INT8
+artifact comes from these ranges: `quantize` reads them for the QDQ model and `calib_cache`
+turns them into the TensorRT calibration cache (`trtexec --calib`). Images come from the `calib` split
 only, never from the validation images that mAP is measured on.
 
 `entropy` is a real histogram run (`num_bins` 2048 by default): with ONNX Runtime's default
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.calib_cache import CalibrationCache
 from workflow_scripts.data import load_split
 from workflow_scripts.envinfo import library_versions
 from workflow_scripts.io import PlanforgeError, atomic_path, run_cli, write_json
@@ -100,12 +99,10 @@ def calibrate(
     images: int,
     num_bins: int,
     percentile: float,
-    trt_version: int,
     ranges_out: Path,
-    cache_out: Path,
     report_out: Path,
 ) -> dict:
-    """Calibrate once; write the ORT ranges, the TensorRT cache and the report."""
+    """Calibrate once; write the ORT ranges and the report."""
     from onnxruntime.quantization import save_tensors_data
 
     if method not in METHODS:
@@ -120,7 +117,6 @@ def calibrate(
         raise PlanforgeError(f"{onnx_path}: calibration gave non-finite ranges for {bad[:3]}; check the calib images")
     with atomic_path(ranges_out) as tmp:
         save_tensors_data(ranges, tmp)
-    CalibrationCache.from_ranges(plain, method, trt_version).write(cache_out)
     record = {
         "model": str(onnx_path),
         "method": method,
@@ -131,11 +127,6 @@ def calibrate(
         "num_bins": num_bins if method != "minmax" else None,
         "percentile": percentile if method == "percentile" else None,
         "tensors": len(plain),
-        "trt_cache": {
-            "path": str(cache_out),
-            "version": trt_version,
-            "algorithm": CalibrationCache.read(cache_out).algorithm,
-        },
         "seconds": round(seconds, 2),
         "libraries": library_versions(("onnxruntime", "onnx")),
     }
@@ -150,9 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", type=Path, required=True, help="dataset folder; its calib split is used")
     p.add_argument("--imgsz", type=int, required=True)
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--settings", required=True, help="JSON: images, num_bins, percentile, trt_version")
+    p.add_argument("--settings", required=True, help="JSON: images, num_bins, percentile")
     p.add_argument("--ranges", type=Path, required=True, help="output: ONNX Runtime tensor ranges (JSON)")
-    p.add_argument("--cache", type=Path, required=True, help="output: TensorRT calibration cache")
     p.add_argument("--report", type=Path, required=True)
     a = p.parse_args(argv)
     s = json.loads(a.settings)
@@ -165,12 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         s["images"],
         s.get("num_bins", 2048),
         s.get("percentile", 99.99),
-        s["trt_version"],
         a.ranges,
-        a.cache,
         a.report,
     )
-    print(f"{a.cache}: {r['tensors']} tensors, {a.method} on {r['images']} calib images in {r['seconds']} s")
+    print(f"{a.ranges}: {r['tensors']} tensors, {a.method} on {r['images']} calib images in {r['seconds']} s")
 
 
 if __name__ == "__main__":
