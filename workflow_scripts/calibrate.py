@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -75,8 +76,12 @@ def calibrate_ranges(onnx_path: Path, data: list[np.ndarray], method: str, num_b
     }[method]
     input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="planforge-calib-") as tmp:
+        # ORT writes `<model>-inferred.onnx` beside the model it loads and deletes it again: two jobs
+        # calibrating the same fp32.onnx at once would delete each other's file, so each works on a copy
+        private = Path(tmp) / "model.onnx"
+        shutil.copyfile(onnx_path, private)
         calibrator = create_calibrator(
-            onnx_path,
+            private,
             None,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=enum,

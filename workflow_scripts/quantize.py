@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,9 +61,13 @@ def quantize(
         raise PlanforgeError(f"{ranges}: ranges were calibrated with {stored}, not {method}; rerun calibrate")
     act = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}[activation_type]
     t0 = time.perf_counter()
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="planforge-quant-") as work:
+        # a private copy: ORT writes and deletes `<model>-inferred.onnx` beside its input, which races
+        # with another quantize job reading the same fp32.onnx
+        private = Path(work) / "model.onnx"
+        shutil.copyfile(fp32, private)
         quantize_static(
-            str(fp32),
+            str(private),
             str(tmp),
             calibration_data_reader=None,
             quant_format=QuantFormat.QDQ,
