@@ -8,6 +8,7 @@ from workflow_scripts.deps import code_files
 from workflow_scripts.io import PlanforgeError
 from workflow_scripts.models import family_file, is_architecture
 from workflow_scripts.power import SAMPLERS
+from workflow_scripts.calib_cache import ALGORITHMS as CALIB_ALGORITHMS
 from workflow_scripts.runners import BACKENDS, backend_available, runner_file
 
 try:
@@ -27,7 +28,11 @@ wildcard_constraints:
     target="|".join(TARGETS),
     dataset="|".join(DATASETS),
     backend="|".join(BACKENDS),
-    precision="[a-z0-9]+",
+    precision="|".join(
+        sorted({p for spec in BACKENDS.values() for p in spec.precisions})
+    ),
+    calib="|".join(CALIB_ALGORITHMS),
+    split="train|val|calib",
     batch="[0-9]+",
 
 
@@ -82,8 +87,25 @@ def plot_outputs():
     return [f"results/plots/{t}_{k}.png" for t in TARGETS for k in kinds]
 
 
+def calibration_cache_outputs():
+    """A TensorRT calibration cache per model and INT8 method that some target measures."""
+    methods = {
+        (m, p.removeprefix("int8_"))
+        for t in TARGETS
+        for m, _, p in runs(t)
+        if p.startswith("int8_")
+    }
+    return [f"artifacts/calib/{m}/{c}.cache" for m, c in sorted(methods)]
+
+
 def get_final_output():
-    return ["results/summary.md", *plot_outputs()]
+    return ["results/summary.md", *plot_outputs(), *calibration_cache_outputs()]
+
+
+def split_settings(dataset, split):
+    """A dataset's config with only `split`'s size (other splits' sizes do not change its images)."""
+    ds = DATASETS[dataset]
+    return {**ds, "splits": {split: ds["splits"][split]}}
 
 
 def dataset_of(wildcards):
@@ -95,11 +117,36 @@ def val_annotations(wildcards):
 
 
 def model_artifact(wildcards):
-    """The file a backend runs: the prepared checkpoint or the ONNX model of that precision."""
+    """The file a backend runs: the prepared checkpoint or the ONNX model of that precision.
+
+    ONNX files are named by precision: fp32 → fp32.onnx, int8_<calib> → int8_<calib>.onnx (QDQ).
+    """
     kind = BACKENDS[wildcards.backend].artifact
     if kind == "checkpoint":
         return f"artifacts/checkpoints/{wildcards.model}.pt"
     return f"artifacts/onnx/{wildcards.model}/{wildcards.precision}.onnx"
+
+
+CALIBRATION_KEYS = {
+    "minmax": ("images",),
+    "entropy": ("images", "num_bins"),
+    "percentile": ("images", "num_bins", "percentile"),
+}
+
+
+def calibration_settings(wildcards):
+    """What changes one method's calibration (the percentile does not touch the entropy ranges)."""
+    c = CFG["quantize"]["calibration"]
+    return _as_json({k: c[k] for k in CALIBRATION_KEYS[wildcards.calib]})
+
+
+def quantize_settings(wildcards):
+    """What changes a QDQ model beyond its ranges: types, per-channel weights, nodes kept in float."""
+    q = CFG["quantize"]
+    keys = ("activation_type", "per_channel", "reduce_range")
+    return _as_json(
+        {**{k: q[k] for k in keys}, "keep_float": MODELS[wildcards.model]["keep_float"]}
+    )
 
 
 def step_code(step, *extra):

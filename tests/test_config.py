@@ -27,7 +27,16 @@ def _mutated(fn) -> dict:
         (lambda c: c["models"]["a"].update(family="rtdetr"), "config key models.a.family: 'rtdetr' is not one of"),
         (
             lambda c: c["targets"]["cpu"]["backends"].update(torch=["int4"]),
-            "config key targets.cpu.backends.torch.0: 'int4' is not one of ['fp32', 'fp16']",
+            "config key targets.cpu.backends.torch.0: 'int4' is not one of ['fp32', 'fp16', 'int8_minmax',",
+        ),
+        (
+            lambda c: c["targets"]["cpu"]["backends"].update(torch=["int8_entropy"]),
+            "config key targets.cpu.backends.torch: 'int8_entropy' is not one of ['fp32', 'fp16']",
+        ),
+        (
+            lambda c: c.update(quantize={"calibration": {"method": "kl"}}),
+            "config key quantize.calibration: Additional properties are not allowed ('method' was unexpected); "
+            "allowed: ['images', 'num_bins', 'percentile']",
         ),
         (
             lambda c: c["targets"]["cpu"]["backends"].update(torch=["fp16"]),
@@ -39,7 +48,10 @@ def _mutated(fn) -> dict:
         ),
         (lambda c: c["targets"]["cpu"].update(batch_sizes=[0]), "config key targets.cpu.batch_sizes.0"),
         (lambda c: c["models"]["a"].update(imgsz=100), "config key models.a.imgsz: 100 is not a multiple of 32"),
-        (lambda c: c.update(benchmark={}), "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'targets']"),
+        (
+            lambda c: c.update(benchmark={}),
+            "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'quantize', 'targets']",
+        ),
         (lambda c: c["accuracy"].update(gate=1.5), "config key accuracy.gate: 1.5 is greater than the maximum of 1"),
     ],
 )

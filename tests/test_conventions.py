@@ -45,7 +45,17 @@ def test_every_env_file_pins_exactly_what_pyproject_pins():
 
 def test_every_rule_has_a_log_and_a_conda_env_that_exists():
     blocks = _rule_blocks()
-    assert {"synthetic_dataset", "prepare_checkpoint", "export_onnx", "bench", "accuracy", "summary"} <= set(blocks)
+    expected = {
+        "synthetic_dataset",
+        "prepare_checkpoint",
+        "export_onnx",
+        "calibrate",
+        "quantize_onnx",
+        "trt_calibration_cache",
+        "bench",
+        "accuracy",
+    }
+    assert expected | {"summary"} <= set(blocks)
     for name, body in blocks.items():
         assert re.search(r"^\s+log:", body, re.M), f"rule {name} has no log"
         env = re.search(r'^\s+conda:\n\s+"([^"]+)"', body, re.M)
@@ -77,7 +87,18 @@ def test_snakefmt_and_ruff_are_clean():
 
 
 def test_every_step_script_runs_as_a_cli_with_help():
-    for step in ("make_dataset", "prepare_checkpoint", "export", "bench", "accuracy", "summary", "train_demo"):
+    steps = (
+        "make_dataset",
+        "prepare_checkpoint",
+        "export",
+        "calibrate",
+        "calib_cache",
+        "quantize",
+        "sensitivity",
+        "bench",
+        "accuracy",
+    )
+    for step in (*steps, "summary", "train_demo"):
         proc = subprocess.run(
             [sys.executable, "-m", f"workflow_scripts.{step}", "--help"], cwd=REPO, capture_output=True, text=True
         )

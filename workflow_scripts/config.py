@@ -17,6 +17,13 @@ SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 DEFAULTS: dict[str, Any] = {
     "export": {"opset": 17, "dynamic_batch": True, "simplify": "auto", "check_images": 4, "max_abs_error": 0.05},
+    "quantize": {
+        "calibration": {"images": 128, "num_bins": 2048, "percentile": 99.99},
+        "activation_type": "quint8",
+        "per_channel": True,
+        "reduce_range": False,
+        "trt_version": 100300,
+    },
     "bench": {"warmup": 10, "iterations": 100, "conf": 0.25},
     "accuracy": {
         "gate": 0.95,
@@ -35,7 +42,7 @@ DATASET_DEFAULTS = {
     "image_size": [256, 416],
     "max_objects": 8,
 }
-MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True}
+MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": []}
 TARGET_DEFAULTS = {"threads": None, "backend_options": {}, "power": "none", "gpu": None}
 
 

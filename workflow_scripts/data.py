@@ -128,15 +128,21 @@ def render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[Image.I
     return img, objects
 
 
-def make_synthetic_dataset(out_dir: str | Path, spec: SyntheticSpec, progress: bool = True) -> dict[str, int]:
-    """Write images/<split>/*.jpg and instances_<split>.json for every split; return image counts."""
+def make_synthetic_dataset(
+    out_dir: str | Path, spec: SyntheticSpec, progress: bool = True, splits: tuple[str, ...] = SPLITS
+) -> dict[str, int]:
+    """Write images/<split>/*.jpg and instances_<split>.json for `splits`; return image counts.
+
+    Each split draws from its own random stream, so one split's size never changes another's pixels.
+    """
     from tqdm import tqdm
 
     out = Path(out_dir)
     counts = {}
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)]
     cat_id = {c["name"]: c["id"] for c in categories}
-    for split_index, split in enumerate(SPLITS):
+    for split in splits:
+        split_index = SPLITS.index(split)
         n = getattr(spec, split)
         rng = np.random.default_rng([spec.seed, split_index])
         (out / "images" / split).mkdir(parents=True, exist_ok=True)

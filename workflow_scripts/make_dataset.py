@@ -1,13 +1,18 @@
-"""Make a dataset folder: images/<split>/ and instances_<split>.json for train, val and calib."""
+"""Make a dataset folder: images/<split>/ and instances_<split>.json for train, val and calib.
+
+With `--split`, only that split is (re)made, so changing the calibration split's size rebuilds
+the calibration images and nothing that depends on the validation images.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
-from workflow_scripts.data import SyntheticSpec, make_synthetic_dataset
-from workflow_scripts.io import PlanforgeError, atomic_dir, run_cli
+from workflow_scripts.data import SPLITS, SyntheticSpec, make_synthetic_dataset
+from workflow_scripts.io import PlanforgeError, atomic_dir, atomic_path, run_cli
 
 
 def synthetic_spec(settings: dict) -> SyntheticSpec:
@@ -27,13 +32,22 @@ def synthetic_spec(settings: dict) -> SyntheticSpec:
     )
 
 
-def make_dataset(out: Path, settings: dict) -> dict[str, int]:
-    """Build the dataset in a temporary folder and move it to `out` only when complete."""
+def make_dataset(out: Path, settings: dict, split: str | None = None) -> dict[str, int]:
+    """Build the dataset (or one split of it) in a temporary folder and move it into `out` only when complete."""
     if settings["kind"] != "synthetic":
         raise PlanforgeError(f"dataset kind {settings['kind']!r} is not one of ['synthetic']")
     spec = synthetic_spec(settings)
-    with atomic_dir(out) as tmp:
-        counts = make_synthetic_dataset(tmp, spec)
+    if split is None:
+        with atomic_dir(out) as tmp:
+            return make_synthetic_dataset(tmp, spec)
+    ann = out / f"instances_{split}.json"
+    with atomic_dir(out / "images" / split) as tmp, atomic_path(ann) as tmp_ann:
+        counts = make_synthetic_dataset(tmp, spec, progress=True, splits=(split,))
+        shutil.move(str(tmp / f"instances_{split}.json"), tmp_ann)
+        for item in (tmp / "images" / split).iterdir():
+            item.rename(tmp / item.name)
+        (tmp / "images" / split).rmdir()
+        (tmp / "images").rmdir()
     return counts
 
 
@@ -41,8 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--settings", required=True, help="the dataset's config entry, as JSON")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--split", choices=SPLITS, default=None, help="make only this split (default: all)")
     a = p.parse_args(argv)
-    counts = make_dataset(a.out, json.loads(a.settings))
+    counts = make_dataset(a.out, json.loads(a.settings), a.split)
     print(f"{a.out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
 
 

@@ -33,6 +33,7 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 "file": str(f),
                 "device": r["environment"].get("gpu") or r["environment"].get("cpu"),
                 "libraries": r["environment"].get("libraries", {}),
+                "cpu_int8": r["environment"].get("cpu_int8_instructions"),
                 "runner": r.get("runner", {}),
                 "git_commit": r["environment"].get("git_commit"),
                 "timestamp": r["environment"].get("timestamp"),

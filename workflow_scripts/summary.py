@@ -51,6 +51,32 @@ def fastest_passing(merged: pd.DataFrame) -> tuple[pd.Series | None, pd.Series |
     return lowest, best
 
 
+def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
+    """One line per INT8 row: its batch-matched speed against FP32 of the same backend, and why."""
+    notes = []
+    int8 = joined[joined["precision"].astype(str).str.startswith("int8")]
+    for _, r in int8.iterrows():
+        fp32 = joined[
+            (joined["model"] == r["model"])
+            & (joined["backend"] == r["backend"])
+            & (joined["precision"] == "fp32")
+            & (joined["batch"] == r["batch"])
+        ]
+        if fp32.empty:
+            continue
+        speedup = fp32.iloc[0]["p50_ms"] / r["p50_ms"]
+        instr = r.get("cpu_int8") if isinstance(r.get("cpu_int8"), str) else None
+        why = (
+            f"this CPU has INT8 dot-product instructions ({instr})"
+            if instr
+            else "this CPU reports no INT8 dot-product instructions (VNNI/AMX/dotprod), so INT8 kernels widen "
+            "to 16 bits and the added Quantize/Dequantize work is not paid back"
+        )
+        verdict = "faster" if speedup > 1 else "slower"
+        notes.append(f"- INT8 {_label(r)}: {speedup:.2f}× the speed of FP32 ({verdict}, measured); {why}.")
+    return notes
+
+
 def _label(row: pd.Series) -> str:
     return f"{row['model']} {row['backend']} {row['precision']} b{int(row['batch'])}"
 
@@ -124,6 +150,9 @@ def render(
                         f"{best['throughput']:.1f} img/s (model only)."
                     )
                 lines.append("")
+            notes = int8_speed_notes(joined)
+            if notes:
+                lines += notes + [""]
         if not ta.empty:
             lines += [
                 "Accuracy on the validation split:",

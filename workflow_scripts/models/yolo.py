@@ -21,6 +21,14 @@ PAD_VALUE = 114
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("output0",)
 
+# Nodes INT8 quantization leaves in float, by reason. `{head}` is the Detect module that makes
+# the graph output (`/model.22` in YOLOv8n). The decode tail turns box logits into pixel
+# coordinates (DFL softmax, anchor grid, strides, final concat): 8 bits there move every box.
+QUANT_EXCLUDE = {
+    "decode tail (DFL, anchors, strides, final concat)": r"^{head}/(?!cv2\.|cv3\.)",
+    "box-regression output convs (DFL logits)": r"^{head}/cv2\.\d+/cv2\.\d+\.2/",
+}
+
 
 @dataclass(frozen=True)
 class LetterboxMeta:
@@ -174,6 +182,21 @@ def postprocess(
             }
         )
     return results
+
+
+def quant_exclude(model) -> dict[str, list[str]]:
+    """Node names of an exported ONNX model that QUANT_EXCLUDE keeps in float, by reason."""
+    import re
+
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    out_node = producer.get(model.graph.output[0].name, "")
+    m = re.match(r"^(/model\.\d+)/", out_node)
+    if not m:
+        raise PlanforgeError(f"output {model.graph.output[0].name!r} is not made by a YOLO Detect head; re-export")
+    return {
+        reason: [n.name for n in model.graph.node if re.match(pattern.format(head=re.escape(m.group(1))), n.name)]
+        for reason, pattern in QUANT_EXCLUDE.items()
+    }
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, imgsz: int, opset: int = 17, dynamic: bool = True) -> dict:

@@ -31,6 +31,8 @@ class BackendSpec:
     needs_cuda: bool = False  # only meaningful on a CUDA target
 
 
+INT8_PRECISIONS = ("int8_minmax", "int8_entropy", "int8_percentile")  # int8_<calibration method>
+
 BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
     "torch-cudagraph": BackendSpec(
@@ -40,7 +42,8 @@ BACKENDS: dict[str, BackendSpec] = {
     "torch-compile-max": BackendSpec(
         "torch_runner", "TorchCompileMaxRunner", "checkpoint", ("fp32", "fp16"), ("torch",)
     ),
-    "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32",), ("onnxruntime",)),
+    "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("onnxruntime",)),
+    "openvino": BackendSpec("openvino_runner", "OpenVinoRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("openvino",)),
 }
 
 

@@ -1,0 +1,59 @@
+rule calibrate:
+    input:
+        onnx="artifacts/onnx/{model}/fp32.onnx",
+        calib=lambda w: f"{dataset_of(w)}/instances_calib.json",
+        code=lambda w: [*step_code("calibrate"), family_file(MODELS[w.model]["family"])],
+    output:
+        ranges="artifacts/calib/{model}/{calib}.ranges.json",
+        report="artifacts/calib/{model}/{calib}.json",
+    log:
+        "logs/calib/{model}/{calib}.log",
+    conda:
+        "../envs/export.yaml"
+    params:
+        family=lambda w: MODELS[w.model]["family"],
+        dataset=dataset_of,
+        imgsz=lambda w: MODELS[w.model]["imgsz"],
+        settings=calibration_settings,
+    shell:
+        "python -m workflow_scripts.calibrate --family {params.family} --onnx {input.onnx} --dataset {params.dataset}"
+        " --imgsz {params.imgsz} --method {wildcards.calib} --settings {params.settings:q} --ranges {output.ranges}"
+        " --report {output.report} > {log} 2>&1"
+
+
+rule trt_calibration_cache:
+    input:
+        ranges="artifacts/calib/{model}/{calib}.ranges.json",
+        code=step_code("calib_cache"),
+    output:
+        "artifacts/calib/{model}/{calib}.cache",
+    log:
+        "logs/calib/{model}/{calib}_cache.log",
+    conda:
+        "../envs/export.yaml"
+    params:
+        trt_version=CFG["quantize"]["trt_version"],
+    shell:
+        "python -m workflow_scripts.calib_cache --ranges {input.ranges} --method {wildcards.calib}"
+        " --trt-version {params.trt_version} --out {output} > {log} 2>&1"
+
+
+rule quantize_onnx:
+    input:
+        fp32="artifacts/onnx/{model}/fp32.onnx",
+        ranges="artifacts/calib/{model}/{calib}.ranges.json",
+        code=lambda w: [*step_code("quantize"), family_file(MODELS[w.model]["family"])],
+    output:
+        onnx="artifacts/onnx/{model}/int8_{calib}.onnx",
+        report="artifacts/onnx/{model}/int8_{calib}.json",
+    log:
+        "logs/onnx/{model}/int8_{calib}.log",
+    conda:
+        "../envs/export.yaml"
+    params:
+        family=lambda w: MODELS[w.model]["family"],
+        settings=quantize_settings,
+    shell:
+        "python -m workflow_scripts.quantize --family {params.family} --fp32 {input.fp32} --ranges {input.ranges}"
+        " --method {wildcards.calib} --settings {params.settings:q} --out {output.onnx} --report {output.report}"
+        " > {log} 2>&1"
