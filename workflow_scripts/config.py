@@ -36,7 +36,18 @@ DATASET_DEFAULTS = {
     "max_objects": 8,
 }
 MODEL_DEFAULTS = {"imgsz": 640}
-TARGET_DEFAULTS = {"threads": None, "backend_options": {}, "power": "none"}
+TENSORRT_DEFAULTS = {
+    "workspace_mib": 4096,
+    "batch_profile": "static",
+    "builder_optimization_level": 3,
+    "dla_core": None,
+    "gpu_fallback": True,
+    "int8": "explicit",
+    "calibration": "entropy",
+    "timing_cache": True,
+    "extra_flags": [],
+}
+TARGET_DEFAULTS = {"threads": None, "backend_options": {}, "power": "none", "tensorrt": TENSORRT_DEFAULTS}
 
 
 def _key(path: Any) -> str:
@@ -75,6 +86,10 @@ def validate(config: dict) -> dict:
                 raise PlanforgeError(
                     f"config key targets.{name}.backends.{backend}: {bad[0]!r} is not one of "
                     f"{list(BACKENDS[backend].precisions)}"
+                )
+            if backend == "tensorrt" and target["device"] == "cpu":
+                raise PlanforgeError(
+                    f"config key targets.{name}.backends.tensorrt: TensorRT needs a cuda device; set device: cuda"
                 )
             if backend == "torch" and "fp16" in precisions and target["device"] == "cpu":
                 raise PlanforgeError(

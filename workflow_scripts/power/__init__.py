@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-SAMPLERS = {"none": "workflow_scripts.power.none"}
+SAMPLERS = {"none": "workflow_scripts.power.none", "tegrastats": "workflow_scripts.power.tegrastats"}
 
 
 class Sampler:

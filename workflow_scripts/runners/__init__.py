@@ -23,14 +23,23 @@ class BackendSpec:
 
     module: str  # workflow_scripts.runners.<module>
     cls: str
-    artifact: str  # which artifact it runs: "checkpoint" (torch module) or "onnx"
+    artifact: str  # which artifact it runs: "checkpoint" (torch module), "onnx" or "engine" (TensorRT .plan)
     precisions: tuple[str, ...]
     requires: tuple[str, ...]  # importable modules it needs; absent → reported unavailable
+    missing: str = ""  # what the summary says when they are absent (default: names the modules)
 
 
 BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
     "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32",), ("onnxruntime",)),
+    "tensorrt": BackendSpec(
+        "tensorrt_runner",
+        "TensorrtRunner",
+        "engine",
+        ("fp32", "fp16", "int8", "best"),
+        ("tensorrt", "torch"),
+        missing="TensorRT not installed on this machine",
+    ),
 }
 
 
@@ -39,7 +48,8 @@ def backend_available(name: str) -> tuple[bool, str]:
     spec = BACKENDS[name]
     missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
     if missing:
-        return False, f"{name}: not installed on this machine (missing Python module {', '.join(missing)})"
+        what = spec.missing or "not installed on this machine"
+        return False, f"{name}: {what} (missing Python module {', '.join(missing)})"
     return True, ""
 
 
@@ -81,6 +91,10 @@ class Runner:
     def versions(self) -> dict[str, str]:
         """Library versions that determine this runner's numbers."""
         return {}
+
+    # Runners that time their work on the device (CUDA events) append one ms value per `infer` here;
+    # the bench loop clears it after warmup and reports it beside the host timer.
+    device_times_ms: list[float] | None = None
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.to_numpy(self.infer(self.prepare(batch)))
