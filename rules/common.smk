@@ -21,7 +21,12 @@ MODELS = CFG["models"]
 TARGETS = CFG["targets"]
 BASELINE = CFG["accuracy"]["baseline"]
 AVAILABLE = {b: backend_available(b) for b in BACKENDS}
-TRT_TARGETS = [t for t in TARGETS if "tensorrt" in TARGETS[t]["backends"]]
+# a target names the machine it is for (targets.<t>.machine); on any other it is skipped
+HERE = {
+    t: TARGETS[t]["machine"] is None or trt_engines.runs_here(TARGETS[t]["machine"])
+    for t in TARGETS
+}
+TRT_TARGETS = [t for t in TARGETS if "tensorrt" in TARGETS[t]["backends"] and HERE[t]]
 try:  # 'python', 'trtexec' or None; looked up only when a target asks for TensorRT
     TRT_BUILDER = trt_engines.builder() if TRT_TARGETS else None
 except PlanforgeError as exc:
@@ -43,7 +48,7 @@ def _as_json(value):
 
 def runs(target):
     """(model, backend, precision) triples a target measures, available backends only."""
-    for model in MODELS:
+    for model in MODELS if HERE[target] else ():
         for backend, precisions in TARGETS[target]["backends"].items():
             if AVAILABLE[backend][0]:
                 for precision in precisions:
@@ -78,6 +83,11 @@ def unavailable_lines():
     """One line per target and backend that cannot run here (shown in the summary)."""
     lines = []
     for t in TARGETS:
+        if not HERE[t]:
+            lines.append(
+                f"{t}: a target for a machine matching {TARGETS[t]['machine']!r}; this one is {trt_engines.gpu_name()!r}"
+            )
+            continue
         for b in TARGETS[t]["backends"]:
             if AVAILABLE[b][0]:
                 continue

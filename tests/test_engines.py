@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_CONFIG, planned_outputs, snakemake, write_config
+from tests.conftest import REPO, TINY_CONFIG, make_workflow_copy, planned_outputs, snakemake, write_config
 from workflow_scripts import engines
 
 pytestmark = pytest.mark.workflow
@@ -179,3 +180,60 @@ def test_fake_trtexec_an_engine_from_another_gpu_is_refused_with_the_one_line_re
     log = (w / "logs/bench/gpu-a/a/tensorrt_fp16_b1.log").read_text()
     assert "with TensorRT 10.3.0, but this machine has GPU 'Fake GPU A' with TensorRT 10.7.0" in log
     assert yaml.safe_load((w / "config/config.yaml").read_text())["targets"]["gpu-a"]  # config untouched
+
+
+def _jetson_copy(tmp_path: Path) -> Path:
+    w = make_workflow_copy(tmp_path / "jetson")
+    shutil.copytree(REPO / "weights", w / "weights")
+    cfg = yaml.safe_load((w / "config/jetson.yaml").read_text())
+    for t in cfg["targets"].values():  # INT8 inputs come from the quantize rules, not on this branch
+        t["backends"]["tensorrt"] = [p for p in t["backends"]["tensorrt"] if p != "int8"]
+    (w / "config/jetson.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return w
+
+
+def test_jetson_profile_off_a_jetson_plans_no_orin_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLANFORGE_GPU_NAME", "Intel CPU box")
+    w = _jetson_copy(tmp_path)
+    planned = planned_outputs(w, "--profile", "profiles/jetson")
+    assert planned == {
+        "results/summary.md",
+        *(
+            f"results/plots/{t}_{k}.png"
+            for t in ("orin-agx", "orin-agx-dla", "orin-nx", "orin-nano")
+            for k in ("latency_vs_batch", "accuracy_vs_latency")
+        ),
+    }
+
+
+def test_fake_trtexec_jetson_profile_on_an_agx_orin_plans_its_two_targets_only(tmp_path, fake_trtexec_env, monkeypatch):
+    monkeypatch.setenv("PLANFORGE_GPU_NAME", "NVIDIA Jetson AGX Orin Developer Kit")
+    monkeypatch.setenv("PLANFORGE_POWER_MODE", "MAXN")
+    w = _jetson_copy(tmp_path)
+    planned = _engines(planned_outputs(w, "--profile", "profiles/jetson"))
+    assert {p.split("/")[2] for p in planned} == {"orin-agx", "orin-agx-dla"}
+    assert "artifacts/engines/orin-agx-dla/yolo-demo/fp16_b4.plan" in planned
+
+
+def test_fake_trtexec_dla_engine_records_power_mode_and_a_new_mode_rebuilds_only_jetson_engines(
+    fake_engines_built, monkeypatch
+):
+    w, calls = fake_engines_built
+    monkeypatch.setenv("PLANFORGE_POWER_MODE", "MAXN")
+    cfg = _trt_config()
+    cfg["targets"]["jetson"] = {
+        "device": "cuda",
+        "backends": {"tensorrt": ["fp16"]},
+        "batch_sizes": [2],
+        "power": "tegrastats",
+        "tensorrt": {"dla_core": 0, "batch_profile": "dynamic"},
+    }
+    write_config(w, cfg)
+    snakemake(w)
+    side = json.loads((w / "artifacts/engines/jetson/a/fp16_b2.json").read_text())
+    assert side["settings"]["power_mode"] == "MAXN"
+    assert {"--useDLACore=0", "--allowGPUFallback", "--minShapes=images:1x3x160x160"} <= set(side["command"])
+    monkeypatch.setenv("PLANFORGE_POWER_MODE", "30W")
+    assert planned_outputs(w) == {
+        f"artifacts/engines/jetson/{m}/fp16_b2.{ext}" for m in ("a", "b") for ext in ("plan", "json")
+    }

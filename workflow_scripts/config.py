@@ -47,7 +47,13 @@ TENSORRT_DEFAULTS = {
     "timing_cache": True,
     "extra_flags": [],
 }
-TARGET_DEFAULTS = {"threads": None, "backend_options": {}, "power": "none", "tensorrt": TENSORRT_DEFAULTS}
+TARGET_DEFAULTS = {
+    "machine": None,
+    "threads": None,
+    "backend_options": {},
+    "power": "none",
+    "tensorrt": TENSORRT_DEFAULTS,
+}
 
 
 def _key(path: Any) -> str:

@@ -101,10 +101,20 @@ def tensorrt_version(configured_trtexec: str | None = None) -> str | None:
 
 @functools.cache
 def gpu_name() -> str:
-    """This machine's GPU: $PLANFORGE_GPU_NAME, nvidia-smi, else the Jetson device-tree model."""
+    """This machine's GPU: $PLANFORGE_GPU_NAME, the Jetson module (device-tree model), else nvidia-smi.
+
+    On a Jetson the module name comes first: JetPack's nvidia-smi says "Orin (nvgpu)" on every Orin,
+    but an engine built on an AGX Orin is not the one to time on an Orin Nano.
+    """
     override = _env("PLANFORGE_GPU_NAME")
     if override:
         return override
+    try:  # Jetson: "NVIDIA Jetson AGX Orin Developer Kit"
+        model = Path("/proc/device-tree/model").read_text().strip("\x00\n ")
+        if "jetson" in model.lower():
+            return model
+    except OSError:
+        pass
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
@@ -113,11 +123,12 @@ def gpu_name() -> str:
             return out.stdout.strip().splitlines()[0].strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
-    model = Path("/proc/device-tree/model")  # Jetson: "NVIDIA Jetson AGX Orin Developer Kit"
-    try:
-        return model.read_text().strip("\x00\n ")
-    except OSError:
-        return "unknown"
+    return "unknown"
+
+
+def runs_here(machine: str | None) -> bool:
+    """Whether a target meant for `machine` (a pattern for gpu_name(), case-insensitive) runs on this one."""
+    return machine is None or re.search(machine, gpu_name(), re.IGNORECASE) is not None
 
 
 def power_mode_from_nvpmodel(text: str) -> str | None:
