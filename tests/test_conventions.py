@@ -77,7 +77,8 @@ def test_snakefmt_and_ruff_are_clean():
 
 
 def test_every_step_script_runs_as_a_cli_with_help():
-    for step in ("make_dataset", "prepare_checkpoint", "export", "bench", "accuracy", "summary", "train_demo"):
+    steps = ("make_dataset", "prepare_checkpoint", "export", "bench", "accuracy", "summary", "train_demo")
+    for step in (*steps, "build_engine", "trtexec_report"):
         proc = subprocess.run(
             [sys.executable, "-m", f"workflow_scripts.{step}", "--help"], cwd=REPO, capture_output=True, text=True
         )
