@@ -118,7 +118,11 @@ def engine_outputs(targets=None):
 
 def plot_outputs():
     kinds = ("latency_vs_batch", "accuracy_vs_latency")
-    return [f"results/plots/{t}_{k}.png" for t in TARGETS for k in kinds]
+    return [f"results/plots/{t}_{k}.png" for t in TARGETS for k in kinds] + [
+        f"results/plots/{t}_latency_vs_power.png"
+        for t in TARGETS
+        if TARGETS[t]["power"] != "none"
+    ]
 
 
 def get_final_output():

@@ -196,14 +196,9 @@ def test_jetson_profile_off_a_jetson_plans_no_orin_job(tmp_path, monkeypatch):
     monkeypatch.setenv("PLANFORGE_GPU_NAME", "Intel CPU box")
     w = _jetson_copy(tmp_path)
     planned = planned_outputs(w, "--profile", "profiles/jetson")
-    assert planned == {
-        "results/summary.md",
-        *(
-            f"results/plots/{t}_{k}.png"
-            for t in ("orin-agx", "orin-agx-dla", "orin-nx", "orin-nano")
-            for k in ("latency_vs_batch", "accuracy_vs_latency")
-        ),
-    }
+    kinds = ("latency_vs_batch", "accuracy_vs_latency", "latency_vs_power")
+    targets = ("orin-agx", "orin-agx-dla", "orin-nx", "orin-nano")
+    assert planned == {"results/summary.md", *(f"results/plots/{t}_{k}.png" for t in targets for k in kinds)}
 
 
 def test_fake_trtexec_jetson_profile_on_an_agx_orin_plans_its_two_targets_only(tmp_path, fake_trtexec_env, monkeypatch):

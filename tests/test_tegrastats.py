@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -89,3 +90,50 @@ def test_fake_tegrastats_sampler_runs_beside_a_loop_and_reports_energy(tmp_path,
     assert r["power_mode"] == os.environ.get("PLANFORGE_POWER_MODE")  # no nvpmodel here
     assert r["jetson_clocks"]["state"] == "unknown"
     assert sampler.proc.poll() is not None  # tegrastats does not outlive the loop
+
+
+def _bench_record(batch: int, p50: float, power: dict) -> dict:
+    lat = {k: p50 for k in ("mean", "std", "p50", "p90", "p95", "p99", "min", "max")}
+    return {
+        "target": "orin-nano",
+        "model": "m",
+        "backend": "tensorrt",
+        "precision": "fp16",
+        "batch": batch,
+        "latency_ms": lat,
+        "throughput_items_per_s": 1000 * batch / p50,
+        "preprocess_ms": lat,
+        "postprocess_ms": lat,
+        "power": power,
+        "environment": {"gpu": "Orin", "libraries": {}, "git_commit": "x", "timestamp": "t"},
+        "runner": {},
+        "iterations": 10,
+        "warmup": 1,
+        "threads": None,
+    }
+
+
+def test_power_from_real_lines_reaches_the_summary_table_and_the_latency_vs_power_plot(tmp_path):
+    from workflow_scripts import plots, summary
+
+    lines = [parse_line(ln) for ln in _lines("orin_nx_nano.txt")]
+    files = []
+    for i, (batch, p50) in enumerate([(1, 2.0), (4, 5.0)]):
+        rec = _bench_record(batch, p50, {"sampler": "tegrastats", **summarize(lines[i : i + 2], 1.0, 100 * batch)})
+        f = tmp_path / f"b{batch}.json"
+        f.write_text(json.dumps(rec))
+        files.append(f)
+    png = tmp_path / "orin-nano_latency_vs_power.png"
+    plots.main(["--target", "orin-nano", "--bench", *map(str, files), "--power-png", str(png)])
+    assert png.stat().st_size > 1000
+    acc = tmp_path / "acc.json"
+    acc.write_text(
+        json.dumps(
+            {"target": "orin-nano", "model": "m", "backend": "tensorrt", "precision": "fp16", "map50_95": 0.5}
+            | {"map50": 0.7, "images": 6, "ratio_to_baseline": 1.0, "gate": {"passed": True}, "baseline": None}
+        )
+    )
+    text = summary.summarise(files, [acc], [], 0.95, "torch_fp32", tmp_path / "summary.md", [png])
+    assert "| mean W | inferences/J |" in text
+    assert f"| {(5299 + 12479) / 2 / 1e3:.2f} | {100 / ((5299 + 12479) / 2 / 1e3):.1f} |" in text
+    assert "- [latency vs power](" in text
