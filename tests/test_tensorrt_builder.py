@@ -287,3 +287,13 @@ def test_python_api_builder_reports_the_parsers_error_in_one_line_fake_tensorrt_
     with pytest.raises(PlanforgeError, match=r"cannot parse it \(In node 3 \(Conv\): unsupported attribute\)"):
         build_with_python_api(make_fake_tensorrt([], parse_ok=False), _settings(), tiny_onnx, tmp_path / "e.plan", None)
     assert not (tmp_path / "e.plan").exists()
+
+
+def test_python_api_builder_refuses_trtexec_only_flags_instead_of_dropping_them_fake_tensorrt_module(
+    tiny_onnx, tmp_path
+):
+    calls: list = []
+    s = _settings(extra_flags=["--sparsity=enable"])
+    with pytest.raises(PlanforgeError, match=r"extra_flags \['--sparsity=enable'\] are trtexec flags"):
+        build_with_python_api(make_fake_tensorrt(calls), s, tiny_onnx, tmp_path / "e.plan", None)
+    assert calls == []

@@ -69,6 +69,11 @@ def build_with_python_api(
     trt: Any, settings: dict, onnx: Path, engine: Path, timing_cache: Path | None
 ) -> tuple[list[str], str]:
     """Build with the TensorRT 10 Python API (`trt` is the imported module); return the calls and the log."""
+    if settings["extra_flags"]:
+        raise PlanforgeError(
+            f"{engine}: tensorrt.extra_flags {settings['extra_flags']} are trtexec flags the Python API builder "
+            "cannot apply; build with trtexec (set PLANFORGE_TRTEXEC) or remove them"
+        )
     lines: list[str] = []
 
     class Logger(trt.ILogger):

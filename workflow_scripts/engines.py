@@ -75,6 +75,11 @@ def version_from_banner(text: str) -> str | None:
     return f"{n // 1000}.{n // 100 % 10}.{n % 100}"  # TensorRT 8: Mmpp
 
 
+def _three(version: str) -> str:
+    """'10.3.0' from '10.3.0.26': the build number is not in trtexec's banner, so it is not compared."""
+    return ".".join(version.split(".")[:3])
+
+
 @functools.cache
 def tensorrt_version(configured_trtexec: str | None = None) -> str | None:
     """TensorRT version of this machine: the Python package's, else trtexec's banner."""
@@ -83,9 +88,12 @@ def tensorrt_version(configured_trtexec: str | None = None) -> str | None:
 
         for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs"):
             try:
-                return metadata.version(dist)
+                return _three(metadata.version(dist))
             except metadata.PackageNotFoundError:
                 continue
+        import tensorrt  # JetPack's apt bindings carry no pip metadata
+
+        return _three(tensorrt.__version__)
     exe = find_trtexec(configured_trtexec)
     if exe is None:
         return None

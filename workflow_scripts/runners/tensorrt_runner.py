@@ -58,7 +58,8 @@ class TensorrtRunner(Runner):
         self.trt, self.torch = trt, torch
         self.device = torch.device(device)
         torch.cuda.set_device(self.device)
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.logger = trt.Logger(trt.Logger.WARNING)  # must outlive the runtime and the engine
+        self.runtime = trt.Runtime(self.logger)
         dla = self.meta["settings"].get("dla_core")
         if dla is not None:
             self.runtime.DLA_core = int(dla)
@@ -99,14 +100,15 @@ class TensorrtRunner(Runner):
         if padded > n:  # the profile's minimum is larger than this batch: pad with zeros, drop them after
             rows = np.concatenate([rows, np.zeros((padded - n, *rows.shape[1:]), rows.dtype)])
         host = torch.from_numpy(np.ascontiguousarray(rows)).to(self._torch_dtype(self.input_name))
-        inputs = host.to(self.device, non_blocking=False)
-        self.context.set_input_shape(self.input_name, tuple(inputs.shape))
-        outputs = {
-            name: torch.empty(
-                tuple(self.context.get_tensor_shape(name)), dtype=self._torch_dtype(name), device=self.device
-            )
-            for name in self.output_names
-        }
+        with torch.cuda.stream(self.stream):  # copies and buffers ordered on the stream TensorRT runs on
+            inputs = host.to(self.device)
+            self.context.set_input_shape(self.input_name, tuple(inputs.shape))
+            outputs = {
+                name: torch.empty(
+                    tuple(self.context.get_tensor_shape(name)), dtype=self._torch_dtype(name), device=self.device
+                )
+                for name in self.output_names
+            }
         events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         chunk = Chunk(n, inputs, outputs, events=events, shape=tuple(inputs.shape))
         self._bound = None
