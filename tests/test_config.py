@@ -22,12 +22,12 @@ def _mutated(fn) -> dict:
     [
         (
             lambda c: c["targets"]["cpu"]["backends"].update(tensorrtx=["fp32"]),
-            "config key targets.cpu.backends: 'tensorrtx' is not one of ['torch', 'onnxruntime']",
+            "config key targets.cpu.backends: 'tensorrtx' is not one of ['torch', 'onnxruntime', 'tensorrt']",
         ),
         (lambda c: c["models"]["a"].update(family="rtdetr"), "config key models.a.family: 'rtdetr' is not one of"),
         (
             lambda c: c["targets"]["cpu"]["backends"].update(torch=["int4"]),
-            "config key targets.cpu.backends.torch.0: 'int4' is not one of ['fp32', 'fp16']",
+            "config key targets.cpu.backends.torch.0: 'int4' is not one of ['fp32', 'fp16', 'int8', 'best']",
         ),
         (
             lambda c: c["targets"]["cpu"]["backends"].update(torch=["fp16"]),

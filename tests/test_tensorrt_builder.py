@@ -297,3 +297,44 @@ def test_python_api_builder_refuses_trtexec_only_flags_instead_of_dropping_them_
     with pytest.raises(PlanforgeError, match=r"extra_flags \['--sparsity=enable'\] are trtexec flags"):
         build_with_python_api(make_fake_tensorrt(calls), s, tiny_onnx, tmp_path / "e.plan", None)
     assert calls == []
+
+
+def _base_config() -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).parent.parent / "config" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ({"device": "cpu", "backends": {"tensorrt": ["fp16"]}}, "TensorRT needs a cuda device"),
+        ({"device": "cuda", "backends": {"torch": ["int8"]}}, "'int8' is not one of ['fp32', 'fp16']"),
+        (
+            {"device": "cuda", "backends": {"tensorrt": ["fp16"]}, "tensorrt": {"int8": "qdq"}},
+            "config key targets.t.tensorrt.int8: 'qdq' is not one of ['explicit', 'implicit']",
+        ),
+        (
+            {"device": "cuda", "backends": {"tensorrt": ["fp16"]}, "tensorrt": {"extra_flags": ["sparsity"]}},
+            "config key targets.t.tensorrt.extra_flags.0",
+        ),
+    ],
+)
+def test_tensorrt_config_errors_name_the_key(target, error):
+    from workflow_scripts.config import validate
+
+    cfg = _base_config()
+    cfg["targets"]["t"] = {"batch_sizes": [1], **target}
+    with pytest.raises(PlanforgeError) as err:
+        validate(cfg)
+    assert error in str(err.value)
+
+
+def test_tensorrt_section_is_filled_from_the_defaults():
+    from workflow_scripts.config import validate
+
+    cfg = _base_config()
+    cfg["targets"]["t"] = {"device": "cuda", "backends": {"tensorrt": ["int8"]}, "batch_sizes": [1]}
+    cfg["targets"]["t"]["tensorrt"] = {"dla_core": 1}
+    trt = validate(cfg)["targets"]["t"]["tensorrt"]
+    assert trt == {**TENSORRT_DEFAULTS, "dla_core": 1}
