@@ -4,6 +4,7 @@ import json
 from snakemake.exceptions import WorkflowError
 
 from workflow_scripts import config as pfconfig
+from workflow_scripts import engines as trt_engines
 from workflow_scripts.deps import code_files
 from workflow_scripts.io import PlanforgeError
 from workflow_scripts.models import family_file, is_architecture
@@ -21,6 +22,16 @@ MODELS = CFG["models"]
 TARGETS = CFG["targets"]
 BASELINE = CFG["accuracy"]["baseline"]
 AVAILABLE = {b: backend_available(b) for b in BACKENDS}
+# a target names the machine it is for (targets.<t>.machine); on any other it is skipped
+HERE = {
+    t: TARGETS[t]["machine"] is None or trt_engines.runs_here(TARGETS[t]["machine"])
+    for t in TARGETS
+}
+TRT_TARGETS = [t for t in TARGETS if "tensorrt" in TARGETS[t]["backends"] and HERE[t]]
+try:  # 'python', 'trtexec' or None; looked up only when a target asks for TensorRT
+    TRT_BUILDER = trt_engines.builder() if TRT_TARGETS else None
+except PlanforgeError as exc:
+    raise WorkflowError(f"planforge: {exc}") from None
 
 
 wildcard_constraints:
@@ -42,7 +53,7 @@ def _as_json(value):
 
 def runs(target):
     """(model, backend, precision) triples a target measures, available backends only."""
-    for model in MODELS:
+    for model in MODELS if HERE[target] else ():
         for backend, precisions in TARGETS[target]["backends"].items():
             if AVAILABLE[backend][0]:
                 for precision in precisions:
@@ -62,7 +73,8 @@ def accuracy_outputs(targets=None):
     out = []
     for t in targets or TARGETS:
         triples = [r for r in runs(t) if MODELS[r[0]]["accuracy"]]
-        for m in MODELS:
+        # a target with nothing to measure here (e.g. only TensorRT, not installed) gets no baseline job
+        for m in MODELS if triples else ():
             if MODELS[m]["accuracy"] and AVAILABLE[BASELINE["backend"]][0]:
                 triples.append((m, BASELINE["backend"], BASELINE["precision"]))
         out += [
@@ -74,17 +86,48 @@ def accuracy_outputs(targets=None):
 
 def unavailable_lines():
     """One line per target and backend that cannot run here (shown in the summary)."""
+    lines = []
+    for t in TARGETS:
+        if not HERE[t]:
+            lines.append(
+                f"{t}: a target for a machine matching {TARGETS[t]['machine']!r}; this one is {trt_engines.gpu_name()!r}"
+            )
+            continue
+        for b in TARGETS[t]["backends"]:
+            if AVAILABLE[b][0]:
+                continue
+            if b == "tensorrt" and TRT_BUILDER:
+                lines.append(
+                    f"{t}: tensorrt: engines built here with {TRT_BUILDER} but not timed: {AVAILABLE[b][1]}"
+                )
+            elif b == "tensorrt":
+                lines.append(f"{t}: tensorrt: {trt_engines.unavailable_reason()}")
+            else:
+                lines.append(f"{t}: {AVAILABLE[b][1]}")
+    return lines
+
+
+def engine_outputs(targets=None):
+    """Every engine of the TensorRT targets (none where TensorRT is not installed)."""
+    if TRT_BUILDER is None:
+        return []
     return [
-        f"{t}: {AVAILABLE[b][1]}"
-        for t in TARGETS
-        for b in TARGETS[t]["backends"]
-        if not AVAILABLE[b][0]
+        f"artifacts/engines/{t}/{m}/{p}_b{n}.plan"
+        for t in targets or TRT_TARGETS
+        if t in TRT_TARGETS
+        for m in MODELS
+        for p in TARGETS[t]["backends"]["tensorrt"]
+        for n in TARGETS[t]["batch_sizes"]
     ]
 
 
 def plot_outputs():
     kinds = ("latency_vs_batch", "accuracy_vs_latency")
-    return [f"results/plots/{t}_{k}.png" for t in TARGETS for k in kinds]
+    return [f"results/plots/{t}_{k}.png" for t in TARGETS for k in kinds] + [
+        f"results/plots/{t}_latency_vs_power.png"
+        for t in TARGETS
+        if TARGETS[t]["power"] != "none"
+    ]
 
 
 def calibration_cache_outputs():
@@ -99,7 +142,7 @@ def calibration_cache_outputs():
 
 
 def get_final_output():
-    return ["results/summary.md", *plot_outputs(), *calibration_cache_outputs()]
+    return ["results/summary.md", *plot_outputs(), *calibration_cache_outputs(), *engine_outputs()]
 
 
 def split_settings(dataset, split):
@@ -117,13 +160,21 @@ def val_annotations(wildcards):
 
 
 def model_artifact(wildcards):
-    """The file a backend runs: the prepared checkpoint or the ONNX model of that precision.
+    """The file a backend runs: the prepared checkpoint, the ONNX model or the TensorRT engine.
+
+    Engines are per batch profile: a bench job runs the engine of its batch; an accuracy job
+    (no batch wildcard) the one of the target's largest batch, which the runner pads or splits to.
 
     ONNX files are named by precision: fp32 → fp32.onnx, int8_<calib> → int8_<calib>.onnx (QDQ).
     """
     kind = BACKENDS[wildcards.backend].artifact
     if kind == "checkpoint":
         return f"artifacts/checkpoints/{wildcards.model}.pt"
+    if kind == "engine":
+        batch = getattr(wildcards, "batch", None) or max(
+            TARGETS[wildcards.target]["batch_sizes"]
+        )
+        return f"artifacts/engines/{wildcards.target}/{wildcards.model}/{wildcards.precision}_b{batch}.plan"
     return f"artifacts/onnx/{wildcards.model}/{wildcards.precision}.onnx"
 
 
@@ -147,6 +198,59 @@ def quantize_settings(wildcards):
     return _as_json(
         {**{k: q[k] for k in keys}, "keep_float": MODELS[wildcards.model]["keep_float"]}
     )
+
+
+def _trt(wildcards):
+    if "tensorrt" not in TARGETS[wildcards.target]["backends"]:
+        raise WorkflowError(
+            f"planforge: target {wildcards.target} has no tensorrt backend; add it to targets.{wildcards.target}.backends"
+        )
+    if wildcards.precision not in BACKENDS["tensorrt"].precisions:
+        raise WorkflowError(
+            f"planforge: engine precision {wildcards.precision!r} is not one of {list(BACKENDS['tensorrt'].precisions)}"
+        )
+    return TARGETS[wildcards.target]["tensorrt"]
+
+
+def engine_onnx(wildcards):
+    """The ONNX an engine is built from (QDQ model for explicit INT8, else the FP32 export)."""
+    return trt_engines.onnx_input(wildcards.model, wildcards.precision, _trt(wildcards))
+
+
+def engine_calibration(wildcards):
+    """The calibration cache an implicit-INT8 engine reads (none otherwise)."""
+    cache = trt_engines.calibration_cache(
+        wildcards.model, wildcards.precision, _trt(wildcards)
+    )
+    return [cache] if cache else []
+
+
+def engine_identity(target):
+    """GPU, TensorRT version and (Jetson targets) power mode of this machine: they change an engine."""
+    try:
+        return trt_engines.machine_identity(
+            jetson=TARGETS[target]["power"] == "tegrastats"
+        )
+    except PlanforgeError as exc:
+        raise WorkflowError(f"planforge: {exc}") from None
+
+
+def engine_settings(wildcards):
+    s = trt_engines.engine_settings(
+        wildcards.model,
+        wildcards.precision,
+        int(wildcards.batch),
+        MODELS[wildcards.model]["imgsz"],
+        _trt(wildcards),
+        engine_identity(wildcards.target),
+    )
+    return _as_json(s)
+
+
+def timing_cache_arg(wildcards):
+    if not _trt(wildcards)["timing_cache"]:
+        return ""
+    return f"--timing-cache artifacts/engines/{wildcards.target}/timing.cache"
 
 
 def step_code(step, *extra):

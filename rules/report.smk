@@ -25,6 +25,26 @@ rule plots:
         " --accuracy {input.accuracy} --latency-png {output.latency} --accuracy-png {output.accuracy} > {log} 2>&1"
 
 
+rule power_plot:
+    input:
+        bench=lambda w: bench_outputs([w.target]),
+        code=step_code("plots"),
+    output:
+        report(
+            "results/plots/{target}_latency_vs_power.png",
+            category="Plots",
+            subcategory="{target}",
+            caption="../report/plots.rst",
+        ),
+    log:
+        "logs/plots/{target}_power.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m workflow_scripts.plots --target {wildcards.target} --bench {input.bench}"
+        " --power-png {output} > {log} 2>&1"
+
+
 rule summary:
     input:
         bench=bench_outputs(),

@@ -97,6 +97,8 @@ def test_every_step_script_runs_as_a_cli_with_help():
         "sensitivity",
         "bench",
         "accuracy",
+        "build_engine",
+        "trtexec_report",
     )
     for step in (*steps, "summary", "train_demo"):
         proc = subprocess.run(

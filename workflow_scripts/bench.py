@@ -75,6 +75,8 @@ def bench(
     runner.setup(prepared)
     for _ in range(warmup):
         runner.infer(prepared)
+    if runner.device_times_ms is not None:
+        runner.device_times_ms.clear()  # warmup does not count on the device timer either
     sampler = get_sampler(power, device=device)
     sampler.start()
     t_start = time.perf_counter()
@@ -88,6 +90,7 @@ def bench(
     post_times = _timed(lambda: fam.postprocess(outputs[0], metas, conf=conf), iterations)
 
     stats = latency_stats(model_times)
+    device_ms = list(runner.device_times_ms or [])
     return {
         "status": "ok",
         "model": model,
@@ -102,6 +105,8 @@ def bench(
         "iterations": iterations,
         "timer": TIMERS,
         "latency_ms": stats,
+        # CUDA events around the enqueue on the runner's stream (runners that have them); None otherwise
+        "device_latency_ms": latency_stats([t / 1e3 for t in device_ms]) if device_ms else None,
         "throughput_items_per_s": round(batch * iterations / sum(model_times), 3),
         "throughput_wall_items_per_s": round(batch * iterations / wall, 3),
         "preprocess_ms": latency_stats(pre_times),

@@ -43,7 +43,25 @@ DATASET_DEFAULTS = {
     "max_objects": 8,
 }
 MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": []}
-TARGET_DEFAULTS = {"threads": None, "backend_options": {}, "power": "none", "gpu": None}
+TENSORRT_DEFAULTS = {
+    "workspace_mib": 4096,
+    "batch_profile": "static",
+    "builder_optimization_level": 3,
+    "dla_core": None,
+    "gpu_fallback": True,
+    "int8": "explicit",
+    "calibration": "entropy",
+    "timing_cache": True,
+    "extra_flags": [],
+}
+TARGET_DEFAULTS = {
+    "machine": None,
+    "threads": None,
+    "backend_options": {},
+    "power": "none",
+    "gpu": None,
+    "tensorrt": TENSORRT_DEFAULTS,
+}
 
 
 def _key(path: Any) -> str:
@@ -84,6 +102,10 @@ def validate(config: dict) -> dict:
                     f"{list(BACKENDS[backend].precisions)}"
                 )
             on_cpu = target["device"] == "cpu"
+            if backend == "tensorrt" and on_cpu:
+                raise PlanforgeError(
+                    f"config key targets.{name}.backends.tensorrt: TensorRT needs a cuda device; set device: cuda"
+                )
             if on_cpu and BACKENDS[backend].needs_cuda:
                 raise PlanforgeError(
                     f"config key targets.{name}.backends.{backend}: needs a cuda device; allowed on cpu: "

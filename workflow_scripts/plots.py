@@ -1,4 +1,5 @@
-"""results/plots/{target}_*.png: latency vs batch per backend, and accuracy vs latency, for one target."""
+"""results/plots/{target}_*.png: latency vs batch per backend, accuracy vs latency, and (targets with a
+power sampler) latency vs power, for one target."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 from workflow_scripts.io import atomic_path, run_cli
 from workflow_scripts.results import load_tables, merged
 
-PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency")
+PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency", "latency_vs_power")
 
 
 def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_png: Path, accuracy_png: Path) -> None:
@@ -57,6 +58,37 @@ def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_
     _save(fig, accuracy_png)
 
 
+def plot_power(target: str, bench: pd.DataFrame, png: Path) -> None:
+    """Model latency (p50) against mean power during the timed loop, one point per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = bench[bench["power_w"].notna()] if "power_w" in bench and not bench.empty else bench.iloc[0:0]
+    for (model, backend, precision), g in pts.groupby(["model", "backend", "precision"]):
+        g = g.sort_values("batch")
+        ax.plot(g["power_w"], g["p50_ms"], marker="o", label=f"{model} {backend} {precision}")
+        for _, r in g.iterrows():
+            ax.annotate(
+                f"b{int(r['batch'])}",
+                (r["power_w"], r["p50_ms"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    if pts.empty:
+        ax.text(0.5, 0.5, "no power measured on this target", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("mean power during the timed loop, W (sampler's total rails)")
+    ax.set_ylabel("model latency per batch, ms (p50)")
+    ax.set_title(f"{target}: latency vs power")
+    ax.grid(True, alpha=0.3)
+    _save(fig, png)
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -71,12 +103,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", required=True)
     p.add_argument("--bench", type=Path, nargs="*", default=[])
     p.add_argument("--accuracy", type=Path, nargs="*", default=[])
-    p.add_argument("--latency-png", type=Path, required=True)
-    p.add_argument("--accuracy-png", type=Path, required=True)
+    p.add_argument("--latency-png", type=Path)
+    p.add_argument("--accuracy-png", type=Path)
+    p.add_argument("--power-png", type=Path, help="latency vs power (targets with a power sampler)")
     a = p.parse_args(argv)
+    if bool(a.latency_png) != bool(a.accuracy_png) or not (a.latency_png or a.power_png):
+        p.error("give --latency-png with --accuracy-png, and/or --power-png")
     tb, _, joined = merged(*load_tables(a.bench, a.accuracy), a.target)
-    plot_target(a.target, tb, joined, a.latency_png, a.accuracy_png)
-    print(f"wrote {a.latency_png} and {a.accuracy_png}")
+    if a.latency_png:
+        plot_target(a.target, tb, joined, a.latency_png, a.accuracy_png)
+        print(f"wrote {a.latency_png} and {a.accuracy_png}")
+    if a.power_png:
+        plot_power(a.target, tb, a.power_png)
+        print(f"wrote {a.power_png}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 "pre_ms": r["preprocess_ms"]["p50"],
                 "post_ms": r["postprocess_ms"]["p50"],
                 "energy_j": (r.get("power") or {}).get("energy_per_inference_j"),
+                "power_w": (r.get("power") or {}).get("mean_power_w"),
+                "inf_per_j": (r.get("power") or {}).get("inferences_per_joule"),
                 "file": str(f),
                 "device": r["environment"].get("gpu") or r["environment"].get("cpu"),
                 "libraries": r["environment"].get("libraries", {}),

@@ -114,26 +114,23 @@ def render(
                 "",
             ]
             joined = joined.sort_values(["model", "backend", "precision", "batch"])
-            lines += [
-                markdown_table(
-                    joined,
-                    {
-                        "model": ("model", 0),
-                        "backend": ("backend", 0),
-                        "precision": ("precision", 0),
-                        "batch": ("batch", 0),
-                        "p50_ms": ("p50 ms", 2),
-                        "p99_ms": ("p99 ms", 2),
-                        "throughput": ("throughput img/s", 1),
-                        "pre_ms": ("pre ms/batch", 2),
-                        "post_ms": ("post ms/batch", 2),
-                        "map50_95": ("mAP50-95", 4),
-                        "ratio": ("ratio to baseline", 3),
-                        "gate_passed": ("gate", 0),
-                    },
-                ),
-                "",
-            ]
+            columns = {
+                "model": ("model", 0),
+                "backend": ("backend", 0),
+                "precision": ("precision", 0),
+                "batch": ("batch", 0),
+                "p50_ms": ("p50 ms", 2),
+                "p99_ms": ("p99 ms", 2),
+                "throughput": ("throughput img/s", 1),
+                "pre_ms": ("pre ms/batch", 2),
+                "post_ms": ("post ms/batch", 2),
+                "map50_95": ("mAP50-95", 4),
+                "ratio": ("ratio to baseline", 3),
+                "gate_passed": ("gate", 0),
+            }
+            if "power_w" in joined and joined["power_w"].notna().any():  # a power sampler ran
+                columns = {**columns, "power_w": ("mean W", 2), "inf_per_j": ("inferences/J", 1)}
+            lines += [markdown_table(joined, columns), ""]
             lowest, best = fastest_passing(joined)
             if lowest is None and best is None:
                 lines += ["**No configuration passes the accuracy gate on this target.**", ""]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-SAMPLERS = {"none": "workflow_scripts.power.none", "nvml": "workflow_scripts.power.nvml"}
+SAMPLERS = {
+    "none": "workflow_scripts.power.none",
+    "nvml": "workflow_scripts.power.nvml",
+    "tegrastats": "workflow_scripts.power.tegrastats",
+}
 
 
 class Sampler:

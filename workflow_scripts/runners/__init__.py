@@ -25,10 +25,11 @@ class BackendSpec:
 
     module: str  # workflow_scripts.runners.<module>
     cls: str
-    artifact: str  # which artifact it runs: "checkpoint" (torch module) or "onnx"
+    artifact: str  # which artifact it runs: "checkpoint" (torch module), "onnx" or "engine" (TensorRT .plan)
     precisions: tuple[str, ...]
     requires: tuple[str, ...]  # importable modules it needs; absent → reported unavailable
     needs_cuda: bool = False  # only meaningful on a CUDA target
+    missing: str = ""  # what the summary says when they are absent (default: names the modules)
 
 
 INT8_PRECISIONS = ("int8_minmax", "int8_entropy", "int8_percentile")  # int8_<calibration method>
@@ -44,6 +45,14 @@ BACKENDS: dict[str, BackendSpec] = {
     ),
     "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("onnxruntime",)),
     "openvino": BackendSpec("openvino_runner", "OpenVinoRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("openvino",)),
+    "tensorrt": BackendSpec(
+        "tensorrt_runner",
+        "TensorrtRunner",
+        "engine",
+        ("fp32", "fp16", "int8", "best"),
+        ("tensorrt", "torch"),
+        missing="TensorRT not installed on this machine",
+    ),
 }
 
 
@@ -52,7 +61,8 @@ def backend_available(name: str) -> tuple[bool, str]:
     spec = BACKENDS[name]
     missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
     if missing:
-        return False, f"{name}: not installed on this machine (missing Python module {', '.join(missing)})"
+        what = spec.missing or "not installed on this machine"
+        return False, f"{name}: {what} (missing Python module {', '.join(missing)})"
     return True, ""
 
 
@@ -109,6 +119,10 @@ class Runner:
     def versions(self) -> dict[str, str]:
         """Library versions that determine this runner's numbers."""
         return {}
+
+    # Runners that time their work on the device (CUDA events) append one ms value per `infer` here;
+    # the bench loop clears it after warmup and reports it beside the host timer.
+    device_times_ms: list[float] | None = None
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.to_numpy(self.infer(self.prepare(batch)))

@@ -1,0 +1,28 @@
+# TensorRT engines: one per target, model, precision and batch profile, with a sidecar JSON.
+# Everything that changes an engine is in params (settings: precision, shapes, workspace, DLA core,
+# INT8 mode and cache, extra flags, TensorRT version, GPU, Jetson power mode), so a change rebuilds
+# exactly the engines it touches. Builds hold the bench resource: tactic selection times kernels,
+# and two builds (or a build and a benchmark) on one GPU would disturb each other's timings.
+
+
+rule build_engine:
+    input:
+        onnx=engine_onnx,
+        calib=engine_calibration,
+        code=step_code("build_engine"),
+    output:
+        engine="artifacts/engines/{target}/{model}/{precision}_b{batch}.plan",
+        sidecar="artifacts/engines/{target}/{model}/{precision}_b{batch}.json",
+    log:
+        "logs/engines/{target}/{model}/{precision}_b{batch}.log",
+    conda:
+        "../envs/engines.yaml"
+    threads: exclusive_threads()
+    resources:
+        bench=1,
+    params:
+        settings=engine_settings,
+        timing_cache=timing_cache_arg,
+    shell:
+        "python -m workflow_scripts.build_engine --onnx {input.onnx} --settings {params.settings:q}"
+        " {params.timing_cache} --engine {output.engine} --sidecar {output.sidecar} > {log} 2>&1"

@@ -1,0 +1,267 @@
+"""TensorRT engines without importing TensorRT: what this machine has, what an engine is built from,
+the trtexec command line, and the check that refuses an engine built elsewhere.
+
+Everything here is cheap enough to run while Snakemake builds its DAG (a `find_spec`, a `which`,
+at most one `trtexec --version` and one `nvidia-smi`/`nvpmodel` call, each cached), and nothing
+here needs a GPU, so it is unit-tested on machines without one.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from workflow_scripts.io import PlanforgeError, read_json
+
+# JetPack installs trtexec here and does not put it on PATH.
+JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+INPUT_NAME = "images"  # the input tensor name of the ultralytics ONNX export
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"], "best": ["--best"]}
+INT8_PRECISIONS = ("int8", "best")
+NOT_INSTALLED = "TensorRT not installed on this machine"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+@functools.cache
+def find_trtexec(configured: str | None = None) -> str | None:
+    """trtexec to use: $PLANFORGE_TRTEXEC, the config's `trtexec`, PATH, then JetPack's location."""
+    for candidate in (_env("PLANFORGE_TRTEXEC"), configured):
+        if candidate:
+            found = shutil.which(candidate)
+            if not found:
+                raise PlanforgeError(f"trtexec {candidate!r}: not an executable file; fix PLANFORGE_TRTEXEC or config")
+            return found
+    return shutil.which("trtexec") or (JETPACK_TRTEXEC if os.access(JETPACK_TRTEXEC, os.X_OK) else None)
+
+
+def python_tensorrt() -> bool:
+    """Whether `import tensorrt` would find a module (nothing is imported)."""
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def builder(configured_trtexec: str | None = None) -> str | None:
+    """'python' (TensorRT Python API), 'trtexec', or None where neither is installed."""
+    if _env("PLANFORGE_TRTEXEC") is None and python_tensorrt():
+        return "python"
+    return "trtexec" if find_trtexec(configured_trtexec) else None
+
+
+def unavailable_reason(configured_trtexec: str | None = None) -> str:
+    return (
+        f"{NOT_INSTALLED} (no Python module tensorrt, no trtexec on PATH, in $PLANFORGE_TRTEXEC "
+        f"or at {JETPACK_TRTEXEC}); engines are not built and not timed"
+    )
+
+
+def version_from_banner(text: str) -> str | None:
+    """'10.3.0' from trtexec's banner '&&&& RUNNING TensorRT.trtexec [TensorRT v100300] …'."""
+    m = re.search(r"\[TensorRT v(\d+)\]", text)
+    if not m:
+        return None
+    n = int(m.group(1))
+    if n >= 100000:  # TensorRT ≥ 10: MMmmpp
+        return f"{n // 10000}.{n // 100 % 100}.{n % 100}"
+    return f"{n // 1000}.{n // 100 % 10}.{n % 100}"  # TensorRT 8: Mmpp
+
+
+def _three(version: str) -> str:
+    """'10.3.0' from '10.3.0.26': the build number is not in trtexec's banner, so it is not compared."""
+    return ".".join(version.split(".")[:3])
+
+
+@functools.cache
+def tensorrt_version(configured_trtexec: str | None = None) -> str | None:
+    """TensorRT version of this machine: the Python package's, else trtexec's banner."""
+    if _env("PLANFORGE_TRTEXEC") is None and python_tensorrt():
+        from importlib import metadata
+
+        for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs"):
+            try:
+                return _three(metadata.version(dist))
+            except metadata.PackageNotFoundError:
+                continue
+        import tensorrt  # JetPack's apt bindings carry no pip metadata
+
+        return _three(tensorrt.__version__)
+    exe = find_trtexec(configured_trtexec)
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PlanforgeError(f"{exe}: cannot run it ({exc})") from None
+    version = version_from_banner(out.stdout + out.stderr)
+    if version is None:
+        raise PlanforgeError(f"{exe}: `--version` printed no '[TensorRT vNNNN]' banner; is it trtexec?")
+    return version
+
+
+@functools.cache
+def gpu_name() -> str:
+    """This machine's GPU: $PLANFORGE_GPU_NAME, the Jetson module (device-tree model), else nvidia-smi.
+
+    On a Jetson the module name comes first: JetPack's nvidia-smi says "Orin (nvgpu)" on every Orin,
+    but an engine built on an AGX Orin is not the one to time on an Orin Nano.
+    """
+    override = _env("PLANFORGE_GPU_NAME")
+    if override:
+        return override
+    try:  # Jetson: "NVIDIA Jetson AGX Orin Developer Kit"
+        model = Path("/proc/device-tree/model").read_text().strip("\x00\n ")
+        if "jetson" in model.lower():
+            return model
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "unknown"
+
+
+def runs_here(machine: str | None) -> bool:
+    """Whether a target meant for `machine` (a pattern for gpu_name(), case-insensitive) runs on this one."""
+    return machine is None or re.search(machine, gpu_name(), re.IGNORECASE) is not None
+
+
+def power_mode_from_nvpmodel(text: str) -> str | None:
+    """'MAXN' from `nvpmodel -q` output ('NV Power Mode: MAXN' then the mode id)."""
+    m = re.search(r"NV Power Mode:\s*(\S+)", text)
+    return m.group(1) if m else None
+
+
+@functools.cache
+def power_mode() -> str | None:
+    """The Jetson power mode (nvpmodel), or None off a Jetson."""
+    override = _env("PLANFORGE_POWER_MODE")
+    if override:
+        return override
+    exe = shutil.which("nvpmodel")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "-q"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return power_mode_from_nvpmodel(out.stdout + out.stderr)
+
+
+def machine_identity(configured_trtexec: str | None = None, jetson: bool = False) -> dict[str, str | None]:
+    """What an engine is tied to: GPU, TensorRT version and (Jetson) power mode."""
+    return {
+        "gpu": gpu_name(),
+        "tensorrt_version": tensorrt_version(configured_trtexec),
+        "power_mode": power_mode() if jetson else None,
+    }
+
+
+def onnx_input(model: str, precision: str, trt: dict) -> str:
+    """The ONNX an engine is built from: the QDQ model for explicit INT8, else the FP32 export."""
+    if precision in INT8_PRECISIONS and trt["int8"] == "explicit":
+        return f"artifacts/onnx/{model}/int8_{trt['calibration']}.onnx"
+    return f"artifacts/onnx/{model}/fp32.onnx"
+
+
+def calibration_cache(model: str, precision: str, trt: dict) -> str | None:
+    """The calibration cache an implicit-INT8 engine reads, else None."""
+    if precision in INT8_PRECISIONS and trt["int8"] == "implicit":
+        return f"artifacts/calib/{model}/{trt['calibration']}.cache"
+    return None
+
+
+def engine_settings(
+    model: str, precision: str, batch: int, imgsz: int, trt: dict, identity: dict[str, str | None]
+) -> dict[str, Any]:
+    """Everything that changes an engine (the engine rule's params; the sidecar repeats it)."""
+    shape = [batch, 3, imgsz, imgsz]
+    low = 1 if trt["batch_profile"] == "dynamic" else batch
+    return {
+        "precision": precision,
+        "input": INPUT_NAME,
+        "shapes": {"min": [low, *shape[1:]], "opt": shape, "max": shape},
+        "workspace_mib": trt["workspace_mib"],
+        "builder_optimization_level": trt["builder_optimization_level"],
+        "dla_core": trt["dla_core"],
+        "gpu_fallback": trt["gpu_fallback"] if trt["dla_core"] is not None else None,
+        "int8": trt["int8"] if precision in INT8_PRECISIONS else None,
+        "calibration_cache": calibration_cache(model, precision, trt),
+        "extra_flags": list(trt["extra_flags"]),
+        **identity,
+    }
+
+
+def _shape(dims: list[int]) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+def trtexec_command(
+    exe: str, settings: dict, onnx: str | Path, engine: str | Path, timing_cache: str | Path | None
+) -> list[str]:
+    """The trtexec command line that builds `engine` with `settings` (TensorRT 10 flag names)."""
+    name = settings["input"]
+    cmd = [
+        exe,
+        f"--onnx={onnx}",
+        f"--saveEngine={engine}",
+        *PRECISION_FLAGS[settings["precision"]],
+        f"--minShapes={name}:{_shape(settings['shapes']['min'])}",
+        f"--optShapes={name}:{_shape(settings['shapes']['opt'])}",
+        f"--maxShapes={name}:{_shape(settings['shapes']['max'])}",
+        f"--memPoolSize=workspace:{settings['workspace_mib']}M",
+        f"--builderOptimizationLevel={settings['builder_optimization_level']}",
+    ]
+    if timing_cache:
+        cmd.append(f"--timingCacheFile={timing_cache}")
+    if settings["dla_core"] is not None:
+        cmd.append(f"--useDLACore={settings['dla_core']}")
+        if settings["gpu_fallback"]:
+            cmd.append("--allowGPUFallback")
+    if settings["calibration_cache"]:
+        cmd.append(f"--calib={settings['calibration_cache']}")
+    cmd += settings["extra_flags"]
+    cmd.append("--skipInference")  # build only; timing is the bench rule's job
+    return cmd
+
+
+def sidecar_path(engine: str | Path) -> Path:
+    return Path(engine).with_suffix(".json")
+
+
+def rebuild_command(engine: str | Path) -> str:
+    return f"snakemake --cores 1 --force {engine}"
+
+
+def check_engine(engine: str | Path, identity: dict[str, str | None]) -> dict:
+    """The engine's sidecar, or a one-line error when it was built for another GPU or TensorRT."""
+    side = sidecar_path(engine)
+    if not Path(engine).is_file():
+        raise PlanforgeError(f"{engine}: engine not found; build it: {rebuild_command(engine)}")
+    meta = read_json(side)
+    built = {k: meta.get("settings", {}).get(k) for k in ("gpu", "tensorrt_version")}
+    here = {k: identity.get(k) for k in ("gpu", "tensorrt_version")}
+    if built != here:
+        raise PlanforgeError(
+            f"{engine}: built for GPU {built['gpu']!r} with TensorRT {built['tensorrt_version']}, but this machine "
+            f"has GPU {here['gpu']!r} with TensorRT {here['tensorrt_version']}; rebuild it here: "
+            f"{rebuild_command(engine)}"
+        )
+    return meta
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
