@@ -24,6 +24,7 @@ include: "rules/data.smk"
 include: "rules/export.smk"
 include: "rules/bench.smk"
 include: "rules/accuracy.smk"
+include: "rules/serving.smk"
 include: "rules/report.smk"
 
 

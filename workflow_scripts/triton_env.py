@@ -59,9 +59,7 @@ class TritonEnv:
 
     @property
     def site_packages(self) -> Path:
-        return Path(
-            sysconfig.get_path("purelib", vars={"base": str(self.root), "platbase": str(self.root)})
-        )
+        return Path(sysconfig.get_path("purelib", vars={"base": str(self.root), "platbase": str(self.root)}))
 
     @property
     def pytriton(self) -> Path:

@@ -1,7 +1,8 @@
 """artifacts/triton/{target}/: a Triton model repository built from the pipeline's artifacts.
 
 Per model: `{model}_pre` and `{model}_post` (python backend, the family's own pre/post-processing),
-one inference model per backend/precision (`{model}_onnxruntime_fp32`: ONNX Runtime inside a
+one inference model per backend/precision (dynamic batching with the configured
+`max_queue_delay_us`; pre/post batch only what is already queued, delay 0) (`{model}_onnxruntime_fp32`: ONNX Runtime inside a
 python-backend model, since the CPU server has no onnxruntime backend), and the ensemble `{model}`
 (IMAGE uint8 HxWx3 → DETECTIONS [n, 6] x0 y0 x1 y1 score class, NUM_DETECTIONS). `{model}_eval`
 is the same ensemble with the COCO evaluation thresholds, for accuracy through the server.
@@ -159,7 +160,7 @@ def build_repository(
                     mbs,
                     "KIND_CPU",
                     inst,
-                    delay,
+                    0,
                     fam_params,
                 )
             )
@@ -177,7 +178,7 @@ def build_repository(
                         mbs,
                         "KIND_CPU",
                         inst,
-                        delay,
+                        0,
                         {**fam_params, **thresholds},
                     )
                 )
@@ -209,9 +210,7 @@ def build_repository(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", required=True)
-    p.add_argument(
-        "--models", required=True, help='JSON: {model: {"family", "imgsz", "onnx": {precision: path}}}'
-    )
+    p.add_argument("--models", required=True, help='JSON: {model: {"family", "imgsz", "onnx": {precision: path}}}')
     p.add_argument(
         "--settings",
         required=True,
