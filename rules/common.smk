@@ -242,7 +242,14 @@ def triton_settings(wildcards):
 
 
 def serving_settings(wildcards):
-    keys = ("concurrency", "protocols", "requests", "startup_timeout_s")
+    keys = (
+        "concurrency",
+        "protocols",
+        "requests",
+        "stability_percentage",
+        "max_trials",
+        "startup_timeout_s",
+    )
     s = {k: SERVING[k] for k in keys}
     ports = {k: SERVING[k] for k in ("http_port", "grpc_port")}
     return _as_json({**s, **ports, "config_hash": pfconfig.digest(s)})

@@ -37,7 +37,9 @@ DEFAULTS: dict[str, Any] = {
         "instances": 1,
         "concurrency": [1, 2, 3, 4, 5, 6, 7, 8],
         "protocols": ["http", "grpc"],
-        "requests": 200,
+        "requests": 50,  # per perf_analyzer measurement window (count_windows)
+        "stability_percentage": 25,
+        "max_trials": 6,
         "startup_timeout_s": 120,
         "http_port": None,
         "grpc_port": None,

@@ -21,6 +21,9 @@ from pathlib import Path
 from workflow_scripts.data import load_split, read_image
 from workflow_scripts.envinfo import environment
 from workflow_scripts.io import PlanforgeError, atomic_path, read_json, run_cli, write_json
+from workflow_scripts.metrics import latency_stats
+from workflow_scripts.models import get_family
+from workflow_scripts.pipeline import make_runner
 from workflow_scripts.triton_env import ensure
 from workflow_scripts.triton_repo import without_dynamic_batching
 from workflow_scripts.triton_server import TritonServer, serve
@@ -68,9 +71,28 @@ def perf_analyzer(
     input_data: str,
     shape: str | None,
     workdir: Path,
+    stability: float = 25,
+    max_trials: int = 6,
 ) -> dict:
-    """One perf_analyzer run at one concurrency level; a dead server or a failed run raises with the reason."""
+    """One perf_analyzer run at one concurrency level; a dead server or a failed run raises with the reason.
+
+    Windows of `requests` requests each, until three in a row agree within `stability` % (perf_analyzer's
+    own rule). A level that never settles (a busy shared machine) is measured once more with the check
+    off and marked `stable: false` rather than failing the sweep. (`--request-count` is not used: its
+    throughput is requests per one-second window, not a measurement.)
+    """
     out = workdir / f"{model}_{protocol}_c{concurrency}.csv"
+    row = _perf_run(env, server, model, protocol, concurrency, requests, input_data, shape, out, stability, max_trials)
+    if row is None:
+        row = _perf_run(env, server, model, protocol, concurrency, requests, input_data, shape, out, 10000, 3)
+    if row is None:
+        raise PlanforgeError(f"perf_analyzer: no measurement of {model} ({protocol}, concurrency {concurrency})")
+    row["stable"] = row.pop("_stability") == stability
+    return row
+
+
+def _perf_run(env, server, model, protocol, concurrency, requests, input_data, shape, out, stability, max_trials):
+    out.unlink(missing_ok=True)
     cmd = [
         str(env.perf_analyzer),
         "-m",
@@ -83,8 +105,14 @@ def perf_analyzer(
         "1",
         "--concurrency-range",
         f"{concurrency}:{concurrency}",
-        "--request-count",
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
         str(max(requests, 4 * concurrency)),
+        "--stability-percentage",
+        str(stability),
+        "--max-trials",
+        str(max_trials),
         "--input-data",
         input_data,
         "-f",
@@ -94,6 +122,8 @@ def perf_analyzer(
     if shape:
         cmd += ["--shape", shape]
     proc = subprocess.run(cmd, env=env.client_env(), capture_output=True, text=True)
+    if proc.returncode != 0 and server.alive() and "stable measurement" in proc.stdout + proc.stderr:
+        return None
     if proc.returncode != 0 or not out.is_file():
         if not server.alive():
             raise server.failure(
@@ -105,7 +135,7 @@ def perf_analyzer(
             f"perf_analyzer failed on {model} ({protocol}, concurrency {concurrency}, exit {proc.returncode}): "
             + " | ".join(lines)
         )
-    return parse_perf_csv(out)
+    return {**parse_perf_csv(out), "_stability": stability}
 
 
 def write_image_input(image, path: Path) -> str:
@@ -114,6 +144,51 @@ def write_image_input(image, path: Path) -> str:
         json.dumps({"data": [{"IMAGE": {"content": image.reshape(-1).tolist(), "shape": list(image.shape)}}]})
     )
     return f"IMAGE:{image.shape[0]},{image.shape[1]},3"
+
+
+def in_process_reference(repository: Path, index: dict, model: str, image, iterations: int) -> dict:
+    """ONNX Runtime in this process on the repository's own model.onnx, timed right before the sweep.
+
+    The same machine state as the served numbers, so their ratio is the serving overhead (on a shared
+    machine a bench JSON from another hour is not comparable). Model only, and pre+model+post on the
+    request's image, with the family's functions and the target's thread count.
+    """
+    entry = index["models"][model]
+    precision, infer_model = next(iter(entry["inference_models"].items()))
+    fam = get_family(entry["family"])
+    runner = make_runner(
+        "onnxruntime",
+        repository / infer_model / "1" / "model.onnx",
+        entry["family"],
+        precision,
+        "cpu",
+        index.get("threads"),
+    )
+    conf = index["serving"]["conf"]
+    inputs, metas = fam.preprocess([image], entry["imgsz"])
+    prepared = runner.prepare(inputs)
+
+    def pipeline():
+        x, m = fam.preprocess([image], entry["imgsz"])
+        fam.postprocess(runner(x)[0], m, conf=conf)
+
+    for _ in range(5):
+        pipeline()
+    model_times, pipe_times = [], []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        runner.infer(prepared)
+        model_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        pipeline()
+        pipe_times.append(time.perf_counter() - t0)
+    return {
+        "model_ms": latency_stats(model_times),
+        "pipeline_ms": latency_stats(pipe_times),
+        "iterations": iterations,
+        "runner": runner.versions(),
+        "threads": index.get("threads"),
+    }
 
 
 def run_sweep(
@@ -130,6 +205,8 @@ def run_sweep(
     grpc_port: int | None = None,
     env_dir: Path | None = None,
     bench_b1: Path | None = None,
+    stability: float = 25,
+    max_trials: int = 6,
 ) -> dict:
     """Both sweeps (dynamic batching on, off) and the bare-model row; returns the serving record."""
     env = ensure(env_dir)
@@ -145,6 +222,7 @@ def run_sweep(
     server_log.write_text("")
     rows, model_only = [], []
     t0 = time.perf_counter()
+    reference = in_process_reference(repository, index, model, image, min(requests, 200))
     with tempfile.TemporaryDirectory(prefix="planforge-serving-") as tmp:
         tmp = Path(tmp)
         shape = write_image_input(image, tmp / "image.json")
@@ -153,7 +231,9 @@ def run_sweep(
             with serve(env, repo, server_log, http_port, grpc_port, startup_timeout) as server:
                 for protocol in protocols:
                     if batching == "on":
-                        r = perf_analyzer(env, server, infer_model, protocol, 1, requests, "random", None, tmp)
+                        r = perf_analyzer(
+                            env, server, infer_model, protocol, 1, requests, "random", None, tmp, stability, max_trials
+                        )
                         model_only.append({"model": infer_model, "protocol": protocol, **r})
                     for c in concurrency:
                         r = perf_analyzer(
@@ -173,22 +253,25 @@ def run_sweep(
         "inference_model": infer_model,
         "repository": str(repository),
         "image_shape": list(image.shape),
-        "requests_per_level": requests,
+        "requests_per_window": requests,
+        "stability_percentage": stability,
+        "max_trials": max_trials,
         "timer": "perf_analyzer end to end per request: client send → server (queue, pre, model, post) → client "
         "receive; batch 1 per request, `concurrency` requests in flight",
         "serving_settings": index.get("serving", {}),
         "sweep": rows,
         "model_only": model_only,
-        "comparison": compare(rows, model_only, read_json(bench_b1) if bench_b1 else None, max(concurrency)),
+        "in_process_reference": reference,
+        "comparison": compare(rows, model_only, reference, read_json(bench_b1) if bench_b1 else None, max(concurrency)),
         "server": {"log": str(server_log), "environment": env.versions()},
         "seconds": round(time.perf_counter() - t0, 1),
         "environment": environment("cpu" if index["device"] == "cpu" else index["device"]),
     }
 
 
-def compare(rows: list[dict], model_only: list[dict], bench: dict | None, top: int) -> dict:
-    """Serving overhead vs the in-process ORT bench, and what dynamic batching buys at the top concurrency."""
-    out: dict = {"batching_gain_at_max_concurrency": {}, "overhead_vs_in_process": {}}
+def compare(rows: list[dict], model_only: list[dict], reference: dict, bench: dict | None, top: int) -> dict:
+    """Serving overhead vs in-process ORT (same job; and the bench JSON), and what batching buys at the top concurrency."""
+    out: dict = {"batching_gain_at_max_concurrency": {}, "overhead_vs_in_process": {}, "overhead_vs_bench": {}}
     for protocol in sorted({r["protocol"] for r in rows}):
         on = next(
             (r for r in rows if r["protocol"] == protocol and r["batching"] == "on" and r["concurrency"] == top), None
@@ -203,22 +286,30 @@ def compare(rows: list[dict], model_only: list[dict], bench: dict | None, top: i
                 "throughput_off": off["throughput_infer_per_s"],
                 "gain": round(on["throughput_infer_per_s"] / off["throughput_infer_per_s"], 3),
             }
+    sources = [("overhead_vs_in_process", reference["model_ms"]["p50"], reference["pipeline_ms"]["p50"], None)]
     if bench:
-        ort_model = bench["latency_ms"]["p50"]
-        ort_pipeline = ort_model + bench["preprocess_ms"]["p50"] + bench["postprocess_ms"]["p50"]
+        sources.append(
+            (
+                "overhead_vs_bench",
+                bench["latency_ms"]["p50"],
+                bench["latency_ms"]["p50"] + bench["preprocess_ms"]["p50"] + bench["postprocess_ms"]["p50"],
+                bench.get("environment", {}).get("timestamp"),
+            )
+        )
+    for key, ort_model, ort_pipeline, when in sources:
         for m in model_only:
             c1 = next(
                 (r for r in rows if r["protocol"] == m["protocol"] and r["batching"] == "on" and r["concurrency"] == 1),
                 None,
             )
-            out["overhead_vs_in_process"][m["protocol"]] = {
+            out[key][m["protocol"]] = {
                 "in_process_ort_model_p50_ms": ort_model,
                 "triton_model_p50_ms": m["latency_ms"]["p50"],
                 "model_ratio": round(m["latency_ms"]["p50"] / ort_model, 3),
                 "in_process_pipeline_p50_ms": round(ort_pipeline, 3),
                 "triton_ensemble_p50_ms": c1["latency_ms"]["p50"] if c1 else None,
                 "pipeline_ratio": round(c1["latency_ms"]["p50"] / ort_pipeline, 3) if c1 else None,
-                "bench_file": bench.get("artifact"),
+                **({"bench_timestamp": when} if when else {}),
             }
     return out
 
@@ -252,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--settings",
         required=True,
-        help="JSON: concurrency, protocols, requests, startup_timeout_s, http_port, grpc_port",
+        help="JSON: concurrency, protocols, requests (per window), stability_percentage, max_trials, startup_timeout_s, "
+        "http_port, grpc_port",
     )
     p.add_argument("--server-log", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="the JSON; the CSV goes beside it")
@@ -271,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         s.get("http_port"),
         s.get("grpc_port"),
         bench_b1=a.bench_b1,
+        stability=s.get("stability_percentage", 25),
+        max_trials=s.get("max_trials", 6),
     )
     record["config_hash"] = s.get("config_hash")
     write_csv(record, a.out.with_suffix(".csv"))

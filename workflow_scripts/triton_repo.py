@@ -117,7 +117,7 @@ def build_repository(
     mbs = serving["max_batch_size"]
     delay = serving["max_queue_delay_us"]
     inst = serving["instances"]
-    index: dict = {"target": target, "device": device, "models": {}}
+    index: dict = {"target": target, "device": device, "threads": threads, "models": {}}
     with atomic_dir(out) as tmp:
         for name, m in models.items():
             fam_params = {"family": m["family"], "imgsz": m["imgsz"]}
