@@ -77,7 +77,9 @@ def test_snakefmt_and_ruff_are_clean():
 
 
 def test_every_step_script_runs_as_a_cli_with_help():
-    for step in ("make_dataset", "prepare_checkpoint", "export", "bench", "accuracy", "summary", "train_demo"):
+    steps = ("make_dataset", "prepare_checkpoint", "export", "bench", "accuracy", "summary", "train_demo")
+    steps += ("triton_env", "triton_repo", "serving", "serving_accuracy", "serving_plot")
+    for step in steps:
         proc = subprocess.run(
             [sys.executable, "-m", f"workflow_scripts.{step}", "--help"], cwd=REPO, capture_output=True, text=True
         )

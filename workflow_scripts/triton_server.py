@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,11 +49,14 @@ def check_port_free(port: int, what: str) -> None:
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL) -> str:
+    """The server's error lines (why a model did not load), then its last lines."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        text = [ln for ln in path.read_text(errors="replace").strip().splitlines() if not ln.startswith(("|", "+"))]
     except OSError:
         return "(no server log)"
-    return "\n".join(text[-lines:]) or "(server log is empty)"
+    errors = [ln for ln in text if ln.startswith("E") and "CudaDriverHelper" not in ln and "CUDA driver" not in ln]
+    tail = [ln for ln in text[-lines:] if ln not in errors[:8]]
+    return "\n".join([*errors[:8], *tail[-(lines - min(len(errors), 8)) :]]) or "(server log is empty)"
 
 
 def _die_with_parent() -> None:
@@ -105,6 +109,12 @@ class TritonServer:
 
     def failure(self, what: str) -> PlanforgeError:
         """An error naming the log, with its last lines (why the server stopped or never came up)."""
+        try:
+            failed = sorted(set(re.findall(r"failed to load '([^']+)'", self.log.read_text(errors="replace"))))
+        except OSError:
+            failed = []
+        if failed:
+            what += f": model {', '.join(failed)} failed to load"
         return PlanforgeError(f"{what}; last lines of {self.log}:\n{log_tail(self.log)}")
 
 
