@@ -225,7 +225,7 @@ def triton_code():
 
 def triton_settings(wildcards):
     t, acc = TARGETS[wildcards.target], CFG["accuracy"]
-    keys = ("max_batch_size", "max_queue_delay_us", "instances")
+    keys = ("max_batch_size", "max_queue_delay_us", "instances", "onnx_backend")
     return _as_json(
         {
             "device": t["device"],

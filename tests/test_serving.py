@@ -246,3 +246,24 @@ def test_cancelling_a_sweep_stops_its_server(served_workflow, tmp_path):
     assert proc.returncode != 0
     assert not _tritonservers_of(repo)
     assert not (tmp_path / "a.json").exists()
+
+
+def test_a_full_triton_build_can_run_the_onnx_model_with_its_onnxruntime_backend(served_workflow, tmp_path):
+    from workflow_scripts.triton_repo import build_repository
+
+    settings = {"max_batch_size": 4, "max_queue_delay_us": 250, "instances": 2, "conf": 0.25, "iou": 0.7}
+    index = build_repository(
+        tmp_path / "repo",
+        "gpu",
+        "cuda:0",
+        None,
+        {"a": {"family": "yolo", "imgsz": 160, "onnx": {"fp32": served_workflow / "artifacts/onnx/a/fp32.onnx"}}},
+        {**settings, "max_det": 300, "onnx_backend": "onnxruntime"},
+        {"conf": 0.001, "iou": 0.7, "max_det": 300},
+    )
+    infer = (tmp_path / "repo/a_onnxruntime_fp32/config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in infer and "count: 2 kind: KIND_GPU" in infer
+    assert "max_queue_delay_microseconds: 250" in infer and "max_batch_size: 4" in infer
+    assert not (tmp_path / "repo/a_onnxruntime_fp32/1/model.py").exists()
+    assert "kind: KIND_CPU" in (tmp_path / "repo/a_pre/config.pbtxt").read_text()  # pre/post stay on the CPU
+    assert index["models"]["a"]["ensembles"]["eval"]["conf"] == 0.001

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
         "max_batch_size": 8,
         "max_queue_delay_us": 1000,
         "instances": 1,
+        "onnx_backend": "python",  # python: ORT inside a python-backend model (the CPU server has no onnxruntime backend)
         "concurrency": [1, 2, 3, 4, 5, 6, 7, 8],
         "protocols": ["http", "grpc"],
         "requests": 50,  # per perf_analyzer measurement window (count_windows)

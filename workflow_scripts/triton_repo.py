@@ -130,20 +130,23 @@ def build_repository(
                 d = tmp / infer / "1"
                 d.mkdir(parents=True)
                 shutil.copy2(onnx_path, d / "model.onnx")
-                (d / "model.py").write_text(SHIM.format(cls="OnnxModel"))
                 providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
-                (tmp / infer / "config.pbtxt").write_text(
-                    model_config(
-                        infer,
-                        [_tensor(inp, "TYPE_FP32", [3, m["imgsz"], m["imgsz"]])],
-                        [_tensor(outp, "TYPE_FP32", raw_dims)],
-                        mbs,
-                        "KIND_GPU" if gpu else "KIND_CPU",
-                        inst,
-                        delay,
-                        {**fam_params, "threads": threads or 0, "providers": ",".join(providers)},
-                    )
+                config = model_config(
+                    infer,
+                    [_tensor(inp, "TYPE_FP32", [3, m["imgsz"], m["imgsz"]])],
+                    [_tensor(outp, "TYPE_FP32", raw_dims)],
+                    mbs,
+                    "KIND_GPU" if gpu else "KIND_CPU",
+                    inst,
+                    delay,
+                    {**fam_params, "threads": threads or 0, "providers": ",".join(providers)},
                 )
+                if serving.get("onnx_backend", "python") == "onnxruntime":
+                    # a full Triton build (NGC image, GPU servers): its native backend instead of ORT in Python
+                    config = config.replace('backend: "python"', 'backend: "onnxruntime"')
+                else:
+                    (d / "model.py").write_text(SHIM.format(cls="OnnxModel"))
+                (tmp / infer / "config.pbtxt").write_text(config)
                 entries[precision] = infer
             infer, inp, outp, raw_dims = first
             pre = f"{name}_pre"
