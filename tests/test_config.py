@@ -39,7 +39,10 @@ def _mutated(fn) -> dict:
         ),
         (lambda c: c["targets"]["cpu"].update(batch_sizes=[0]), "config key targets.cpu.batch_sizes.0"),
         (lambda c: c["models"]["a"].update(imgsz=100), "config key models.a.imgsz: 100 is not a multiple of 32"),
-        (lambda c: c.update(benchmark={}), "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'serving', 'targets']"),
+        (
+            lambda c: c.update(benchmark={}),
+            "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'serving', 'targets']",
+        ),
         (lambda c: c["accuracy"].update(gate=1.5), "config key accuracy.gate: 1.5 is greater than the maximum of 1"),
     ],
 )

@@ -127,6 +127,20 @@ def _link(env: TritonEnv) -> None:
     for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
         (py / name).symlink_to(src / name)
     stub = env.pytriton / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not stub.is_dir():
+        have = sorted(p.name for p in stub.parent.iterdir())
+        raise PlanforgeError(
+            f"{stub.parent}: nvidia-pytriton has python backend stubs for Python {', '.join(have)}, not "
+            f"{stub.name}; run the workflow with one of those"
+        )
+    libpython = sysconfig.get_config_var("INSTSONAME") or ""
+    places = [Path(sys.base_prefix) / "lib", Path("/usr/lib/x86_64-linux-gnu"), Path("/lib/x86_64-linux-gnu")]
+    if not libpython or not any((p / libpython).exists() for p in places):
+        raise PlanforgeError(
+            f"{sys.base_prefix}: this Python has no shared libpython ({libpython or 'static build'}), which the "
+            "Triton python backend stub loads; use a Python built with --enable-shared (python.org, pyenv with "
+            "PYTHON_CONFIGURE_OPTS=--enable-shared, Debian's python3)"
+        )
     shutil.copy2(stub / "triton_python_backend_stub", py / "triton_python_backend_stub")
     # perf_analyzer needs libb64.so.0d (Debian libb64-0d); the pytriton wheel bundles the same library.
     libs = env.root / "planforge-libs"
