@@ -57,8 +57,15 @@ def served_workflow(tmp_path_factory, triton_env_dir) -> Path:
     return work
 
 
-def _tritonservers_of(root: Path) -> list[int]:
-    """Pids of tritonserver processes serving a repository under `root`."""
+def _tritonservers_of(root: Path, wait: float = 5.0) -> list[int]:
+    """Pids of tritonserver processes, or their python backend stubs, serving a repository under `root`."""
+    deadline = time.monotonic() + wait
+    while (pids := _servers_now(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids
+
+
+def _servers_now(root: Path, stubs: bool = True) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -66,7 +73,8 @@ def _tritonservers_of(root: Path) -> list[int]:
                 cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if "tritonserver" in cmd and f"--model-repository={root}" in cmd:
+            server = "tritonserver" in cmd and f"--model-repository={root}" in cmd
+            if server or (stubs and "triton_python_backend_stub" in cmd and str(root) in cmd):
                 pids.append(int(proc.name))
     return pids
 
@@ -214,7 +222,7 @@ def _wait_for_sweep(proc: subprocess.Popen, repo: Path, timeout: float = 120) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        pids = _tritonservers_of(repo)
+        pids = _servers_now(repo, stubs=False)
         if pids and any(
             "perf_analyzer" in (p / "cmdline").read_bytes().decode(errors="replace")
             for p in Path("/proc").iterdir()
@@ -235,6 +243,7 @@ def test_a_server_killed_mid_sweep_fails_the_job_cleanly(served_workflow, tmp_pa
     assert "planforge error: tritonserver stopped (exit code -9) during the perf_analyzer sweep" in stderr
     assert not out.exists() and not out.with_suffix(".csv").exists()
     assert log.is_file()
+    assert not _tritonservers_of(repo), "python backend stubs outlived their killed server"
 
 
 def test_cancelling_a_sweep_stops_its_server(served_workflow, tmp_path):
