@@ -26,6 +26,7 @@ include: "rules/quantize.smk"
 include: "rules/engines.smk"
 include: "rules/bench.smk"
 include: "rules/accuracy.smk"
+include: "rules/serving.smk"
 include: "rules/report.smk"
 
 

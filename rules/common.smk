@@ -142,7 +142,13 @@ def calibration_cache_outputs():
 
 
 def get_final_output():
-    return ["results/summary.md", *plot_outputs(), *calibration_cache_outputs(), *engine_outputs()]
+    return [
+        "results/summary.md",
+        *plot_outputs(),
+        *calibration_cache_outputs(),
+        *engine_outputs(),
+        *serving_plot_outputs(),
+    ]
 
 
 def split_settings(dataset, split):
@@ -332,3 +338,114 @@ def exclusive_threads():
         return max(1, workflow.cores or 1)
     except WorkflowError:  # --report and other modes run no job and set no cores
         return 1
+
+
+# Triton serving (rules/serving.smk) ------------------------------------------------------------
+SERVING = CFG["serving"]
+
+
+def serving_targets():
+    """Targets that serve: serving enabled, and ONNX Runtime configured and installed (it runs the model)."""
+    if not SERVING["enabled"] or not AVAILABLE["onnxruntime"][0]:
+        return []
+    return [t for t in TARGETS if "onnxruntime" in TARGETS[t]["backends"]]
+
+
+def serving_outputs(targets=None):
+    out = []
+    for t in serving_targets():
+        if targets is None or t in targets:
+            for m in MODELS:
+                out.append(f"results/{t}/serving/{m}.json")
+                if SERVING["accuracy"]:
+                    out.append(f"results/{t}/serving/{m}_accuracy.json")
+    return out
+
+
+def serving_plot_outputs():
+    return [
+        f"results/plots/{t}_serving_throughput_vs_p99.png" for t in serving_targets()
+    ]
+
+
+def triton_onnx(wildcards):
+    precisions = TARGETS[wildcards.target]["backends"]["onnxruntime"]
+    return [f"artifacts/onnx/{m}/{p}.onnx" for m in MODELS for p in precisions]
+
+
+def triton_models_json(wildcards):
+    precisions = TARGETS[wildcards.target]["backends"]["onnxruntime"]
+    return _as_json(
+        {
+            m: {
+                "family": MODELS[m]["family"],
+                "imgsz": MODELS[m]["imgsz"],
+                "onnx": {p: f"artifacts/onnx/{m}/{p}.onnx" for p in precisions},
+            }
+            for m in MODELS
+        }
+    )
+
+
+def triton_code():
+    families = sorted({family_file(m["family"]) for m in MODELS.values()})
+    return [*code_files("triton_repo", "triton_models"), *families]
+
+
+def triton_settings(wildcards):
+    t, acc = TARGETS[wildcards.target], CFG["accuracy"]
+    keys = ("max_batch_size", "max_queue_delay_us", "instances", "onnx_backend")
+    return _as_json(
+        {
+            "device": t["device"],
+            "threads": t["threads"],
+            "serving": {
+                **{k: SERVING[k] for k in keys},
+                "conf": CFG["bench"]["conf"],
+                "iou": acc["iou"],
+                "max_det": acc["max_det"],
+            },
+            "accuracy": {k: acc[k] for k in ("conf", "iou", "max_det")},
+        }
+    )
+
+
+def serving_settings(wildcards):
+    keys = (
+        "concurrency",
+        "protocols",
+        "requests",
+        "stability_percentage",
+        "max_trials",
+        "startup_timeout_s",
+    )
+    s = {k: SERVING[k] for k in keys}
+    ports = {k: SERVING[k] for k in ("http_port", "grpc_port")}
+    return _as_json({**s, **ports, "config_hash": pfconfig.digest(s)})
+
+
+def serving_accuracy_settings(wildcards):
+    acc = CFG["accuracy"]
+    s = {
+        "batch": acc["batch"],
+        "max_images": acc["max_images"],
+        "startup_timeout_s": SERVING["startup_timeout_s"],
+        "map_tolerance": SERVING["map_tolerance"],
+    }
+    return _as_json({**s, "config_hash": pfconfig.digest(s)})
+
+
+def serving_bench_b1(wildcards):
+    """The in-process ONNX Runtime batch-1 bench the serving overhead is compared with, where it runs."""
+    p = TARGETS[wildcards.target]["backends"]["onnxruntime"][0]
+    path = f"results/{wildcards.target}/bench/{wildcards.model}/onnxruntime_{p}_b1.json"
+    return path if path in bench_outputs([wildcards.target]) else []
+
+
+def serving_reference(wildcards):
+    p = TARGETS[wildcards.target]["backends"]["onnxruntime"][0]
+    return f"results/{wildcards.target}/accuracy/{wildcards.model}/onnxruntime_{p}.json"
+
+
+def bench_b1_arg(wildcards, input):
+    return f"--bench-b1 {input.bench_b1}" if input.bench_b1 else ""

@@ -50,6 +50,8 @@ rule summary:
         bench=bench_outputs(),
         accuracy=accuracy_outputs(),
         plots=plot_outputs(),
+        serving=serving_outputs(),
+        serving_plots=serving_plot_outputs(),
         code=step_code("summary"),
     output:
         report(
@@ -67,5 +69,5 @@ rule summary:
         baseline=f"{BASELINE['backend']}_{BASELINE['precision']}",
     shell:
         "python -m workflow_scripts.summary --bench {input.bench} --accuracy {input.accuracy}"
-        " --plots {input.plots} --unavailable {params.unavailable:q} --gate {params.gate}"
+        " --plots {input.plots} {input.serving_plots} --serving {input.serving} --unavailable {params.unavailable:q} --gate {params.gate}"
         " --baseline {params.baseline} --out {output} > {log} 2>&1"

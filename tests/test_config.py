@@ -50,7 +50,7 @@ def _mutated(fn) -> dict:
         (lambda c: c["models"]["a"].update(imgsz=100), "config key models.a.imgsz: 100 is not a multiple of 32"),
         (
             lambda c: c.update(benchmark={}),
-            "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'quantize', 'targets']",
+            "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'quantize', 'serving', 'targets']",
         ),
         (lambda c: c["accuracy"].update(gate=1.5), "config key accuracy.gate: 1.5 is greater than the maximum of 1"),
     ],

@@ -100,7 +100,8 @@ def test_every_step_script_runs_as_a_cli_with_help():
         "build_engine",
         "trtexec_report",
     )
-    for step in (*steps, "summary", "train_demo"):
+    steps += ("summary", "train_demo", "triton_env", "triton_repo", "serving", "serving_accuracy", "serving_plot")
+    for step in steps:
         proc = subprocess.run(
             [sys.executable, "-m", f"workflow_scripts.{step}", "--help"], cwd=REPO, capture_output=True, text=True
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from workflow_scripts.data import load_split, read_image
@@ -25,6 +26,36 @@ def category_map(class_names: list[str], categories: dict[int, str], source: str
             f"{list(by_name)[:5]}…; the model and dataset do not match"
         )
     return mapping
+
+
+def coco_detections(
+    split, records: list[dict], cats: dict[int, int], detect: Callable, batch: int, desc: str
+) -> tuple[list[dict], float]:
+    """The one accuracy loop: decoded images in chunks of `batch` → `detect` → COCO result dicts, and its seconds.
+
+    `detect(images)` returns per image {boxes (xyxy, original pixels), scores, classes}: the family's
+    pre/post around a Runner in process, or a served ensemble (workflow_scripts/serving_accuracy.py).
+    """
+    from tqdm import tqdm
+
+    detections = []
+    t0 = time.perf_counter()
+    for chunk in tqdm(batches(records, batch), desc=desc, mininterval=5.0):
+        images = [read_image(split.image_path(r)) for r in chunk]
+        for rec, det in zip(chunk, detect(images)):
+            for (x0, y0, x1, y1), score, cls in zip(
+                det["boxes"].tolist(), det["scores"].tolist(), det["classes"].tolist()
+            ):
+                if cls in cats:
+                    detections.append(
+                        {
+                            "image_id": rec["id"],
+                            "category_id": cats[cls],
+                            "score": round(score, 5),
+                            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                        }
+                    )
+    return detections, time.perf_counter() - t0
 
 
 def evaluate(
@@ -49,34 +80,18 @@ def evaluate(
     gpu: str | None = None,
 ) -> dict:
     """Run the backend over the val split and score its detections with pycocotools."""
-    from tqdm import tqdm
-
     check_target_device(target, device, gpu)
     fam = get_family(family)
     split = load_split(dataset, "val")
     records = split.images[:max_images] if max_images else split.images
     cats = category_map(read_json(checkpoint_info)["class_names"], split.categories, str(checkpoint_info))
     runner = make_runner(backend, artifact, family, precision, device, threads, options)
-    detections = []
-    t0 = time.perf_counter()
-    for chunk in tqdm(batches(records, batch), desc=f"mAP {model} {backend} {precision}", mininterval=5.0):
-        images = [read_image(split.image_path(r)) for r in chunk]
+
+    def detect(images):
         inputs, metas = fam.preprocess(images, imgsz)
-        outputs = runner(inputs)
-        for rec, det in zip(chunk, fam.postprocess(outputs[0], metas, conf=conf, iou=iou, max_det=max_det)):
-            for (x0, y0, x1, y1), score, cls in zip(
-                det["boxes"].tolist(), det["scores"].tolist(), det["classes"].tolist()
-            ):
-                if cls in cats:
-                    detections.append(
-                        {
-                            "image_id": rec["id"],
-                            "category_id": cats[cls],
-                            "score": round(score, 5),
-                            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                        }
-                    )
-    seconds = time.perf_counter() - t0
+        return fam.postprocess(runner(inputs)[0], metas, conf=conf, iou=iou, max_det=max_det)
+
+    detections, seconds = coco_detections(split, records, cats, detect, batch, f"mAP {model} {backend} {precision}")
     stats = coco_evaluate(split.annotations, detections, [r["id"] for r in records])
     return {
         "status": "ok",

@@ -35,6 +35,25 @@ DEFAULTS: dict[str, Any] = {
         "iou": 0.7,
         "max_det": 300,
     },
+    # Triton serving (rules/serving.smk): off in the embedded default, which must work offline;
+    # the serving environment is made from PyPI on first use (workflow_scripts/triton_env.py).
+    "serving": {
+        "enabled": False,
+        "max_batch_size": 8,
+        "max_queue_delay_us": 1000,
+        "instances": 1,
+        "onnx_backend": "python",  # python: ORT inside a python-backend model (the CPU server has no onnxruntime backend)
+        "concurrency": [1, 2, 3, 4, 5, 6, 7, 8],
+        "protocols": ["http", "grpc"],
+        "requests": 50,  # per perf_analyzer measurement window (count_windows)
+        "stability_percentage": 25,
+        "max_trials": 6,
+        "startup_timeout_s": 120,
+        "http_port": None,
+        "grpc_port": None,
+        "accuracy": True,
+        "map_tolerance": 0.001,
+    },
 }
 DATASET_DEFAULTS = {
     "seed": 0,

@@ -11,7 +11,12 @@ import pandas as pd
 from workflow_scripts.io import atomic_path, run_cli
 from workflow_scripts.results import load_tables, merged
 
-PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency", "latency_vs_power")
+PLOT_KINDS = (
+    "latency_vs_batch",
+    "accuracy_vs_latency",
+    "latency_vs_power",
+    "serving_throughput_vs_p99",
+)  # the last: serving_plot.py
 
 
 def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_png: Path, accuracy_png: Path) -> None:

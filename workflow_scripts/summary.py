@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import atomic_path, run_cli
+from workflow_scripts.io import atomic_path, read_json, run_cli
 from workflow_scripts.plots import PLOT_KINDS
 from workflow_scripts.results import load_tables, merged
 
@@ -81,6 +81,65 @@ def _label(row: pd.Series) -> str:
     return f"{row['model']} {row['backend']} {row['precision']} b{int(row['batch'])}"
 
 
+def serving_lines(records: list[dict], target: str) -> list[str]:
+    """The Triton section of one target: the sweep table, overhead vs in-process, batching gain, served mAP."""
+    sweeps = [r for r in records if r.get("target") == target and "sweep" in r]
+    accs = {r["model"]: r for r in records if r.get("target") == target and r.get("backend") == "triton"}
+    if not sweeps:
+        return []
+    lines = [
+        "Serving through a real tritonserver (ensemble: preprocess → ONNX Runtime → postprocess, batch 1 per "
+        "request; perf_analyzer end to end):",
+        "",
+        "| model | protocol | concurrency | batching | p50 ms | p99 ms | throughput infer/s | queue ms | compute ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for rec in sorted(sweeps, key=lambda r: r["model"]):
+        for r in sorted(rec["sweep"], key=lambda r: (r["protocol"], r["concurrency"], r["batching"] == "off")):
+            b = r["breakdown_ms"]
+            compute = b["server_compute_input"] + b["server_compute_infer"] + b["server_compute_output"]
+            lines.append(
+                f"| {rec['model']} | {r['protocol']} | {r['concurrency']} | {r['batching']} | "
+                f"{r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | {r['throughput_infer_per_s']:.1f} | "
+                f"{b['server_queue']:.2f} | {compute:.2f} |"
+            )
+    lines.append("")
+    for rec in sorted(sweeps, key=lambda r: r["model"]):
+        comp = rec.get("comparison", {})
+        for protocol, g in comp.get("batching_gain_at_max_concurrency", {}).items():
+            lines.append(
+                f"- {rec['model']} {protocol}: dynamic batching gives **{g['gain']:.2f}×** the throughput at "
+                f"concurrency {g['concurrency']} ({g['throughput_on']:.1f} vs {g['throughput_off']:.1f} infer/s)."
+            )
+        for protocol, o in comp.get("overhead_vs_in_process", {}).items():
+            ens = o.get("triton_ensemble_p50_ms")
+            ens_text = (
+                f"; ensemble {ens:.2f} ms vs in-process pre+model+post {o['in_process_pipeline_p50_ms']:.2f} ms "
+                f"(**{o['pipeline_ratio']:.2f}×**)"
+                if ens is not None
+                else ""
+            )
+            lines.append(
+                f"- {rec['model']} {protocol} at concurrency 1: served model p50 {o['triton_model_p50_ms']:.2f} ms vs "
+                f"in-process ONNX Runtime {o['in_process_ort_model_p50_ms']:.2f} ms (**{o['model_ratio']:.2f}×**)"
+                f"{ens_text}."
+            )
+        acc = accs.get(rec["model"])
+        if acc:
+            ref = acc.get("reference")
+            ref_text = (
+                f", in-process {ref['backend']} {ref['map50_95']:.4f} (Δ {ref['delta_map50_95']:+.5f}, "
+                f"{'matches' if ref['matches'] else '**DIFFERS**'} within {ref['tolerance']:g})"
+                if ref
+                else ""
+            )
+            lines.append(
+                f"- {rec['model']} mAP50-95 through the server: {acc['map50_95']:.4f} on {acc['images']} images{ref_text}."
+            )
+    lines.append("")
+    return lines
+
+
 def render(
     bench: pd.DataFrame,
     acc: pd.DataFrame,
@@ -89,6 +148,7 @@ def render(
     baseline: str,
     plots: dict[str, Path],
     out: Path,
+    serving: list[dict] | None = None,
 ) -> str:
     """The summary as markdown; plot links are relative to `out`."""
     lines = ["# planforge summary", ""]
@@ -100,7 +160,12 @@ def render(
             f"{baseline.replace('_', ' ')} baseline of the same target.",
             "",
         ]
-    targets = sorted(set(bench.get("target", pd.Series(dtype=str))) | set(acc.get("target", pd.Series(dtype=str))))
+    serving = serving or []
+    targets = sorted(
+        set(bench.get("target", pd.Series(dtype=str)))
+        | set(acc.get("target", pd.Series(dtype=str)))
+        | {r["target"] for r in serving}
+    )
     for target in targets:
         tb, ta, joined = merged(bench, acc, target)
         lines += [f"## Target `{target}`", ""]
@@ -181,6 +246,7 @@ def render(
                 )
             if not failed.empty:
                 lines.append("")
+        lines += serving_lines(serving, target)
         for kind in PLOT_KINDS:
             key = f"{target}_{kind}"
             if key in plots:
@@ -212,14 +278,16 @@ def summarise(
     baseline: str,
     out: Path,
     plot_files: list[Path],
+    serving_files: list[Path] = (),
 ) -> str:
     bench, acc = load_tables(bench_files, accuracy_files)
+    serving = [read_json(p) for p in serving_files]
     plots = {}
     for p in plot_files:
         for kind in PLOT_KINDS:
             if p.stem.endswith("_" + kind):
                 plots[p.stem] = p
-    text = render(bench, acc, unavailable, gate, baseline, plots, out)
+    text = render(bench, acc, unavailable, gate, baseline, plots, out, serving)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return text
@@ -234,8 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline", default="torch_fp32")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plots", type=Path, nargs="*", default=[])
+    p.add_argument("--serving", type=Path, nargs="*", default=[], help="serving sweep and served-accuracy JSONs")
     a = p.parse_args(argv)
-    summarise(a.bench, a.accuracy, json.loads(a.unavailable), a.gate, a.baseline, a.out, a.plots)
+    summarise(a.bench, a.accuracy, json.loads(a.unavailable), a.gate, a.baseline, a.out, a.plots, a.serving)
     print(f"wrote {a.out}")
 
 

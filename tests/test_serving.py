@@ -1,0 +1,278 @@
+"""Triton serving with a real tritonserver and perf_analyzer on the demo checkpoint at a small image size.
+
+The serving environment (nvidia-pytriton's tritonserver, the python backend, perf_analyzer; numpy<2)
+is made by the workflow itself from PyPI on first use and shared between test runs through
+PLANFORGE_TRITON_ENV (default: .venv-triton/ in this checkout, git-ignored).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_CONFIG, make_workflow_copy, snakemake, write_config
+from workflow_scripts.io import PlanforgeError, read_json
+from workflow_scripts.triton_env import ensure
+from workflow_scripts.triton_server import serve
+
+pytestmark = pytest.mark.workflow
+
+SERVING_CONFIG = copy.deepcopy(TINY_CONFIG)
+SERVING_CONFIG["models"] = {"a": SERVING_CONFIG["models"]["a"]}
+SERVING_CONFIG["targets"] = {"cpu": {**SERVING_CONFIG["targets"]["cpu"], "batch_sizes": [1]}}
+SERVING_CONFIG["serving"] = {
+    "enabled": True,
+    "concurrency": [1, 2],
+    "protocols": ["http", "grpc"],
+    "requests": 10,
+    "max_trials": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def triton_env_dir():
+    path = os.environ.get("PLANFORGE_TRITON_ENV") or str(REPO / ".venv-triton")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLANFORGE_TRITON_ENV", path)
+        yield Path(path)
+
+
+@pytest.fixture(scope="module")
+def served_workflow(tmp_path_factory, triton_env_dir) -> Path:
+    """The tiny workflow with serving on, run end to end by snakemake (server started by the jobs)."""
+    work = make_workflow_copy(tmp_path_factory.mktemp("serving") / "wf", SERVING_CONFIG)
+    snakemake(work, "results/summary.md")
+    return work
+
+
+def _tritonservers_of(root: Path, wait: float = 5.0) -> list[int]:
+    """Pids of tritonserver processes, or their python backend stubs, serving a repository under `root`."""
+    deadline = time.monotonic() + wait
+    while (pids := _servers_now(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids
+
+
+def _servers_now(root: Path, stubs: bool = True) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            server = "tritonserver" in cmd and f"--model-repository={root}" in cmd
+            if server or (stubs and "triton_python_backend_stub" in cmd and str(root) in cmd):
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_serving_jobs_write_the_sweep_the_served_map_the_plot_and_summary_rows(served_workflow: Path):
+    wf = served_workflow
+    rec = read_json(wf / "results/cpu/serving/a.json")
+    assert rec["ensemble"] == "a" and rec["inference_model"] == "a_onnxruntime_fp32"
+    combos = {(r["batching"], r["protocol"], r["concurrency"]) for r in rec["sweep"]}
+    assert combos == {(b, p, c) for b in ("on", "off") for p in ("http", "grpc") for c in (1, 2)}
+    for r in rec["sweep"]:
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
+        assert r["throughput_infer_per_s"] > 0
+        assert set(r["breakdown_ms"]) >= {"client_send", "server_queue", "server_compute_infer", "client_recv"}
+        assert r["breakdown_ms"]["server_compute_infer"] > 0
+    assert {m["protocol"] for m in rec["model_only"]} == {"http", "grpc"}
+    overhead = rec["comparison"]["overhead_vs_in_process"]["grpc"]
+    assert overhead["in_process_ort_model_p50_ms"] > 0 and overhead["model_ratio"] > 0
+    assert set(rec["comparison"]["batching_gain_at_max_concurrency"]) == {"http", "grpc"}
+    rows = list(csv.DictReader((wf / "results/cpu/serving/a.csv").read_text().splitlines()))
+    assert len(rows) == len(rec["sweep"]) and float(rows[0]["p99_ms"]) > 0
+    log = (wf / "results/cpu/serving/a.tritonserver.log").read_text()
+    assert "Started GRPCInferenceService" in log and "127.0.0.1" in log
+    assert (wf / "results/plots/cpu_serving_throughput_vs_p99.png").stat().st_size > 5000
+    summary = (wf / "results/summary.md").read_text()
+    assert "Serving through a real tritonserver" in summary and "dynamic batching gives" in summary
+    assert "serving throughput vs p99" in summary
+    assert not _tritonservers_of(wf), "a tritonserver outlived its job"
+
+
+def test_map_through_the_served_ensemble_matches_in_process_onnxruntime(served_workflow: Path):
+    served = read_json(served_workflow / "results/cpu/serving/a_accuracy.json")
+    local = read_json(served_workflow / "results/cpu/accuracy/a/onnxruntime_fp32.json")
+    assert served["images"] == local["images"] == SERVING_CONFIG["datasets"]["tiny"]["splits"]["val"]
+    assert served["detections"] > 0
+    assert abs(served["map50_95"] - local["map50_95"]) <= 0.001
+    assert served["reference"]["matches"] is True
+
+
+def test_repository_configs_come_from_the_config(served_workflow: Path):
+    repo = served_workflow / "artifacts/triton/cpu"
+    infer = (repo / "a_onnxruntime_fp32/config.pbtxt").read_text()
+    assert "max_batch_size: 8" in infer and "kind: KIND_CPU" in infer
+    assert "dynamic_batching { max_queue_delay_microseconds: 1000 }" in infer
+    assert (repo / "a_onnxruntime_fp32/1/model.onnx").is_file()
+    ensemble = (repo / "a/config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in ensemble
+    assert ensemble.index('"a_pre"') < ensemble.index('"a_onnxruntime_fp32"') < ensemble.index('"a_post"')
+    for name in ("a_pre", "a_post", "a_post_eval", "a_onnxruntime_fp32"):
+        assert "from workflow_scripts.triton_models import" in (repo / name / "1/model.py").read_text()
+    post_eval = (repo / "a_post_eval/config.pbtxt").read_text()
+    assert 'key: "conf" value: { string_value: "0.001" }' in post_eval
+
+
+def test_nothing_reruns_after_a_serving_run_and_a_delay_change_rebuilds_the_repository(served_workflow, tmp_path):
+    proc = snakemake(served_workflow, "-n", "results/summary.md")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    wf = tmp_path / "wf"
+    shutil.copytree(served_workflow, wf, symlinks=True)
+    config = copy.deepcopy(SERVING_CONFIG)
+    config["serving"]["max_queue_delay_us"] = 0
+    write_config(wf, config)
+    proc = snakemake(wf, "-n", "results/summary.md")
+    text = proc.stdout + proc.stderr
+    assert "triton_repository" in text and "serving_accuracy" in text
+    assert "rule bench:" not in text and "rule export_onnx:" not in text
+
+
+def test_the_serving_config_is_the_embedded_default_with_serving_on():
+    default = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    serving = yaml.safe_load((REPO / "config/serving.yaml").read_text())
+    assert serving.pop("serving") == {"enabled": True}
+    assert default.pop("serving", {"enabled": False}) == {"enabled": False}
+    assert serving == default
+
+
+def test_a_model_that_fails_to_load_fails_with_the_reason_from_the_server_log(served_workflow, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(served_workflow / "artifacts/triton/cpu", repo)
+    (repo / "a_onnxruntime_fp32/1/model.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(PlanforgeError) as err:
+        with serve(ensure(), repo, tmp_path / "server.log", timeout=60):
+            pass
+    msg = str(err.value)
+    assert msg.splitlines()[0].startswith("tritonserver exited with code")
+    assert "model a_onnxruntime_fp32 failed to load" in msg.splitlines()[0]
+    assert "INVALID_PROTOBUF" in msg and str(tmp_path / "server.log") in msg
+    assert not _tritonservers_of(repo)
+
+
+def test_a_port_already_in_use_gives_one_clear_line(served_workflow, tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        settings = {**SERVING_CONFIG["serving"], "startup_timeout_s": 60, "http_port": port}
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "workflow_scripts.serving",
+                "--repository",
+                str(served_workflow / "artifacts/triton/cpu"),
+                "--model",
+                "a",
+                "--target",
+                "cpu",
+                "--dataset",
+                str(served_workflow / "artifacts/data/tiny"),
+                "--settings",
+                json.dumps(settings),
+                "--server-log",
+                str(tmp_path / "server.log"),
+                "--out",
+                str(tmp_path / "a.json"),
+            ],
+            cwd=served_workflow,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(served_workflow)},
+        )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port} is already in use" in lines[0], proc.stderr
+    assert not (tmp_path / "a.json").exists()
+
+
+def _start_sweep(wf: Path, out: Path, log: Path) -> subprocess.Popen:
+    settings = {
+        **SERVING_CONFIG["serving"],
+        "concurrency": [1, 2, 3, 4, 5, 6, 7, 8],
+        "requests": 200,
+        "startup_timeout_s": 60,
+    }
+    cmd = [sys.executable, "-m", "workflow_scripts.serving", "--repository", str(wf / "artifacts/triton/cpu")]
+    cmd += ["--model", "a", "--target", "cpu", "--dataset", str(wf / "artifacts/data/tiny")]
+    cmd += ["--settings", json.dumps(settings), "--server-log", str(log), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(wf), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_sweep(proc: subprocess.Popen, repo: Path, timeout: float = 120) -> int:
+    """Pid of the server once perf_analyzer is running against it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        pids = _servers_now(repo, stubs=False)
+        if pids and any(
+            "perf_analyzer" in (p / "cmdline").read_bytes().decode(errors="replace")
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (p / "cmdline").exists()
+        ):
+            return pids[0]
+        time.sleep(0.3)
+    raise AssertionError("the sweep never started")
+
+
+def test_a_server_killed_mid_sweep_fails_the_job_cleanly(served_workflow, tmp_path):
+    out, log = tmp_path / "a.json", tmp_path / "a.tritonserver.log"
+    proc = _start_sweep(served_workflow, out, log)
+    repo = (served_workflow / "artifacts/triton/cpu").resolve()
+    os.kill(_wait_for_sweep(proc, repo), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "planforge error: tritonserver stopped (exit code -9) during the perf_analyzer sweep" in stderr
+    assert not out.exists() and not out.with_suffix(".csv").exists()
+    assert log.is_file()
+    assert not _tritonservers_of(repo), "python backend stubs outlived their killed server"
+
+
+def test_cancelling_a_sweep_stops_its_server(served_workflow, tmp_path):
+    proc = _start_sweep(served_workflow, tmp_path / "a.json", tmp_path / "a.tritonserver.log")
+    repo = (served_workflow / "artifacts/triton/cpu").resolve()
+    _wait_for_sweep(proc, repo)
+    proc.send_signal(signal.SIGTERM)  # what snakemake sends a job it cancels
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not _tritonservers_of(repo)
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_a_full_triton_build_can_run_the_onnx_model_with_its_onnxruntime_backend(served_workflow, tmp_path):
+    from workflow_scripts.triton_repo import build_repository
+
+    settings = {"max_batch_size": 4, "max_queue_delay_us": 250, "instances": 2, "conf": 0.25, "iou": 0.7}
+    index = build_repository(
+        tmp_path / "repo",
+        "gpu",
+        "cuda:0",
+        None,
+        {"a": {"family": "yolo", "imgsz": 160, "onnx": {"fp32": served_workflow / "artifacts/onnx/a/fp32.onnx"}}},
+        {**settings, "max_det": 300, "onnx_backend": "onnxruntime"},
+        {"conf": 0.001, "iou": 0.7, "max_det": 300},
+    )
+    infer = (tmp_path / "repo/a_onnxruntime_fp32/config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in infer and "count: 2 kind: KIND_GPU" in infer
+    assert "max_queue_delay_microseconds: 250" in infer and "max_batch_size: 4" in infer
+    assert not (tmp_path / "repo/a_onnxruntime_fp32/1/model.py").exists()
+    assert "kind: KIND_CPU" in (tmp_path / "repo/a_pre/config.pbtxt").read_text()  # pre/post stay on the CPU
+    assert index["models"]["a"]["ensembles"]["eval"]["conf"] == 0.001
