@@ -171,7 +171,8 @@ def model_artifact(wildcards):
     Engines are per batch profile: a bench job runs the engine of its batch; an accuracy job
     (no batch wildcard) the one of the target's largest batch, which the runner pads or splits to.
 
-    ONNX files are named by precision: fp32 → fp32.onnx, int8_<calib> → int8_<calib>.onnx (QDQ).
+    ONNX files are named by precision: fp32 → fp32.onnx, int8_<calib> → int8_<calib>.onnx (QDQ);
+    fp16 runs the FP32 file with the execution provider's FP16 mode (onnxruntime-gpu).
     """
     kind = BACKENDS[wildcards.backend].artifact
     if kind == "checkpoint":
@@ -181,7 +182,8 @@ def model_artifact(wildcards):
             TARGETS[wildcards.target]["batch_sizes"]
         )
         return f"artifacts/engines/{wildcards.target}/{wildcards.model}/{wildcards.precision}_b{batch}.plan"
-    return f"artifacts/onnx/{wildcards.model}/{wildcards.precision}.onnx"
+    onnx = "fp32" if wildcards.precision == "fp16" else wildcards.precision
+    return f"artifacts/onnx/{wildcards.model}/{onnx}.onnx"
 
 
 CALIBRATION_KEYS = {

@@ -80,12 +80,14 @@ def evaluate(
     gpu: str | None = None,
 ) -> dict:
     """Run the backend over the val split and score its detections with pycocotools."""
-    check_target_device(target, device, gpu)
     fam = get_family(family)
     split = load_split(dataset, "val")
     records = split.images[:max_images] if max_images else split.images
     cats = category_map(read_json(checkpoint_info)["class_names"], split.categories, str(checkpoint_info))
     runner = make_runner(backend, artifact, family, precision, device, threads, options)
+    check_target_device(
+        target, device, gpu
+    )  # after the runner: its own refusal (e.g. a foreign engine) is more precise
 
     def detect(images):
         inputs, metas = fam.preprocess(images, imgsz)

@@ -61,13 +61,15 @@ def bench(
     gpu: str | None = None,
 ) -> dict:
     """Run the three timers and return the bench record (the measurement contract)."""
-    check_target_device(target, device, gpu)
     fam = get_family(family)
     split = load_split(dataset, "val")
     images = [im for _, im in load_images(split, batch)]
     if len(images) < batch:  # a small val split still fills the batch by repeating images
         images = (images * (batch // len(images) + 1))[:batch]
     runner = make_runner(backend, artifact, family, precision, device, threads, options)
+    check_target_device(
+        target, device, gpu
+    )  # after the runner: its own refusal (e.g. a foreign engine) is more precise
 
     pre_times = _timed(lambda: fam.preprocess(images, imgsz), iterations)
     inputs, metas = fam.preprocess(images, imgsz)

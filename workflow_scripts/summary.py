@@ -196,8 +196,10 @@ def render(
             if "power_w" in joined and joined["power_w"].notna().any():  # a power sampler ran
                 columns = {**columns, "power_w": ("mean W", 2), "inf_per_j": ("inferences/J", 1)}
             lines += [markdown_table(joined, columns), ""]
-            lowest, best = fastest_passing(joined)
-            if lowest is None and best is None:
+            unscored = sorted(set(tb["model"]) - (set(ta["model"]) if not ta.empty else set()))
+            scored = joined[~joined["model"].isin(unscored)]
+            lowest, best = fastest_passing(scored) if not scored.empty else (None, None)
+            if not scored.empty and lowest is None and best is None:
                 lines += ["**No configuration passes the accuracy gate on this target.**", ""]
             else:
                 if lowest is not None:
@@ -211,7 +213,17 @@ def render(
                         f"- Highest throughput that passes the gate: **{_label(best)}**, "
                         f"{best['throughput']:.1f} img/s (model only)."
                     )
-                lines.append("")
+            for model in unscored:  # random weights (accuracy: false): latency only, no gate
+                rows = joined[joined["model"] == model]
+                b1 = rows[rows["batch"] == 1]
+                fast = b1.loc[b1["p50_ms"].idxmin()] if not b1.empty else None
+                peak = rows.loc[rows["throughput"].idxmax()]
+                text = f"- {model}: accuracy not measured (random weights or `accuracy: false`), so no gate."
+                if fast is not None:
+                    text += f" Fastest at batch 1: **{_label(fast)}**, p50 {fast['p50_ms']:.3f} ms;"
+                text += f" highest throughput: **{_label(peak)}**, {peak['throughput']:.1f} img/s."
+                lines.append(text)
+            lines.append("")
             notes = int8_speed_notes(joined)
             if notes:
                 lines += notes + [""]

@@ -30,6 +30,7 @@ class BackendSpec:
     requires: tuple[str, ...]  # importable modules it needs; absent → reported unavailable
     needs_cuda: bool = False  # only meaningful on a CUDA target
     missing: str = ""  # what the summary says when they are absent (default: names the modules)
+    requires_dist: tuple[str, ...] = ()  # installed distributions it needs (same module, other wheel)
 
 
 INT8_PRECISIONS = ("int8_minmax", "int8_entropy", "int8_percentile")  # int8_<calibration method>
@@ -44,6 +45,15 @@ BACKENDS: dict[str, BackendSpec] = {
         "torch_runner", "TorchCompileMaxRunner", "checkpoint", ("fp32", "fp16"), ("torch",)
     ),
     "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("onnxruntime",)),
+    "onnxruntime-gpu": BackendSpec(
+        "ort_runner",
+        "OrtGpuRunner",
+        "onnx",
+        ("fp32", "fp16", *INT8_PRECISIONS),
+        ("onnxruntime",),
+        needs_cuda=True,
+        requires_dist=("onnxruntime-gpu",),
+    ),
     "openvino": BackendSpec("openvino_runner", "OpenVinoRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("openvino",)),
     "tensorrt": BackendSpec(
         "tensorrt_runner",
@@ -63,7 +73,20 @@ def backend_available(name: str) -> tuple[bool, str]:
     if missing:
         what = spec.missing or "not installed on this machine"
         return False, f"{name}: {what} (missing Python module {', '.join(missing)})"
+    absent = [d for d in spec.requires_dist if not _installed(d)]
+    if absent:
+        return False, f"{name}: not installed on this machine (missing package {', '.join(absent)})"
     return True, ""
+
+
+def _installed(distribution: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version(distribution)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def runner_file(name: str) -> str:

@@ -64,3 +64,58 @@ class OrtRunner(Runner):
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": ort.__version__, "providers": ",".join(self.session.get_providers())}
+
+
+def gpu_providers(precision: str, device: str, options: dict) -> list[tuple[str, dict]]:
+    """ONNX Runtime execution providers, with their options, for a CUDA target (first one wins per node).
+
+    `options["execution_providers"]` orders them (default: tensorrt, cuda, cpu). The TensorRT EP gets
+    FP16 for fp16, INT8 for the QDQ models (explicit quantization: the scales are in the graph), and an
+    engine cache so its engines are built once per machine.
+    """
+    device_id = int(device.split(":")[1]) if ":" in device else 0
+    order = options.get("execution_providers", ["tensorrt", "cuda", "cpu"])
+    providers = []
+    for name in order:
+        if name == "tensorrt":
+            trt = {
+                "device_id": device_id,
+                "trt_fp16_enable": precision in ("fp16",) or precision.startswith("int8"),
+                "trt_int8_enable": precision.startswith("int8"),
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": options.get("trt_engine_cache_path", "artifacts/ort_trt_cache"),
+                "trt_timing_cache_enable": True,
+                "trt_max_workspace_size": int(options.get("workspace_mib", 4096)) * 1024 * 1024,
+            }
+            if options.get("int8_calibration_table"):  # ORT's own table, for a float model with implicit INT8
+                trt["trt_int8_calibration_table_name"] = options["int8_calibration_table"]
+                trt["trt_int8_use_native_calibration_table"] = False
+            providers.append(("TensorrtExecutionProvider", trt))
+        elif name == "cuda":
+            providers.append(
+                ("CUDAExecutionProvider", {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"})
+            )
+        elif name == "cpu":
+            providers.append(("CPUExecutionProvider", {}))
+        else:
+            raise PlanforgeError(
+                f"backend_options.onnxruntime-gpu.execution_providers: {name!r} is not one of ['tensorrt', 'cuda', 'cpu']"
+            )
+    return providers
+
+
+class OrtGpuRunner(OrtRunner):
+    """ONNX Runtime with the TensorRT and CUDA execution providers (needs the onnxruntime-gpu wheel)."""
+
+    backend = "onnxruntime-gpu"
+
+    def __init__(self, model, precision, device="cuda", threads=None, options=None) -> None:
+        providers = gpu_providers(precision, device, dict(options or {}))
+        available = set(ort.get_available_providers())
+        missing = [name for name, _ in providers if name not in available]
+        if missing:
+            raise PlanforgeError(
+                f"onnxruntime-gpu: execution provider {missing[0]} is not available on this machine "
+                f"(available: {sorted(available)}); install onnxruntime-gpu"
+            )
+        super().__init__(model, precision, device, threads, {**(options or {}), "providers": providers})

@@ -1,0 +1,121 @@
+"""The GPU server target: NVML energy, GPU pinning, CUDA-only backends, the server and Slurm profiles.
+
+No GPU is on these machines: NVML is replaced by a fake module (tests say `fake`), and the
+refusal paths run for real (torch really finds no CUDA device here).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from tests.conftest import REPO, planned_outputs
+from workflow_scripts.envinfo import check_target_device
+from workflow_scripts.io import PlanforgeError
+from workflow_scripts.power.nvml import energy_result
+
+
+def test_energy_comes_from_the_total_energy_counter_when_the_gpu_has_one():
+    r = energy_result("nvml", [(0.0, 300.0), (1.0, 300.0)], 0.0, 2.0, 10_000.0, 610_000.0, inferences=1200)
+    assert r["energy_j"] == 600.0 and r["energy_source"] == "total_energy_counter"
+    assert r["energy_per_inference_j"] == 0.5 and r["inferences_per_joule"] == 2.0
+    assert r["mean_power_w"] == 300.0
+
+
+def test_energy_is_integrated_from_samples_without_a_counter():
+    samples = [(0.0, 100.0), (1.0, 200.0), (2.0, 200.0)]  # trapezoids: 150 + 200 J
+    r = energy_result("nvml", samples, 0.0, 2.0, None, None, inferences=700)
+    assert r["energy_j"] == 350.0 and r["energy_source"] == "integrated_samples"
+    assert r["inferences_per_joule"] == 2.0
+
+
+def test_nvml_sampler_against_a_fake_pynvml_reads_power_and_the_counter(monkeypatch):
+    energy = iter([5_000.0, 5_750.0])
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: f"gpu{i}",
+        nvmlDeviceGetPowerUsage=lambda h: 250_000,  # mW
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: next(energy),  # mJ
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    from workflow_scripts.power import get_sampler
+
+    sampler = get_sampler("nvml", device="cuda:1")
+    assert sampler.handle == "gpu1"
+    sampler.start()
+    sampler.stop()
+    r = sampler.result(inferences=3)
+    assert r["sampler"] == "nvml" and r["energy_j"] == 0.75 and r["energy_per_inference_j"] == 0.25
+    assert r["mean_power_w"] == 250.0 and r["samples"] >= 1
+
+
+def test_a_cuda_target_refuses_to_time_on_a_machine_without_a_gpu():
+    with pytest.raises(PlanforgeError, match="target h100: device cuda but torch sees no CUDA GPU here"):
+        check_target_device("h100", "cuda", "H100")
+    check_target_device("cpu", "cpu", None)  # nothing to check
+
+
+def test_a_pinned_target_refuses_another_gpu_fake_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla T4")
+    with pytest.raises(PlanforgeError) as err:
+        check_target_device("h100", "cuda", "H100")
+    assert str(err.value) == (
+        "target h100: pinned to GPU 'H100' (targets.h100.gpu) but this machine's GPU is 'Tesla T4'; "
+        "run it on a H100 or use the target that matches this GPU"
+    )
+    check_target_device("t4", "cuda", "T4")
+
+
+def test_the_server_profile_plans_every_torch_fast_path_for_both_models():
+    planned = planned_outputs(REPO, "--profile", "profiles/server", "results/summary.md")
+    bench = {p for p in planned if "/bench/" in p}
+    for backend in ("torch_fp32", "torch_fp16", "torch-cudagraph_fp16", "torch-compile_fp16"):
+        for batch in (1, 8, 64, 256):
+            assert f"results/h100/bench/yolov8n-640/{backend}_b{batch}.json" in bench
+    # random weights: latency only, no accuracy jobs for the architecture-only model
+    assert not any("accuracy/yolov8n-640" in p for p in planned)
+    assert "results/h100/accuracy/yolo-demo/torch-compile_fp16.json" in planned
+
+
+def test_the_slurm_profile_plans_the_same_jobs_as_the_server_profile():
+    local = planned_outputs(REPO, "--profile", "profiles/server", "results/summary.md")
+    slurm = planned_outputs(REPO, "--profile", "profiles/slurm", "results/summary.md")
+    assert slurm == local and slurm
+
+
+def test_onnxruntime_gpu_provider_options_follow_the_precision():
+    from workflow_scripts.runners.ort_runner import gpu_providers
+
+    fp16 = dict(gpu_providers("fp16", "cuda:1", {}))
+    assert list(fp16) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert fp16["TensorrtExecutionProvider"]["trt_fp16_enable"] is True
+    assert fp16["TensorrtExecutionProvider"]["trt_int8_enable"] is False
+    assert fp16["TensorrtExecutionProvider"]["device_id"] == 1 and fp16["CUDAExecutionProvider"]["device_id"] == 1
+    assert fp16["TensorrtExecutionProvider"]["trt_engine_cache_enable"] is True
+    int8 = dict(gpu_providers("int8_entropy", "cuda", {"execution_providers": ["tensorrt"], "workspace_mib": 512}))
+    assert int8["TensorrtExecutionProvider"]["trt_int8_enable"] is True
+    assert int8["TensorrtExecutionProvider"]["trt_max_workspace_size"] == 512 * 1024 * 1024
+    table = dict(gpu_providers("int8_minmax", "cuda", {"int8_calibration_table": "calib.flatbuffers"}))
+    assert table["TensorrtExecutionProvider"]["trt_int8_calibration_table_name"] == "calib.flatbuffers"
+    assert list(dict(gpu_providers("fp32", "cuda", {"execution_providers": ["cuda"]}))) == ["CUDAExecutionProvider"]
+    with pytest.raises(PlanforgeError, match="'rocm' is not one of"):
+        gpu_providers("fp32", "cuda", {"execution_providers": ["rocm"]})
+
+
+def test_onnxruntime_gpu_is_reported_unavailable_without_its_wheel():
+    from workflow_scripts.runners import backend_available
+
+    ok, reason = backend_available("onnxruntime-gpu")
+    assert not ok and reason == "onnxruntime-gpu: not installed on this machine (missing package onnxruntime-gpu)"
+
+
+def test_the_onnxruntime_gpu_runner_refuses_with_the_providers_this_machine_has(tmp_path):
+    from workflow_scripts.runners.ort_runner import OrtGpuRunner
+
+    with pytest.raises(PlanforgeError, match="execution provider TensorrtExecutionProvider is not available"):
+        OrtGpuRunner(tmp_path / "fp32.onnx", "fp16", "cuda", options={})
