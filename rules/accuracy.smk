@@ -11,6 +11,8 @@ rule accuracy:
         "logs/accuracy/{target}/{model}/{backend}_{precision}.log",
     conda:
         "../envs/bench.yaml"
+    container:
+        target_container
     resources:
         gpu=gpus,
     params:

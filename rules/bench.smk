@@ -9,6 +9,8 @@ rule bench:
         "logs/bench/{target}/{model}/{backend}_{precision}_b{batch}.log",
     conda:
         "../envs/bench.yaml"
+    container:
+        target_container
     threads: exclusive_threads()
     resources:
         bench=1,

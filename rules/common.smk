@@ -334,6 +334,11 @@ def checkpoint_source(wildcards):
     return [] if is_architecture(src) else src
 
 
+def target_container(wildcards):
+    """The target's pinned image (targets.<t>.container) for --sdm apptainer; none: the host environment."""
+    return TARGETS[wildcards.target]["container"]
+
+
 def exclusive_threads():
     """Timing jobs take every core Snakemake was given, so nothing runs beside them."""
     try:

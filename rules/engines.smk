@@ -17,6 +17,8 @@ rule build_engine:
         "logs/engines/{target}/{model}/{precision}_b{batch}.log",
     conda:
         "../envs/engines.yaml"
+    container:
+        target_container
     threads: exclusive_threads()
     resources:
         bench=1,

@@ -47,6 +47,8 @@ rule serving:
         server="results/{target}/serving/{model}.tritonserver.log",
     conda:
         "../envs/serving.yaml"
+    container:
+        target_container
     threads: exclusive_threads()
     resources:
         bench=1,
@@ -75,6 +77,8 @@ rule serving_accuracy:
         server="results/{target}/serving/{model}_accuracy.tritonserver.log",
     conda:
         "../envs/serving.yaml"
+    container:
+        target_container
     threads: exclusive_threads()
     resources:
         bench=1,

@@ -106,3 +106,29 @@ def test_every_step_script_runs_as_a_cli_with_help():
             [sys.executable, "-m", f"workflow_scripts.{step}", "--help"], cwd=REPO, capture_output=True, text=True
         )
         assert proc.returncode == 0 and "usage:" in proc.stdout, step
+
+
+def test_every_target_container_is_built_by_a_pinned_definition_in_envs_containers():
+    images = {}
+    for df in (REPO / "envs/containers").glob("*.Dockerfile"):
+        text = df.read_text()
+        name = re.search(r"^# image: (\S+)$", text, re.M)
+        base = re.search(r"^FROM (\S+)$", text, re.M)
+        assert name and base, df.name
+        assert re.search(r":r?[0-9][\w.-]*$", base.group(1)), f"{df.name}: base image {base.group(1)} is not pinned"
+        images[f"docker://{name.group(1)}"] = df
+    used = set()
+    for cfg in (REPO / "config").glob("*.yaml"):
+        if cfg.name == "schema.yaml":
+            continue
+        for name, target in (yaml.safe_load(cfg.read_text()).get("targets") or {}).items():
+            if target.get("container"):
+                assert target["container"] in images, f"{cfg.name}: targets.{name}.container has no Dockerfile"
+                used.add(target["container"])
+    assert used == set(images), "a container definition no config uses"
+
+
+def test_jobs_that_run_on_a_target_take_its_container():
+    blocks = _rule_blocks()
+    for rule in ("bench", "accuracy", "build_engine", "serving", "serving_accuracy"):
+        assert re.search(r"^\s+container:\n\s+target_container$", blocks[rule], re.M), rule

@@ -79,6 +79,7 @@ TARGET_DEFAULTS = {
     "backend_options": {},
     "power": "none",
     "gpu": None,
+    "container": None,
     "tensorrt": TENSORRT_DEFAULTS,
 }
 
