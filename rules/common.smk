@@ -7,7 +7,7 @@ from workflow_scripts import config as pfconfig
 from workflow_scripts import engines as trt_engines
 from workflow_scripts.deps import code_files
 from workflow_scripts.io import PlanforgeError
-from workflow_scripts.models import family_file, is_architecture
+from workflow_scripts.models import checkpoint_inputs, family_file
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.calib_cache import ALGORITHMS as CALIB_ALGORITHMS
 from workflow_scripts.runners import BACKENDS, backend_available, runner_file
@@ -329,9 +329,10 @@ def gpus(wildcards):
 
 
 def checkpoint_source(wildcards):
-    """The configured checkpoint file; none for an architecture name such as yolov8n.yaml (random weights)."""
-    src = MODELS[wildcards.model]["checkpoint"]
-    return [] if is_architecture(src) else src
+    """The configured checkpoint's files: the file, a save_pretrained directory's files, or none for an
+    architecture name (yolov8n.yaml, dfine-demo.yaml) or a Hugging Face id (the id is in params)."""
+    m = MODELS[wildcards.model]
+    return checkpoint_inputs(m["family"], m["checkpoint"])
 
 
 def exclusive_threads():
