@@ -39,6 +39,15 @@ HUB_NAMES = {
     "ustc-community/dfine_x_coco": "ustc-community/dfine-xlarge-coco",
 }
 
+# Nodes INT8 quantization leaves in float, by reason (ONNX node names of `export_onnx`'s graph).
+# The decoder refines boxes as distributions over bins (FDR) and samples features at fractional
+# offsets (deformable attention): 8-bit offsets and bin weights move every box. The encoder's
+# query selection (score/box heads feeding TopK) picks the queries: 8 bits there reorder them.
+QUANT_EXCLUDE = {
+    "decoder (deformable attention sampling, box distributions, heads)": r"^/inner/model/decoder/",
+    "query selection (encoder score and box heads)": r"^/inner/model/enc_(output|score_head|bbox_head)",
+}
+
 # The synthetic dataset's classes (workflow_scripts.data.SHAPE_CLASSES), in output order.
 DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 
@@ -324,3 +333,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path, imgsz: int, opset: int 
             dynamo=False,
         )
     return {"exporter": "torch.onnx (TorchScript)", "input_name": INPUT_NAME, "output_names": list(OUTPUT_NAMES)}
+
+
+def quant_exclude(model) -> dict[str, list[str]]:
+    """Node names of an exported ONNX model that QUANT_EXCLUDE keeps in float, by reason."""
+    import re
+
+    if not any(n.name.startswith("/inner/model/") for n in model.graph.node):
+        raise PlanforgeError("the ONNX graph was not made by the D-FINE exporter (no /inner/model/ nodes); re-export")
+    return {
+        reason: [n.name for n in model.graph.node if re.match(pattern, n.name)] for reason, pattern in QUANT_EXCLUDE.items()
+    }
