@@ -330,7 +330,8 @@ def gpus(wildcards):
 
 def checkpoint_source(wildcards):
     """The configured checkpoint's files: the file, a save_pretrained directory's files, or none for an
-    architecture name (yolov8n.yaml, dfine-demo.yaml) or a Hugging Face id (the id is in params)."""
+    architecture name (yolov8n.yaml, dfine-demo.yaml) or a Hugging Face id (the id is in params).
+    """
     m = MODELS[wildcards.model]
     return checkpoint_inputs(m["family"], m["checkpoint"])
 

@@ -4,9 +4,9 @@ Checkpoints are a Hugging Face id (`ustc-community/dfine-xlarge-coco`, or a size
 `dfine-n`), a local directory written by `save_pretrained`, an architecture name (`dfine-demo.yaml`:
 a small D-FINE built from a config with seeded random weights), or a prepared checkpoint file
 (`artifacts/checkpoints/{model}.pt`: the config and the state dict in one torch file, which loads
-offline). Pre/post-processing are pure numpy, the same for every backend: a plain resize to
-size×size (PIL bilinear, as the checkpoint's `RTDetrImageProcessor` does), rescale by 1/255, no
-normalisation; sigmoid scores, top-k over queries×classes, cxcywh → xyxy in original pixels. D-FINE
+offline). Pre/post-processing are plain array functions, the same for every backend: a plain
+resize to size×size (bilinear, antialiased, as the checkpoint's `RTDetrImageProcessor` does),
+rescale by 1/255, no normalisation; sigmoid scores, top-k over queries×classes, cxcywh → xyxy in original pixels. D-FINE
 needs no NMS, so `iou` is accepted and ignored.
 """
 
@@ -186,7 +186,9 @@ def _from_pretrained(src: str):
             + (
                 "check the directory holds config.json and model.safetensors"
                 if local
-                else "download it once with network access (`hf download " + src + "`) or point `checkpoint` at a local copy"
+                else "download it once with network access (`hf download "
+                + src
+                + "`) or point `checkpoint` at a local copy"
             )
         ) from None
 
@@ -204,7 +206,9 @@ def load_torch(checkpoint: str | Path, device: str = "cpu"):
     elif "/" in hub_id(src) and not src.startswith((".", "/")):
         model = _from_pretrained(hub_id(src))
     else:
-        raise PlanforgeError(f"{src}: checkpoint not found; give a Hugging Face id, a save_pretrained directory or a file")
+        raise PlanforgeError(
+            f"{src}: checkpoint not found; give a Hugging Face id, a save_pretrained directory or a file"
+        )
     model = model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -238,15 +242,21 @@ def forward_output(raw):
 
 
 def preprocess(images: list[np.ndarray], size: int) -> tuple[np.ndarray, list[ResizeMeta]]:
-    """RGB uint8 HxWx3 images → float32 NCHW batch in [0, 1] (plain bilinear resize, no normalisation)."""
-    from PIL import Image
+    """RGB uint8 HxWx3 images → float32 NCHW batch in [0, 1]: a plain size×size resize, no normalisation.
+
+    The resize is the checkpoint's image processor's (transformers' default torchvision backend:
+    bilinear with antialiasing on the uint8 image), so the pixels are the ones the model was trained on.
+    """
+    import torch
+    from torchvision.transforms.v2 import functional as tvf
 
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
     metas = []
     for i, im in enumerate(images):
         h, w = im.shape[:2]
-        resized = np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR))
-        out[i] = resized.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255)
+        chw = torch.from_numpy(np.require(im, requirements=["C", "W"])).permute(2, 0, 1)
+        resized = tvf.resize(chw, [size, size], interpolation=tvf.InterpolationMode.BILINEAR, antialias=True)
+        out[i] = resized.numpy().astype(np.float32) * np.float32(1 / 255)
         metas.append(ResizeMeta(h, w))
     return out, metas
 
@@ -342,5 +352,6 @@ def quant_exclude(model) -> dict[str, list[str]]:
     if not any(n.name.startswith("/inner/model/") for n in model.graph.node):
         raise PlanforgeError("the ONNX graph was not made by the D-FINE exporter (no /inner/model/ nodes); re-export")
     return {
-        reason: [n.name for n in model.graph.node if re.match(pattern, n.name)] for reason, pattern in QUANT_EXCLUDE.items()
+        reason: [n.name for n in model.graph.node if re.match(pattern, n.name)]
+        for reason, pattern in QUANT_EXCLUDE.items()
     }
