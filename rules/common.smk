@@ -1,5 +1,6 @@
 # Config access and input functions: the only place rules learn about the config.
 import json
+import re
 
 from snakemake.exceptions import WorkflowError
 
@@ -155,6 +156,25 @@ def split_settings(dataset, split):
     """A dataset's config with only `split`'s size (other splits' sizes do not change its images)."""
     ds = DATASETS[dataset]
     return {**ds, "splits": {split: ds["splits"][split]}}
+
+
+def datasets_of_kind(kind):
+    """A wildcard constraint matching the datasets of one kind (nothing when there are none)."""
+    names = [d for d, s in DATASETS.items() if s["kind"] == kind]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def coco_settings(wildcards):
+    """What makes one COCO split: the seed and the val size (calib is drawn after val), and its own size."""
+    ds = DATASETS[wildcards.dataset]
+    keep = ("val",) if wildcards.split == "val" else ("val", "calib")
+    return _as_json(
+        {
+            "kind": "coco",
+            "seed": ds["seed"],
+            "splits": {k: ds["splits"][k] for k in keep},
+        }
+    )
 
 
 def dataset_of(wildcards):
