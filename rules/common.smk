@@ -8,7 +8,7 @@ from workflow_scripts import config as pfconfig
 from workflow_scripts import engines as trt_engines
 from workflow_scripts.deps import code_files
 from workflow_scripts.io import PlanforgeError
-from workflow_scripts.models import checkpoint_inputs, family_file
+from workflow_scripts.models import SERVED_FAMILIES, checkpoint_inputs, family_file
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.calib_cache import ALGORITHMS as CALIB_ALGORITHMS
 from workflow_scripts.runners import BACKENDS, backend_available, runner_file
@@ -366,6 +366,7 @@ def exclusive_threads():
 
 # Triton serving (rules/serving.smk) ------------------------------------------------------------
 SERVING = CFG["serving"]
+SERVED_MODELS = [m for m in MODELS if MODELS[m]["family"] in SERVED_FAMILIES]
 
 
 def serving_targets():
@@ -379,7 +380,7 @@ def serving_outputs(targets=None):
     out = []
     for t in serving_targets():
         if targets is None or t in targets:
-            for m in MODELS:
+            for m in SERVED_MODELS:
                 out.append(f"results/{t}/serving/{m}.json")
                 if SERVING["accuracy"]:
                     out.append(f"results/{t}/serving/{m}_accuracy.json")
@@ -394,7 +395,7 @@ def serving_plot_outputs():
 
 def triton_onnx(wildcards):
     precisions = TARGETS[wildcards.target]["backends"]["onnxruntime"]
-    return [f"artifacts/onnx/{m}/{p}.onnx" for m in MODELS for p in precisions]
+    return [f"artifacts/onnx/{m}/{p}.onnx" for m in SERVED_MODELS for p in precisions]
 
 
 def triton_models_json(wildcards):
@@ -406,13 +407,13 @@ def triton_models_json(wildcards):
                 "imgsz": MODELS[m]["imgsz"],
                 "onnx": {p: f"artifacts/onnx/{m}/{p}.onnx" for p in precisions},
             }
-            for m in MODELS
+            for m in SERVED_MODELS
         }
     )
 
 
 def triton_code():
-    families = sorted({family_file(m["family"]) for m in MODELS.values()})
+    families = sorted({family_file(MODELS[m]["family"]) for m in SERVED_MODELS})
     return [*code_files("triton_repo", "triton_models"), *families]
 
 

@@ -10,6 +10,8 @@ import importlib
 from types import ModuleType
 
 FAMILIES = {"yolo": "workflow_scripts.models.yolo", "dfine": "workflow_scripts.models.dfine"}
+# Families with Triton pre/post-processing models (workflow_scripts/triton_models.py); others are not served.
+SERVED_FAMILIES = ("yolo",)
 
 
 def get_family(name: str) -> ModuleType:
