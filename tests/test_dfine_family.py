@@ -181,3 +181,17 @@ def test_replacing_a_directory_checkpoint_makes_only_that_model_stale(tmp_path, 
     model.save_pretrained(new)
     shutil.copy(new / "model.safetensors", work / "ckpt" / "dfine-demo" / "model.safetensors")
     assert planned_outputs(work, *ckpts) == {"artifacts/checkpoints/d.pt", "artifacts/checkpoints/d.json"}
+
+
+@pytest.mark.parametrize(("size", "published_millions"), [("n", 4), ("x", 62)])
+def test_published_architectures_have_the_published_sizes(size, published_millions):
+    """D-FINE-N and -X rebuilt from their released configurations (the paper: 4 M and 62 M parameters)."""
+    model = dfine.build_architecture(f"dfine-{size}.yaml")
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(params - published_millions) / published_millions < 0.07, params
+    assert dfine.class_names(model)[:3] == ["person", "bicycle", "car"] and len(dfine.class_names(model)) == 80
+    with torch.inference_mode():
+        logits, boxes = dfine.forward_output(model(torch.rand(1, 3, 320, 320)))
+    assert logits.shape == (1, 300, 80) and boxes.shape == (1, 300, 4)
+    with pytest.raises(Exception, match="not a D-FINE architecture"):
+        dfine.build_architecture("dfine-q.yaml")
