@@ -1,5 +1,6 @@
 # Config access and input functions: the only place rules learn about the config.
 import json
+import re
 
 from snakemake.exceptions import WorkflowError
 
@@ -7,7 +8,7 @@ from workflow_scripts import config as pfconfig
 from workflow_scripts import engines as trt_engines
 from workflow_scripts.deps import code_files
 from workflow_scripts.io import PlanforgeError
-from workflow_scripts.models import family_file, is_architecture
+from workflow_scripts.models import SERVED_FAMILIES, checkpoint_inputs, family_file
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.calib_cache import ALGORITHMS as CALIB_ALGORITHMS
 from workflow_scripts.runners import BACKENDS, backend_available, runner_file
@@ -155,6 +156,25 @@ def split_settings(dataset, split):
     """A dataset's config with only `split`'s size (other splits' sizes do not change its images)."""
     ds = DATASETS[dataset]
     return {**ds, "splits": {split: ds["splits"][split]}}
+
+
+def datasets_of_kind(kind):
+    """A wildcard constraint matching the datasets of one kind (nothing when there are none)."""
+    names = [d for d, s in DATASETS.items() if s["kind"] == kind]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def coco_settings(wildcards):
+    """What makes one COCO split: the seed and the val size (calib is drawn after val), and its own size."""
+    ds = DATASETS[wildcards.dataset]
+    keep = ("val",) if wildcards.split == "val" else ("val", "calib")
+    return _as_json(
+        {
+            "kind": "coco",
+            "seed": ds["seed"],
+            "splits": {k: ds["splits"][k] for k in keep},
+        }
+    )
 
 
 def dataset_of(wildcards):
@@ -329,9 +349,11 @@ def gpus(wildcards):
 
 
 def checkpoint_source(wildcards):
-    """The configured checkpoint file; none for an architecture name such as yolov8n.yaml (random weights)."""
-    src = MODELS[wildcards.model]["checkpoint"]
-    return [] if is_architecture(src) else src
+    """The configured checkpoint's files: the file, a save_pretrained directory's files, or none for an
+    architecture name (yolov8n.yaml, dfine-demo.yaml) or a Hugging Face id (the id is in params).
+    """
+    m = MODELS[wildcards.model]
+    return checkpoint_inputs(m["family"], m["checkpoint"])
 
 
 def target_container(wildcards):
@@ -349,6 +371,7 @@ def exclusive_threads():
 
 # Triton serving (rules/serving.smk) ------------------------------------------------------------
 SERVING = CFG["serving"]
+SERVED_MODELS = [m for m in MODELS if MODELS[m]["family"] in SERVED_FAMILIES]
 
 
 def serving_targets():
@@ -362,7 +385,7 @@ def serving_outputs(targets=None):
     out = []
     for t in serving_targets():
         if targets is None or t in targets:
-            for m in MODELS:
+            for m in SERVED_MODELS:
                 out.append(f"results/{t}/serving/{m}.json")
                 if SERVING["accuracy"]:
                     out.append(f"results/{t}/serving/{m}_accuracy.json")
@@ -377,7 +400,7 @@ def serving_plot_outputs():
 
 def triton_onnx(wildcards):
     precisions = TARGETS[wildcards.target]["backends"]["onnxruntime"]
-    return [f"artifacts/onnx/{m}/{p}.onnx" for m in MODELS for p in precisions]
+    return [f"artifacts/onnx/{m}/{p}.onnx" for m in SERVED_MODELS for p in precisions]
 
 
 def triton_models_json(wildcards):
@@ -389,13 +412,13 @@ def triton_models_json(wildcards):
                 "imgsz": MODELS[m]["imgsz"],
                 "onnx": {p: f"artifacts/onnx/{m}/{p}.onnx" for p in precisions},
             }
-            for m in MODELS
+            for m in SERVED_MODELS
         }
     )
 
 
 def triton_code():
-    families = sorted({family_file(m["family"]) for m in MODELS.values()})
+    families = sorted({family_file(MODELS[m]["family"]) for m in SERVED_MODELS})
     return [*code_files("triton_repo", "triton_models"), *families]
 
 

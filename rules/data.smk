@@ -5,6 +5,8 @@ rule synthetic_dataset:
         "artifacts/data/{dataset}/instances_{split}.json",
     log:
         "logs/data/{dataset}_{split}.log",
+    wildcard_constraints:
+        dataset=datasets_of_kind("synthetic"),
     conda:
         "../envs/data.yaml"
     params:
@@ -14,3 +16,54 @@ rule synthetic_dataset:
     shell:
         "python -m workflow_scripts.make_dataset --settings {params.settings:q} --out {params.folder}"
         " --split {wildcards.split} > {log} 2>&1"
+
+
+rule coco_download:
+    """The only networked job: one official COCO archive, checked by MD5 (see workflow_scripts/coco.py)."""
+    output:
+        protected("artifacts/data/coco/downloads/{archive}"),
+    log:
+        "logs/data/coco_download_{archive}.log",
+    wildcard_constraints:
+        archive=r"annotations_trainval2017\.zip|val2017\.zip",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.coco download --name {wildcards.archive} --out {output} > {log} 2>&1"
+
+
+rule coco_dataset:
+    input:
+        archives=[
+            ancient("artifacts/data/coco/downloads/annotations_trainval2017.zip"),
+            ancient("artifacts/data/coco/downloads/val2017.zip"),
+        ],
+        code=step_code("coco"),
+    output:
+        "artifacts/data/{dataset}/instances_{split}.json",
+    log:
+        "logs/data/{dataset}_{split}.log",
+    wildcard_constraints:
+        dataset=datasets_of_kind("coco"),
+    conda:
+        "../envs/data.yaml"
+    params:
+        settings=coco_settings,
+        folder=lambda w: f"artifacts/data/{w.dataset}",
+    shell:
+        "python -m workflow_scripts.coco build --downloads artifacts/data/coco/downloads --out {params.folder}"
+        " --split {wildcards.split} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule download_weights:
+    """Networked: an ultralytics release checkpoint named in a config (config/coco.yaml: yolov8n.pt)."""
+    output:
+        protected("artifacts/weights/{name}.pt"),
+    log:
+        "logs/weights/{name}.log",
+    wildcard_constraints:
+        name=r"yolo[A-Za-z0-9._-]*",
+    conda:
+        "../envs/export.yaml"
+    shell:
+        "python -m workflow_scripts.coco weights --name {wildcards.name}.pt --out {output} > {log} 2>&1"

@@ -94,7 +94,9 @@ rule serving_accuracy:
 
 rule serving_plot:
     input:
-        serving=lambda w: [f"results/{w.target}/serving/{m}.json" for m in MODELS],
+        serving=lambda w: [
+            f"results/{w.target}/serving/{m}.json" for m in SERVED_MODELS
+        ],
         code=step_code("serving_plot"),
     output:
         report(

@@ -12,7 +12,7 @@ from workflow_scripts.data import load_split, read_image
 from workflow_scripts.envinfo import check_target_device, environment
 from workflow_scripts.io import PlanforgeError, read_json, run_cli, write_json
 from workflow_scripts.metrics import coco_evaluate
-from workflow_scripts.models import get_family
+from workflow_scripts.models import get_family, raw_outputs
 from workflow_scripts.pipeline import batches, make_runner
 
 
@@ -91,7 +91,7 @@ def evaluate(
 
     def detect(images):
         inputs, metas = fam.preprocess(images, imgsz)
-        return fam.postprocess(runner(inputs)[0], metas, conf=conf, iou=iou, max_det=max_det)
+        return fam.postprocess(raw_outputs(fam, runner(inputs)), metas, conf=conf, iou=iou, max_det=max_det)
 
     detections, seconds = coco_detections(split, records, cats, detect, batch, f"mAP {model} {backend} {precision}")
     stats = coco_evaluate(split.annotations, detections, [r["id"] for r in records])

@@ -16,7 +16,7 @@ from workflow_scripts.data import load_split
 from workflow_scripts.envinfo import check_target_device, environment
 from workflow_scripts.io import PlanforgeError, run_cli, write_json
 from workflow_scripts.metrics import latency_stats
-from workflow_scripts.models import get_family
+from workflow_scripts.models import get_family, raw_outputs
 from workflow_scripts.pipeline import load_images, make_runner
 from workflow_scripts.power import get_sampler
 
@@ -89,7 +89,7 @@ def bench(
     wall = time.perf_counter() - t_start
     sampler.stop()
     outputs = runner.to_numpy(out)
-    post_times = _timed(lambda: fam.postprocess(outputs[0], metas, conf=conf), iterations)
+    post_times = _timed(lambda: fam.postprocess(raw_outputs(fam, outputs), metas, conf=conf), iterations)
 
     stats = latency_stats(model_times)
     device_ms = list(runner.device_times_ms or [])

@@ -1,4 +1,8 @@
-"""Check that a checkpoint loads, then copy it into artifacts/ with an info JSON beside it."""
+"""Check that a checkpoint loads, then copy it into artifacts/ with an info JSON beside it.
+
+A checkpoint that is not one file (a save_pretrained directory, a Hugging Face id, an architecture
+name) is saved by its family as one file that loads offline (`fam.save_checkpoint`).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ def prepare_checkpoint(family: str, src: Path, out: Path, info: Path) -> dict:
     with atomic_path(out) as tmp:
         if architecture:  # random weights from a seeded architecture: useful for latency, not accuracy
             fam.save_checkpoint(fam.build_architecture(str(src)), tmp)
-        else:
+        elif Path(src).is_file():
             shutil.copyfile(src, tmp)
+        else:  # a directory or a hub id (D-FINE): one file the family reads back offline
+            fam.save_checkpoint(model, tmp)
         record = {
             "source": str(src),
             "family": family,

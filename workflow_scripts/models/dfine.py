@@ -1,0 +1,494 @@
+"""D-FINE family (Hugging Face transformers `DFineForObjectDetection`).
+
+Checkpoints are a Hugging Face id (`ustc-community/dfine-xlarge-coco`, or a size name such as
+`dfine-n`), a local directory written by `save_pretrained`, an architecture name (`dfine-demo.yaml`:
+a small D-FINE built from a config with seeded random weights), or a prepared checkpoint file
+(`artifacts/checkpoints/{model}.pt`: the config and the state dict in one torch file, which loads
+offline). Pre/post-processing are plain array functions, the same for every backend: a plain
+resize to size×size (bilinear, antialiased, as the checkpoint's `RTDetrImageProcessor` does),
+rescale by 1/255, no normalisation; sigmoid scores, top-k over queries×classes, cxcywh → xyxy in original pixels. D-FINE
+needs no NMS, so `iou` is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workflow_scripts.io import PlanforgeError
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAMES = ("logits", "pred_boxes")
+FORMAT = "planforge-dfine-v1"  # the prepared checkpoint file's layout
+
+# Published checkpoints by size name; the seed's `ustc-community/dfine_x_coco` is today
+# published as `ustc-community/dfine-xlarge-coco` (same snapshot), and both names are accepted.
+HUB_NAMES = {
+    "dfine-n": "ustc-community/dfine-nano-coco",
+    "dfine-s": "ustc-community/dfine-small-coco",
+    "dfine-m": "ustc-community/dfine-medium-coco",
+    "dfine-l": "ustc-community/dfine-large-coco",
+    "dfine-x": "ustc-community/dfine-xlarge-coco",
+    "ustc-community/dfine_n_coco": "ustc-community/dfine-nano-coco",
+    "ustc-community/dfine_s_coco": "ustc-community/dfine-small-coco",
+    "ustc-community/dfine_m_coco": "ustc-community/dfine-medium-coco",
+    "ustc-community/dfine_l_coco": "ustc-community/dfine-large-coco",
+    "ustc-community/dfine_x_coco": "ustc-community/dfine-xlarge-coco",
+}
+
+# Nodes INT8 quantization leaves in float, by reason (ONNX node names of `export_onnx`'s graph).
+# The decoder refines boxes as distributions over bins (FDR) and samples features at fractional
+# offsets (deformable attention): 8-bit offsets and bin weights move every box. The encoder's
+# query selection (score/box heads feeding TopK) picks the queries: 8 bits there reorder them.
+QUANT_EXCLUDE = {
+    "decoder (deformable attention sampling, box distributions, heads)": r"^/inner/model/decoder/",
+    "query selection (encoder score and box heads)": r"^/inner/model/enc_(output|score_head|bbox_head)",
+}
+
+# The synthetic dataset's classes (workflow_scripts.data.SHAPE_CLASSES), in output order.
+DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
+
+
+@dataclass(frozen=True)
+class ResizeMeta:
+    """How one original image was mapped into the model input: a plain resize, no padding."""
+
+    orig_h: int
+    orig_w: int
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def hub_id(name: str) -> str:
+    """The Hugging Face id a checkpoint name stands for (size names and the old names mapped)."""
+    return HUB_NAMES.get(str(name), str(name))
+
+
+def demo_config(class_names=DEMO_CLASSES):
+    """A small D-FINE (≈0.5 M parameters): HGNetV2 backbone with narrow stages, one encoder and
+    two decoder layers, 100 queries. Fast enough on two CPU cores for the embedded default."""
+    from transformers import DFineConfig, HGNetV2Config
+
+    backbone = HGNetV2Config(
+        embedding_size=16,
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[32, 64, 128, 256],
+        stem_channels=[3, 16, 16],
+        stage_in_channels=[16, 32, 64, 128],
+        stage_mid_channels=[16, 16, 32, 64],
+        stage_out_channels=[32, 64, 128, 256],
+        stage_num_blocks=[1, 1, 1, 1],
+        stage_numb_of_layers=[2, 2, 2, 2],
+        stage_light_block=[False, False, True, True],
+        stage_kernel_size=[3, 3, 5, 5],
+        stage_downsample=[False, True, True, True],
+        out_features=["stage2", "stage3", "stage4"],
+        use_learnable_affine_block=True,
+    )
+    names = list(class_names)
+    return DFineConfig(
+        backbone_config=backbone,
+        encoder_in_channels=[64, 128, 256],
+        encoder_hidden_dim=64,
+        d_model=64,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        decoder_in_channels=[64, 64, 64],
+        decoder_n_points=[3, 3, 3],
+        hidden_expansion=0.34,
+        depth_mult=0.34,
+        num_queries=100,
+        num_denoising=0,
+        eval_idx=-1,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+
+
+COCO80 = (
+    (
+        "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign parking_meter"
+        " bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee"
+        " skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard tennis_racket bottle"
+        " wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake"
+        " chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave oven"
+        " toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+    )
+    .replace("_", "~")
+    .split()
+)
+COCO80 = tuple(n.replace("~", " ") for n in COCO80)
+
+# The published D-FINE sizes (COCO, 80 classes), as transformers' conversion script configures them:
+# HGNetV2 backbone stages, hybrid encoder and decoder widths. Random weights: for latency, not accuracy.
+_SIZES = {
+    "n": dict(
+        backbone=dict(
+            hidden_sizes=[128, 256, 512, 1024],
+            stem_channels=[3, 16, 16],
+            stage_in_channels=[16, 64, 256, 512],
+            stage_mid_channels=[16, 32, 64, 128],
+            stage_out_channels=[64, 256, 512, 1024],
+            stage_num_blocks=[1, 1, 2, 1],
+            stage_numb_of_layers=[3, 3, 3, 3],
+            out_indices=[3, 4],
+            use_learnable_affine_block=True,
+        ),
+        num_feature_levels=2,
+        encoder_ffn_dim=512,
+        encode_proj_layers=[1],
+        d_model=128,
+        encoder_hidden_dim=128,
+        decoder_ffn_dim=512,
+        encoder_in_channels=[512, 1024],
+        decoder_n_points=[6, 6],
+        decoder_in_channels=[128, 128],
+        feat_strides=[16, 32],
+        depth_mult=0.5,
+        decoder_layers=3,
+        hidden_expansion=0.34,
+    ),
+    "s": dict(
+        backbone=dict(
+            hidden_sizes=[128, 256, 512, 1024],
+            stem_channels=[3, 16, 16],
+            stage_in_channels=[16, 64, 256, 512],
+            stage_mid_channels=[16, 32, 64, 128],
+            stage_out_channels=[64, 256, 512, 1024],
+            stage_num_blocks=[1, 1, 2, 1],
+            stage_numb_of_layers=[3, 3, 3, 3],
+            use_learnable_affine_block=True,
+        ),
+        decoder_layers=3,
+        hidden_expansion=0.5,
+        depth_mult=0.34,
+        decoder_n_points=[3, 6, 3],
+        encoder_in_channels=[256, 512, 1024],
+    ),
+    "m": dict(
+        backbone=dict(
+            hidden_sizes=[192, 384, 768, 1536],
+            stem_channels=[3, 24, 32],
+            stage_in_channels=[32, 96, 384, 768],
+            stage_mid_channels=[32, 64, 128, 256],
+            stage_out_channels=[96, 384, 768, 1536],
+            stage_num_blocks=[1, 1, 3, 1],
+            stage_numb_of_layers=[4, 4, 4, 4],
+            use_learnable_affine_block=True,
+        ),
+        decoder_layers=4,
+        decoder_n_points=[3, 6, 3],
+        encoder_in_channels=[384, 768, 1536],
+        depth_mult=0.67,
+    ),
+    "l": dict(
+        backbone=dict(
+            hidden_sizes=[256, 512, 1024, 2048],
+            stem_channels=[3, 32, 48],
+            stage_in_channels=[48, 128, 512, 1024],
+            stage_mid_channels=[48, 96, 192, 384],
+            stage_out_channels=[128, 512, 1024, 2048],
+            stage_num_blocks=[1, 1, 3, 1],
+            stage_numb_of_layers=[6, 6, 6, 6],
+        ),
+        encoder_ffn_dim=1024,
+        encoder_in_channels=[512, 1024, 2048],
+        decoder_n_points=[3, 6, 3],
+    ),
+    "x": dict(
+        backbone=dict(
+            hidden_sizes=[256, 512, 1024, 2048],
+            stem_channels=[3, 32, 64],
+            stage_in_channels=[64, 128, 512, 1024],
+            stage_mid_channels=[64, 128, 256, 512],
+            stage_out_channels=[128, 512, 1024, 2048],
+            stage_num_blocks=[1, 2, 5, 2],
+            stage_numb_of_layers=[6, 6, 6, 6],
+        ),
+        encoder_in_channels=[512, 1024, 2048],
+        encoder_hidden_dim=384,
+        encoder_ffn_dim=2048,
+        decoder_n_points=[3, 6, 3],
+        decoder_in_channels=[384, 384, 384],
+    ),
+}
+
+
+def published_config(size: str):
+    """The config of published D-FINE-{N,S,M,L,X} (COCO classes), for latency work with random weights."""
+    from transformers import DFineConfig
+
+    settings = {"hidden_expansion": 1.0, "decoder_layers": 6}
+    settings.update({k: v for k, v in _SIZES[size].items() if k != "backbone"})
+    config = DFineConfig(
+        num_labels=len(COCO80),
+        id2label=dict(enumerate(COCO80)),
+        label2id={n: i for i, n in enumerate(COCO80)},
+        **settings,
+    )
+    backbone = config.backbone_config
+    backbone.layer_type = "basic"
+    backbone.embedding_size = 32
+    backbone.stage_downsample = [False, True, True, True]
+    backbone.stage_light_block = [False, False, True, True]
+    backbone.stage_kernel_size = [3, 3, 5, 5]
+    for key, value in _SIZES[size]["backbone"].items():
+        setattr(backbone, key, value)
+    if "out_indices" in _SIZES[size]["backbone"]:
+        backbone.out_features = [backbone.stage_names[i] for i in backbone.out_indices]
+    return config
+
+
+ARCHITECTURES = {
+    "dfine-demo.yaml": demo_config,
+    **{f"dfine-{size}.yaml": (lambda size=size: published_config(size)) for size in _SIZES},
+}
+
+
+def is_architecture_name(checkpoint: str) -> bool:
+    return str(checkpoint) in ARCHITECTURES and not Path(checkpoint).exists()
+
+
+def build_architecture(name: str, seed: int = 0):
+    """A randomly initialised (seeded) D-FINE from an architecture name (`dfine-demo.yaml`)."""
+    _quiet()
+    import torch
+    from transformers import DFineForObjectDetection
+
+    if name not in ARCHITECTURES:
+        raise PlanforgeError(f"{name}: not a D-FINE architecture; use one of {sorted(ARCHITECTURES)}")
+    torch.manual_seed(seed)
+    model = DFineForObjectDetection(ARCHITECTURES[name]()).eval()
+    # transformers' init is made for training: many matrices and some norm scales start at zero and
+    # the others are too small for eval-mode batch norms, so features fade to a constant, every query
+    # scores alike, and the encoder's top-k breaks the ties differently in each backend. Random weights
+    # for latency work should behave like trained ones there: unit-gain matrices, norm scales of one.
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, p[0].numel() ** -0.5)
+            elif pname.endswith("weight") and p.numel() > 1 and float(p.abs().max()) == 0.0:
+                p.fill_(1.0)
+    return model
+
+
+def save_checkpoint(model, path: str | Path) -> None:
+    """One torch file with the config and the weights: what `load_torch` reads back offline."""
+    import torch
+
+    torch.save(
+        {"format": FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict()},
+        str(path),
+    )
+
+
+def _from_file(path: Path):
+    import torch
+    from transformers import DFineConfig, DFineForObjectDetection
+
+    try:
+        blob = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        model = DFineForObjectDetection(DFineConfig.from_dict(blob["config"]))
+        model.load_state_dict(blob["state_dict"])
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise PlanforgeError(f"{path}: not a loadable D-FINE checkpoint ({msg}); replace the file") from None
+    return model
+
+
+def _from_pretrained(src: str):
+    from transformers import DFineForObjectDetection
+
+    try:
+        return DFineForObjectDetection.from_pretrained(src)
+    except OSError as exc:
+        local = Path(src).exists()
+        what = "a directory written by save_pretrained" if local else "a Hugging Face id"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise PlanforgeError(
+            f"{src}: cannot load D-FINE from {what} ({first}); "
+            + (
+                "check the directory holds config.json and model.safetensors"
+                if local
+                else "download it once with network access (`hf download "
+                + src
+                + "`) or point `checkpoint` at a local copy"
+            )
+        ) from None
+
+
+def load_torch(checkpoint: str | Path, device: str = "cpu"):
+    """Load D-FINE as an eval-mode FP32 torch module, from any of the checkpoint forms above."""
+    _quiet()
+    src = str(checkpoint)
+    if src.endswith((".yaml", ".yml")) and not Path(src).exists():
+        model = build_architecture(src)
+    elif Path(src).is_file():
+        model = _from_file(Path(src))
+    elif Path(src).is_dir():
+        model = _from_pretrained(src)
+    elif "/" in hub_id(src) and not src.startswith((".", "/")):
+        model = _from_pretrained(hub_id(src))
+    else:
+        raise PlanforgeError(
+            f"{src}: checkpoint not found; give a Hugging Face id, a save_pretrained directory or a file"
+        )
+    model = model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def checkpoint_inputs(checkpoint: str) -> list[str]:
+    """Local files the checkpoint is read from (Snakemake inputs): a directory's files, a file, or none."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        return sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    if is_architecture_name(checkpoint):
+        return []
+    looks_like_hub_id = "/" in hub_id(checkpoint) and not str(checkpoint).startswith((".", "/"))
+    if not p.exists() and looks_like_hub_id and not Path(str(checkpoint).split("/")[0]).is_dir():
+        return []  # a Hugging Face id: nothing local to watch (changing the id reruns via params)
+    return [str(checkpoint)]
+
+
+def class_names(model) -> list[str]:
+    """Class names in output order, from the config's id2label."""
+    id2label = model.config.id2label
+    return [str(id2label[i]) for i in range(len(id2label))]
+
+
+def forward_output(raw):
+    """The two outputs that matter, (logits [N, Q, C], pred_boxes [N, Q, 4] cxcywh in 0..1)."""
+    if isinstance(raw, dict) or hasattr(raw, "logits"):
+        return raw["logits"], raw["pred_boxes"]
+    return raw[0], raw[1]
+
+
+def preprocess(images: list[np.ndarray], size: int) -> tuple[np.ndarray, list[ResizeMeta]]:
+    """RGB uint8 HxWx3 images → float32 NCHW batch in [0, 1]: a plain size×size resize, no normalisation.
+
+    The resize is the checkpoint's image processor's (transformers' default torchvision backend:
+    bilinear with antialiasing on the uint8 image), so the pixels are the ones the model was trained on.
+    """
+    import torch
+    from torchvision.transforms.v2 import functional as tvf
+
+    out = np.empty((len(images), 3, size, size), dtype=np.float32)
+    metas = []
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        chw = torch.from_numpy(np.require(im, requirements=["C", "W"])).permute(2, 0, 1)
+        resized = tvf.resize(chw, [size, size], interpolation=tvf.InterpolationMode.BILINEAR, antialias=True)
+        out[i] = resized.numpy().astype(np.float32) * np.float32(1 / 255)
+        metas.append(ResizeMeta(h, w))
+    return out, metas
+
+
+def postprocess(
+    outputs,
+    metas: list[ResizeMeta],
+    conf: float = 0.25,
+    iou: float | None = None,
+    max_det: int = 300,
+) -> list[dict[str, np.ndarray]]:
+    """(logits, pred_boxes) → per image {boxes (xyxy, original pixels), scores, classes}.
+
+    Sigmoid scores, the top `max_det` over queries×classes (a query may give several classes),
+    those above `conf`, boxes cxcywh (0..1) → xyxy scaled to the original image. No NMS.
+    """
+    logits, boxes = (np.asarray(o, dtype=np.float32) for o in outputs[:2])
+    n_queries, n_classes = logits.shape[1:]
+    k = min(max_det, n_queries * n_classes)
+    scores_all = 1.0 / (1.0 + np.exp(-logits.reshape(len(logits), -1)))
+    results = []
+    for scores_flat, box, meta in zip(scores_all, boxes, metas):
+        top = np.argpartition(-scores_flat, k - 1)[:k] if k < scores_flat.size else np.arange(scores_flat.size)
+        top = top[np.argsort(-scores_flat[top], kind="stable")]
+        scores = scores_flat[top]
+        keep = scores > conf
+        top, scores = top[keep], scores[keep]
+        queries, classes = top // n_classes, top % n_classes
+        cx, cy, w, h = box[queries].T
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        xyxy *= np.array([meta.orig_w, meta.orig_h, meta.orig_w, meta.orig_h], dtype=np.float32)
+        results.append(
+            {
+                "boxes": xyxy.astype(np.float32),
+                "scores": scores.astype(np.float32),
+                "classes": classes.astype(np.int64),
+            }
+        )
+    return results
+
+
+class _Trimmed:
+    """Wraps the HF module so tracing sees only the two outputs that matter."""
+
+    def __new__(cls, model):
+        import torch
+
+        class Trimmed(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, pixel_values):
+                out = self.inner(pixel_values=pixel_values)
+                return out.logits, out.pred_boxes
+
+        return Trimmed(model).eval()
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, imgsz: int, opset: int = 17, dynamic: bool = True) -> dict:
+    """torch.onnx export (TorchScript exporter) of logits and pred_boxes only; simplified by the export step."""
+    import warnings
+
+    import torch
+
+    hf = load_torch(checkpoint)
+    # Anchors as constants for this input size (as checkpoints with `anchor_image_size` have them):
+    # computed once in eager mode instead of traced op by op.
+    hf.config.anchor_image_size = [imgsz, imgsz]
+    hf.model.anchors, hf.model.valid_mask = hf.model.generate_anchors(dtype=torch.float32)
+    model = _Trimmed(hf)
+    dummy = torch.rand(2 if dynamic else 1, 3, imgsz, imgsz)
+    axes = {INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUT_NAMES}} if dynamic else None
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(out),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+    return {"exporter": "torch.onnx (TorchScript)", "input_name": INPUT_NAME, "output_names": list(OUTPUT_NAMES)}
+
+
+def quant_exclude(model) -> dict[str, list[str]]:
+    """Node names of an exported ONNX model that QUANT_EXCLUDE keeps in float, by reason."""
+    import re
+
+    if not any(n.name.startswith("/inner/model/") for n in model.graph.node):
+        raise PlanforgeError("the ONNX graph was not made by the D-FINE exporter (no /inner/model/ nodes); re-export")
+    return {
+        reason: [n.name for n in model.graph.node if re.match(pattern, n.name)]
+        for reason, pattern in QUANT_EXCLUDE.items()
+    }
