@@ -102,9 +102,12 @@ def built_workflow(tmp_path_factory) -> Path:
     return work
 
 
+def copy_built(built: Path, dest: Path) -> Path:
+    """A private copy of a built workflow, mtimes and snakemake metadata included, to change freely."""
+    shutil.copytree(built, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture
 def workflow_copy(built_workflow: Path, tmp_path: Path) -> Path:
-    """A private copy of the built workflow, mtimes and snakemake metadata included."""
-    dest = tmp_path / "wf"
-    shutil.copytree(built_workflow, dest, symlinks=True)
-    return dest
+    return copy_built(built_workflow, tmp_path / "wf")

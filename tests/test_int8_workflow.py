@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import make_workflow_copy, planned_outputs, snakemake, write_config
+from tests.conftest import copy_built, make_workflow_copy, planned_outputs, snakemake, write_config
 from workflow_scripts.calib_cache import CalibrationCache
 
 pytestmark = pytest.mark.workflow
@@ -69,9 +68,7 @@ def int8_built(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def int8_copy(int8_built: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "wf"
-    shutil.copytree(int8_built, dest, symlinks=True)
-    return dest
+    return copy_built(int8_built, tmp_path / "wf")
 
 
 def _edit(work: Path, change) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_CONFIG, make_workflow_copy, snakemake, write_config
+from tests.conftest import REPO, TINY_CONFIG, copy_built, make_workflow_copy, snakemake, write_config
 from workflow_scripts.io import PlanforgeError, read_json
 from workflow_scripts.triton_env import ensure
 from workflow_scripts.triton_server import serve
@@ -133,8 +133,7 @@ def test_repository_configs_come_from_the_config(served_workflow: Path):
 def test_nothing_reruns_after_a_serving_run_and_a_delay_change_rebuilds_the_repository(served_workflow, tmp_path):
     proc = snakemake(served_workflow, "-n", "results/summary.md")
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    wf = tmp_path / "wf"
-    shutil.copytree(served_workflow, wf, symlinks=True)
+    wf = copy_built(served_workflow, tmp_path / "wf")
     config = copy.deepcopy(SERVING_CONFIG)
     config["serving"]["max_queue_delay_us"] = 0
     write_config(wf, config)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workflow_scripts.data import load_split, read_image
-from workflow_scripts.envinfo import check_target_device, environment
+from workflow_scripts.envinfo import environment
 from workflow_scripts.io import PlanforgeError, read_json, run_cli, write_json
 from workflow_scripts.metrics import coco_evaluate
 from workflow_scripts.models import get_family, raw_outputs
@@ -84,10 +84,7 @@ def evaluate(
     split = load_split(dataset, "val")
     records = split.images[:max_images] if max_images else split.images
     cats = category_map(read_json(checkpoint_info)["class_names"], split.categories, str(checkpoint_info))
-    runner = make_runner(backend, artifact, family, precision, device, threads, options)
-    check_target_device(
-        target, device, gpu
-    )  # after the runner: its own refusal (e.g. a foreign engine) is more precise
+    runner = make_runner(backend, artifact, family, precision, device, threads, options, target=target, gpu=gpu)
 
     def detect(images):
         inputs, metas = fam.preprocess(images, imgsz)

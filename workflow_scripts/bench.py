@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from workflow_scripts.data import load_split
-from workflow_scripts.envinfo import check_target_device, environment
+from workflow_scripts.envinfo import environment
 from workflow_scripts.io import PlanforgeError, run_cli, write_json
 from workflow_scripts.metrics import latency_stats
 from workflow_scripts.models import get_family, raw_outputs
@@ -66,10 +66,7 @@ def bench(
     images = [im for _, im in load_images(split, batch)]
     if len(images) < batch:  # a small val split still fills the batch by repeating images
         images = (images * (batch // len(images) + 1))[:batch]
-    runner = make_runner(backend, artifact, family, precision, device, threads, options)
-    check_target_device(
-        target, device, gpu
-    )  # after the runner: its own refusal (e.g. a foreign engine) is more precise
+    runner = make_runner(backend, artifact, family, precision, device, threads, options, target=target, gpu=gpu)
 
     pre_times = _timed(lambda: fam.preprocess(images, imgsz), iterations)
     inputs, metas = fam.preprocess(images, imgsz)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from workflow_scripts.data import CocoSplit, read_image
+from workflow_scripts.envinfo import check_target_device
 from workflow_scripts.models import get_family
 from workflow_scripts.runners import BACKENDS, Runner, get_runner_class
 
@@ -20,13 +21,23 @@ def make_runner(
     device: str = "cpu",
     threads: int | None = None,
     options: dict | None = None,
+    target: str | None = None,
+    gpu: str | None = None,
 ) -> Runner:
-    """A ready Runner for `artifact` (a checkpoint the family loads, or a file the backend reads)."""
+    """A ready Runner for `artifact` (a checkpoint the family loads, or a file the backend reads).
+
+    With `target`, also refuse hardware the target is not for (no GPU, or another GPU than `gpu`).
+    That check comes after the runner is built: a runner's own refusal (a foreign engine) is more precise.
+    """
     cls = get_runner_class(backend)
     if BACKENDS[backend].artifact == "checkpoint":
         fam = get_family(family)
-        return cls(fam.load_torch(artifact), precision, device, threads, options, output_fn=fam.forward_output)
-    return cls(artifact, precision, device, threads, options)
+        runner = cls(fam.load_torch(artifact), precision, device, threads, options, output_fn=fam.forward_output)
+    else:
+        runner = cls(artifact, precision, device, threads, options)
+    if target is not None:
+        check_target_device(target, device, gpu)
+    return runner
 
 
 def load_images(split: CocoSplit, limit: int | None = None) -> list[tuple[dict, np.ndarray]]:
