@@ -67,7 +67,8 @@ rule summary:
         unavailable=_as_json(unavailable_lines()),
         gate=CFG["accuracy"]["gate"],
         baseline=f"{BASELINE['backend']}_{BASELINE['precision']}",
+        references=_as_json(CFG["references"]),
     shell:
         "python -m workflow_scripts.summary --bench {input.bench} --accuracy {input.accuracy}"
         " --plots {input.plots} {input.serving_plots} --serving {input.serving} --unavailable {params.unavailable:q} --gate {params.gate}"
-        " --baseline {params.baseline} --out {output} > {log} 2>&1"
+        " --baseline {params.baseline} --references {params.references:q} --out {output} > {log} 2>&1"

@@ -50,8 +50,22 @@ def _mutated(fn) -> dict:
         (lambda c: c["models"]["a"].update(imgsz=100), "config key models.a.imgsz: 100 is not a multiple of 32"),
         (
             lambda c: c.update(benchmark={}),
-            "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'quantize', 'serving', 'targets']",
+            "allowed: ['accuracy', 'bench', 'datasets', 'export', 'models', 'quantize', 'references', 'serving', "
+            "'targets']",
         ),
+        (
+            lambda c: c.update(
+                references=[
+                    {
+                        "model": "dfine-x",
+                        "source": "a T4",
+                        "rows": [{"backend": "torch", "precision": "fp16", "batch": 1, "p50_ms": 59.5}],
+                    }
+                ]
+            ),
+            "config key references.0.model: 'dfine-x' is not one of ['a', 'b']",
+        ),
+        (lambda c: c["bench"].update(min_seconds=-1), "config key bench.min_seconds: -1 is less than the minimum of 0"),
         (lambda c: c["accuracy"].update(gate=1.5), "config key accuracy.gate: 1.5 is greater than the maximum of 1"),
     ],
 )

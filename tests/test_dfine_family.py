@@ -209,3 +209,45 @@ def test_training_script_runs_and_writes_a_checkpoint_the_pipeline_loads(tmp_pat
     model = dfine.load_torch(out)
     assert dfine.class_names(model) == list(dfine.DEMO_CLASSES)
     assert checkpoint_inputs("dfine", str(out))  # a directory checkpoint, watched file by file
+
+
+def test_a_fixed_input_size_keeps_the_outputs_and_puts_anchors_in_the_model_dtype():
+    """The precomputed anchors (what makes the forward capturable) change nothing in the outputs."""
+    model = dfine.load_torch("dfine-demo.yaml")
+    x = torch.rand(2, 3, 320, 320)
+    with torch.inference_mode():
+        before = dfine.forward_output(model(x))
+        dfine.fix_input_size(model, 320, 320, torch.device("cpu"), torch.float32)
+        after = dfine.forward_output(model(x))
+    assert model.config.anchor_image_size == [320, 320]
+    assert model.model.anchors.dtype == model.model.valid_mask.dtype == torch.float32
+    assert model.model.anchors.shape[1] == sum((320 // s) ** 2 for s in model.config.feat_strides)
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+
+
+def test_the_torch_runner_fixes_the_input_size_once_per_shape():
+    from workflow_scripts.pipeline import make_runner
+
+    runner = make_runner("torch", "dfine-demo.yaml", "dfine", "fp32", "cpu", 1, {})
+    calls = []
+    fix = runner.input_size_fn
+    runner.input_size_fn = lambda m, h, w, d, t: calls.append((h, w)) or fix(m, h, w, d, t)
+    batch = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+    for _ in range(2):
+        runner.infer(runner.prepare(batch))
+    runner.prepare(np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32))
+    assert calls == [(320, 320), (256, 256)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
+def test_dfine_captures_in_a_cuda_graph_and_replays_the_eager_outputs():
+    from workflow_scripts.pipeline import make_runner
+
+    runner = make_runner("torch-cudagraph", "dfine-demo.yaml", "dfine", "fp16", "cuda", 1, {})
+    eager = make_runner("torch", "dfine-demo.yaml", "dfine", "fp16", "cuda", 1, {})
+    batch = np.random.default_rng(0).random((2, 3, 320, 320), dtype=np.float32)
+    got = runner.to_numpy(runner.infer(runner.prepare(batch)))
+    want = eager.to_numpy(eager.infer(eager.prepare(batch)))
+    for g, w in zip(got, want):
+        assert np.allclose(g, w, atol=2e-2)

@@ -6,6 +6,7 @@ refusal paths run for real (torch really finds no CUDA device here).
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -74,12 +75,19 @@ def test_a_pinned_target_refuses_another_gpu_fake_cuda(monkeypatch):
 def test_the_server_profile_plans_every_torch_fast_path_for_both_models():
     planned = planned_outputs(REPO, "--profile", "profiles/server", "results/summary.md")
     bench = {p for p in planned if "/bench/" in p}
-    for backend in ("torch_fp32", "torch_fp16", "torch-cudagraph_fp16", "torch-compile_fp16"):
+    for backend in ("torch_fp32", "torch_fp16", "torch-cudagraph_fp16"):
         for batch in (1, 8, 64, 256):
             assert f"results/h100/bench/yolov8n-640/{backend}_b{batch}.json" in bench
+    # torch.compile: its own target on the same GPU, smallest and largest batch only
+    compiled = {p for p in bench if "torch-compile" in p}
+    assert compiled == {
+        f"results/h100-compile/bench/{m}/torch-compile_fp16_b{b}.json"
+        for m in ("yolo-demo", "yolov8n-640")
+        for b in (1, 256)
+    }
     # random weights: latency only, no accuracy jobs for the architecture-only model
     assert not any("accuracy/yolov8n-640" in p for p in planned)
-    assert "results/h100/accuracy/yolo-demo/torch-compile_fp16.json" in planned
+    assert "results/h100-compile/accuracy/yolo-demo/torch-compile_fp16.json" in planned
 
 
 def test_the_slurm_profile_plans_the_same_jobs_as_the_server_profile():
@@ -119,3 +127,112 @@ def test_the_onnxruntime_gpu_runner_refuses_with_the_providers_this_machine_has(
 
     with pytest.raises(PlanforgeError, match="execution provider TensorrtExecutionProvider is not available"):
         OrtGpuRunner(tmp_path / "fp32.onnx", "fp16", "cuda", options={})
+
+
+def test_the_dfine_gpu_config_plans_graphs_and_compile_for_both_published_sizes():
+    planned = planned_outputs(
+        REPO, "--profile", "profiles/server", "results/summary.md", "--configfile", "config/dfine_gpu.yaml"
+    )
+    for model in ("dfine-n", "dfine-x"):
+        for backend in ("torch_fp32", "torch_fp16", "torch-cudagraph_fp16"):
+            for batch in (1, 4, 16, 32):
+                assert f"results/h100/bench/{model}/{backend}_b{batch}.json" in planned
+        assert f"results/h100-compile/bench/{model}/torch-compile_fp16_b1.json" in planned
+    assert not any("/accuracy/" in p for p in planned)  # random weights: latency only
+
+
+def test_capturable_turns_host_scalar_writes_into_fills_and_restores_the_switch(monkeypatch):
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from workflow_scripts.runners.torch_runner import HostScalarsAsFills, capturable
+
+    monkeypatch.delenv("TRANSFORMERS_DISABLE_TORCH_CHECK", raising=False)
+    with capturable():
+        assert os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] == "1"
+    assert "TRANSFORMERS_DISABLE_TORCH_CHECK" not in os.environ
+
+    # no CUDA here: record what reaches the mode for a CPU tensor, then check the CUDA branch's
+    # decision on a fake CUDA destination (the check reads only is_cuda, device and dim)
+    seen = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    t = torch.zeros(2, 2, dtype=torch.long)
+    with Spy():
+        t[0, 1] = 7  # what transformers' D-FINE does to its spatial_shapes tensor
+    assert torch.ops.aten.copy_.default in seen and int(t[0, 1]) == 7
+
+    filled = []
+    dst = types.SimpleNamespace(is_cuda=True, fill_=lambda v: filled.append(v) or "filled")
+    src = torch.tensor(7)
+    mode = HostScalarsAsFills()
+    assert mode.__torch_dispatch__(torch.ops.aten.copy_.default, (), (dst, src)) == "filled"
+    assert filled == [7]
+
+
+H100_DFINE = REPO / "docs/measured/h100/dfine"
+
+
+def test_summary_and_plots_of_targets_without_mAP_jobs_print_cited_figures_beside_measured_ones(tmp_path):
+    """The committed H100 D-FINE JSONs (random weights: no accuracy files at all) through the report code."""
+    import json
+
+    from workflow_scripts import plots, summary
+    from workflow_scripts.config import load
+
+    bench = sorted(str(p) for p in H100_DFINE.glob("h100/bench/*/*.json"))
+    assert len(bench) == 24
+    pngs = [tmp_path / "plots" / f"h100_{k}.png" for k in ("latency_vs_batch", "accuracy_vs_latency")]
+    plots.main(["--target", "h100", "--bench", *bench, "--latency-png", str(pngs[0]), "--accuracy-png", str(pngs[1])])
+    assert all(p.stat().st_size > 10_000 for p in pngs)
+
+    refs = load(REPO / "config/dfine_gpu.yaml")["references"]
+    out = tmp_path / "summary.md"
+    summary.main(["--bench", *bench, "--plots", *map(str, pngs), "--references", json.dumps(refs), "--out", str(out)])
+    text = out.read_text()
+    assert "dfine-x: accuracy not measured" in text
+    mine = json.loads((H100_DFINE / "h100/bench/dfine-x/torch_fp32_b1.json").read_text())
+    assert f"| dfine-x | torch | fp32 | 1 | 83.96 | {mine['latency_ms']['p50']:.2f} | 11.9 |" in text
+    assert "| dfine-x | tensorrt | fp16 | 1 | 14.04 | — | 70.9 | — |" in text  # not measured here: a dash
+
+
+def test_min_seconds_keeps_the_timed_loop_going_and_host_timers_stay_short(tmp_path):
+    """Energy needs load over time: `bench.min_seconds` extends the loop; big batches cap the host timers."""
+    from tests.conftest import DEMO_CHECKPOINT
+    from workflow_scripts.bench import bench
+    from workflow_scripts.make_dataset import make_dataset
+
+    ds = tmp_path / "ds"
+    make_dataset(
+        ds, {"kind": "synthetic", "seed": 1, "splits": {"train": 0, "val": 2, "calib": 0}, "image_size": [96, 128]}
+    )
+    common = dict(
+        model="a",
+        family="yolo",
+        artifact=DEMO_CHECKPOINT,
+        backend="torch",
+        precision="fp32",
+        imgsz=64,
+        dataset=ds,
+        target="cpu",
+        device="cpu",
+        threads=1,
+        options={},
+        warmup=1,
+        iterations=2,
+        conf=0.25,
+        power="none",
+        config_hash="x",
+    )
+    r = bench(batch=1, min_seconds=0.5, **common)
+    assert r["iterations"] > 2 and r["min_seconds"] == 0.5
+    assert r["iterations"] * r["latency_ms"]["mean"] / 1e3 >= 0.45
+    assert r["warmup_done"] >= 1 and r["host_timer_iterations"] == 3  # never fewer than 3
+
+    common["iterations"] = 10
+    big = bench(batch=256, min_seconds=0, **common)
+    assert big["iterations"] == 10 and big["host_timer_iterations"] == 4  # ≈1000 images: 4 batches of 256

@@ -20,12 +20,17 @@ from workflow_scripts.models import get_family, raw_outputs
 from workflow_scripts.pipeline import load_images, make_runner
 from workflow_scripts.power import get_sampler
 
+HOST_ITEMS = 1000  # images the preprocess / postprocess timers see per job (at least 3 batches)
+
 TIMERS = {
     "model": "Runner.infer on a preprocessed batch already in the backend's memory and layout; GPU work "
     "timed with CUDA events and synchronised before the clock is read; no pre/post-processing, no host-device "
     "copies; one-off compilation / graph capture excluded (see setup_seconds)",
+    "model_loop": "at least `iterations` timed calls and at least `min_seconds` of them, after at least `warmup` "
+    "calls and min_seconds/2 of warm-up; the power sampler covers the timed calls",
     "preprocess": "letterbox/resize + normalise + NCHW stacking of decoded RGB images (image decoding excluded)",
     "postprocess": "raw model outputs on the host → final detections in original image coordinates",
+    "host_timers": "pre/postprocess timed over host_timer_iterations batches (about HOST_ITEMS images, at least 3)",
 }
 
 
@@ -59,6 +64,7 @@ def bench(
     power: str,
     config_hash: str,
     gpu: str | None = None,
+    min_seconds: float = 0.0,
 ) -> dict:
     """Run the three timers and return the bench record (the measurement contract)."""
     fam = get_family(family)
@@ -68,25 +74,32 @@ def bench(
         images = (images * (batch // len(images) + 1))[:batch]
     runner = make_runner(backend, artifact, family, precision, device, threads, options, target=target, gpu=gpu)
 
-    pre_times = _timed(lambda: fam.preprocess(images, imgsz), iterations)
+    # the host-side timers see about HOST_ITEMS images (at least 3 batches): enough for a stable p50
+    # without spending minutes letterboxing batch 256 a hundred times
+    host_iterations = max(3, min(iterations, -(-HOST_ITEMS // batch)))
+    pre_times = _timed(lambda: fam.preprocess(images, imgsz), host_iterations)
     inputs, metas = fam.preprocess(images, imgsz)
     prepared = runner.prepare(inputs)
     runner.setup(prepared)
-    for _ in range(warmup):
+    t_warm = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - t_warm < min_seconds / 2:
         runner.infer(prepared)
+        done += 1
     if runner.device_times_ms is not None:
         runner.device_times_ms.clear()  # warmup does not count on the device timer either
     sampler = get_sampler(power, device=device)
     sampler.start()
     t_start = time.perf_counter()
     model_times = []
-    for _ in range(iterations):
+    while len(model_times) < iterations or time.perf_counter() - t_start < min_seconds:
         out, seconds = runner.timed_infer(prepared)
         model_times.append(seconds)
+    iterations = len(model_times)
     wall = time.perf_counter() - t_start
     sampler.stop()
     outputs = runner.to_numpy(out)
-    post_times = _timed(lambda: fam.postprocess(raw_outputs(fam, outputs), metas, conf=conf), iterations)
+    post_times = _timed(lambda: fam.postprocess(raw_outputs(fam, outputs), metas, conf=conf), host_iterations)
 
     stats = latency_stats(model_times)
     device_ms = list(runner.device_times_ms or [])
@@ -101,7 +114,10 @@ def bench(
         "target": target,
         "artifact": str(artifact),
         "warmup": warmup,
+        "warmup_done": done,
         "iterations": iterations,
+        "min_seconds": min_seconds,
+        "host_timer_iterations": host_iterations,
         "timer": TIMERS,
         "latency_ms": stats,
         # CUDA events around the enqueue on the runner's stream (runners that have them); None otherwise
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--settings",
         required=True,
-        help="JSON: device, threads, backend_options, power, warmup, iterations, conf, config_hash",
+        help="JSON: device, threads, backend_options, power, warmup, iterations, min_seconds, conf, config_hash",
     )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
@@ -162,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         s.get("power", "none"),
         s["config_hash"],
         gpu=s.get("gpu"),
+        min_seconds=float(s.get("min_seconds", 0)),
     )
     write_json(a.out, r)
     print(

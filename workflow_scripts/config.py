@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
         "reduce_range": False,
         "trt_version": 100300,
     },
-    "bench": {"warmup": 10, "iterations": 100, "conf": 0.25},
+    "bench": {"warmup": 10, "iterations": 100, "min_seconds": 0, "conf": 0.25},
     "accuracy": {
         "gate": 0.95,
         "strict": False,
@@ -135,6 +135,12 @@ def validate(config: dict) -> dict:
                 raise PlanforgeError(
                     f"config key targets.{name}.backends.{backend}: 'fp16' needs a cuda device; allowed on cpu: ['fp32']"
                 )
+    cfg.setdefault("references", [])
+    for i, ref in enumerate(cfg["references"]):
+        if ref["model"] not in cfg["models"]:
+            raise PlanforgeError(
+                f"config key references.{i}.model: {ref['model']!r} is not one of {sorted(cfg['models'])}"
+            )
     base = cfg["accuracy"]["baseline"]
     if base["precision"] not in BACKENDS[base["backend"]].precisions:
         raise PlanforgeError(

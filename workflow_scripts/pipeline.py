@@ -32,7 +32,15 @@ def make_runner(
     cls = get_runner_class(backend)
     if BACKENDS[backend].artifact == "checkpoint":
         fam = get_family(family)
-        runner = cls(fam.load_torch(artifact), precision, device, threads, options, output_fn=fam.forward_output)
+        runner = cls(
+            fam.load_torch(artifact),
+            precision,
+            device,
+            threads,
+            options,
+            output_fn=fam.forward_output,
+            input_size_fn=getattr(fam, "fix_input_size", None),
+        )
     else:
         runner = cls(artifact, precision, device, threads, options)
     if target is not None:

@@ -44,7 +44,11 @@ def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_
     _save(fig, latency_png)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = merged[(merged["batch"] == 1) & merged["map50_95"].notna()] if not merged.empty else merged
+    # models with `accuracy: false` have no mAP jobs: a target of only such models has no mAP column
+    has_map = not merged.empty and "map50_95" in merged
+    pts = merged[(merged["batch"] == 1) & merged["map50_95"].notna()] if has_map else merged.iloc[0:0]
+    if pts.empty:
+        ax.text(0.5, 0.5, "no mAP measured on this target", ha="center", va="center", transform=ax.transAxes)
     for _, r in pts.iterrows():
         colour = "tab:green" if r["gate_passed"] else "tab:red"
         ax.scatter(r["p50_ms"], r["map50_95"], color=colour, s=40)

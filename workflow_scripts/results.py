@@ -41,6 +41,7 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 "timestamp": r["environment"].get("timestamp"),
                 "iterations": r["iterations"],
                 "warmup": r["warmup"],
+                "min_seconds": r.get("min_seconds", 0),
                 "threads": r.get("threads"),
             }
         )
@@ -65,7 +66,9 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
             }
         )
     bench_cols = ["target", "model", "backend", "precision", "batch"]
-    acc_cols = ["target", "model", "backend", "precision"]
+    # no accuracy files (every model `accuracy: false`): the columns still exist, empty, for the joins
+    acc_cols = ["target", "model", "backend", "precision", "map50_95", "map50", "ap_small", "ap_medium"]
+    acc_cols += ["ap_large", "images", "ratio", "gate_passed", "baseline"]
     b = pd.DataFrame(bench, columns=None if bench else bench_cols)
     a = pd.DataFrame(acc, columns=None if acc else acc_cols)
     return b, a

@@ -28,6 +28,17 @@ def _gate(passed) -> str:
     return "pass" if passed else "**FAIL**"
 
 
+def _span(values) -> str:
+    lo, hi = int(values.min()), int(values.max())
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def _min_seconds_note(tb) -> str:
+    if "min_seconds" not in tb or not tb["min_seconds"].fillna(0).any():
+        return ""
+    return f" (at least {float(tb['min_seconds'].max()):g} s of timed calls each)"
+
+
 def markdown_table(df: pd.DataFrame, columns: dict[str, tuple[str, int]]) -> str:
     header = "| " + " | ".join(title for title, _ in columns.values()) + " |"
     rule = "| " + " | ".join("---" for _ in columns) + " |"
@@ -140,6 +151,38 @@ def serving_lines(records: list[dict], target: str) -> list[str]:
     return lines
 
 
+def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
+    """Cited figures beside this workflow's own: the best measured p50 / throughput of the same
+    model, backend, precision and batch over every target of this run ('—' where none ran)."""
+    if not references:
+        return []
+    lines = [
+        "## Reference figures (cited, not measured by this workflow)",
+        "",
+        "| model | backend | precision | batch | cited p50 ms | p50 ms here | cited img/s | img/s here | source |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for ref in references:
+        for row in ref["rows"]:
+            mine = bench
+            if not mine.empty:
+                mine = mine[
+                    (mine["model"] == ref["model"])
+                    & (mine["backend"] == row["backend"])
+                    & (mine["precision"] == row["precision"])
+                    & (mine["batch"] == row["batch"])
+                ]
+            here_p50 = mine["p50_ms"].min() if not mine.empty else None
+            here_tp = mine["throughput"].max() if not mine.empty else None
+            source = ref["source"] + (f" ({row['note']})" if row.get("note") else "")
+            lines.append(
+                f"| {ref['model']} | {row['backend']} | {row['precision']} | {row['batch']} | "
+                f"{_fmt(row.get('p50_ms'))} | {_fmt(here_p50)} | {_fmt(row.get('throughput'), 1)} | "
+                f"{_fmt(here_tp, 1)} | {source} |"
+            )
+    return lines + [""]
+
+
 def render(
     bench: pd.DataFrame,
     acc: pd.DataFrame,
@@ -149,6 +192,7 @@ def render(
     plots: dict[str, Path],
     out: Path,
     serving: list[dict] | None = None,
+    references: list[dict] | None = None,
 ) -> str:
     """The summary as markdown; plot links are relative to `out`."""
     lines = ["# planforge summary", ""]
@@ -175,7 +219,8 @@ def render(
             lib_text = ", ".join(f"{k} {v}" for k, v in libs.items() if v)
             lines += [
                 f"Device: {first['device']}; threads {first['threads']}; {first['warmup']} warmup + "
-                f"{first['iterations']} timed iterations per row. Libraries: {lib_text}.",
+                f"{_span(tb['iterations'])} timed iterations per row"
+                f"{_min_seconds_note(tb)}. Libraries: {lib_text}.",
                 "",
             ]
             joined = joined.sort_values(["model", "backend", "precision", "batch"])
@@ -265,6 +310,7 @@ def render(
                 rel = Path("plots") / plots[key].name if plots[key].parent.name == "plots" else plots[key]
                 lines.append(f"- [{kind.replace('_', ' ')}]({rel.as_posix()})")
         lines.append("")
+    lines += reference_lines(references or [], bench)
     lines += ["## Not available on this machine", ""]
     lines += [f"- {u}" for u in unavailable] or ["- every configured backend ran"]
     lines += [
@@ -291,6 +337,7 @@ def summarise(
     out: Path,
     plot_files: list[Path],
     serving_files: list[Path] = (),
+    references: list[dict] | None = None,
 ) -> str:
     bench, acc = load_tables(bench_files, accuracy_files)
     serving = [read_json(p) for p in serving_files]
@@ -299,7 +346,7 @@ def summarise(
         for kind in PLOT_KINDS:
             if p.stem.endswith("_" + kind):
                 plots[p.stem] = p
-    text = render(bench, acc, unavailable, gate, baseline, plots, out, serving)
+    text = render(bench, acc, unavailable, gate, baseline, plots, out, serving, references)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return text
@@ -315,8 +362,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plots", type=Path, nargs="*", default=[])
     p.add_argument("--serving", type=Path, nargs="*", default=[], help="serving sweep and served-accuracy JSONs")
+    p.add_argument("--references", default="[]", help="JSON list: config `references` (cited figures)")
     a = p.parse_args(argv)
-    summarise(a.bench, a.accuracy, json.loads(a.unavailable), a.gate, a.baseline, a.out, a.plots, a.serving)
+    summarise(
+        a.bench,
+        a.accuracy,
+        json.loads(a.unavailable),
+        a.gate,
+        a.baseline,
+        a.out,
+        a.plots,
+        a.serving,
+        json.loads(a.references),
+    )
     print(f"wrote {a.out}")
 
 

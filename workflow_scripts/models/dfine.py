@@ -365,6 +365,20 @@ def checkpoint_inputs(checkpoint: str) -> list[str]:
     return [str(checkpoint)]
 
 
+def fix_input_size(model, height: int, width: int, device, dtype) -> None:
+    """Make the eval forward capturable for one input size (CUDA graphs, torch.compile).
+
+    Without `anchor_image_size`, transformers' D-FINE builds its anchors and valid mask on every
+    call; with it, it keeps them as plain (non-buffer) CPU tensors that `.to(device, dtype)`
+    copies to the GPU on every call, which a CUDA graph cannot capture. Here they are computed
+    once for this size, on the model's device and in its dtype, so that copy is a no-op.
+    """
+    inner = model.model
+    inner.config.anchor_image_size = [int(height), int(width)]
+    anchors, valid_mask = inner.generate_anchors(device=device, dtype=dtype)
+    inner.anchors, inner.valid_mask = anchors, valid_mask.to(dtype)
+
+
 def class_names(model) -> list[str]:
     """Class names in output order, from the config's id2label."""
     id2label = model.config.id2label

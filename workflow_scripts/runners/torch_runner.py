@@ -9,14 +9,56 @@ recorded apart from the timed iterations.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from workflow_scripts.io import PlanforgeError
 from workflow_scripts.runners import Runner
+
+
+class HostScalarsAsFills(TorchDispatchMode):
+    """While a CUDA graph is captured: `gpu_tensor[i] = 3` becomes a fill kernel, not a host copy.
+
+    PyTorch writes a Python number into a CUDA tensor by copying a fresh 0-dim CPU tensor, which
+    capture refuses (pageable host memory). transformers' D-FINE does this for its feature-map
+    shapes on every forward; the values are fixed for the captured input size, so a fill with the
+    value as a kernel argument replays the same result. Any other host copy still fails loudly.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.copy_.default:
+            dst, src = args[0], args[1]
+            if dst.is_cuda and src.device.type == "cpu" and src.dim() == 0:
+                return dst.fill_(src.item())
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def capturable():
+    """What a CUDA graph capture of a transformers model needs around it.
+
+    Host scalars written into device tensors become fills (above), and transformers' shape checks
+    (`torch_compilable_check`, a device-to-host `.item()` per call, which breaks capture) are off
+    through their documented production switch, TRANSFORMERS_DISABLE_TORCH_CHECK=1 — the eager
+    warm-up before capture has run them.
+    """
+    key = "TRANSFORMERS_DISABLE_TORCH_CHECK"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        with HostScalarsAsFills():
+            yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 class TorchRunner(Runner):
@@ -34,6 +76,7 @@ class TorchRunner(Runner):
         threads: int | None = None,
         options: dict | None = None,
         output_fn=None,
+        input_size_fn=None,
     ) -> None:
         super().__init__(model, precision, device, threads, options)
         if threads:
@@ -52,6 +95,9 @@ class TorchRunner(Runner):
         model = model.to(self.torch_device, self.dtype).eval()
         self.model = model.to(memory_format=self.memory_format)
         self.output_fn = output_fn or (lambda raw: raw)
+        # family hook: fix per-size constants (D-FINE's anchors) on the device before capture / compile
+        self.input_size_fn = input_size_fn
+        self.input_size: tuple[int, int] | None = None
         self.forward = self._eager
         if self.mode == "compile":
             self.compile_mode = self.options.get("compile_mode", self.compile_mode)
@@ -68,6 +114,9 @@ class TorchRunner(Runner):
 
     def prepare(self, batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(batch).to(self.torch_device, self.dtype).contiguous(memory_format=self.memory_format)
+        if self.input_size_fn is not None and tuple(x.shape[-2:]) != self.input_size:
+            self.input_size = tuple(x.shape[-2:])
+            self.input_size_fn(self.model, *self.input_size, self.torch_device, self.dtype)
         if self.mode == "cudagraph":
             graph = self.graphs.get(tuple(x.shape)) or self._capture(x)
             graph[1].copy_(x)
@@ -93,7 +142,7 @@ class TorchRunner(Runner):
                 self._eager(static_in)
         torch.cuda.current_stream(self.torch_device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        with torch.inference_mode(), torch.cuda.graph(graph), capturable():
             static_out = self._eager(static_in)
         self.graphs[tuple(x.shape)] = (graph, static_in, static_out)
         self.setup_seconds[f"capture {tuple(x.shape)}"] = round(time.perf_counter() - t0, 3)
