@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from workflow_scripts.io import run_cli, write_json
+from workflow_scripts.metrics import latency_stats
 from workflow_scripts.models import get_family
 from workflow_scripts.runners.torch_runner import capturable
 
@@ -75,8 +75,8 @@ def bare_p50(record: dict, warmup: int, iterations: int) -> float:
         fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.percentile(times, 50))
+        times.append(start.elapsed_time(end) / 1e3)
+    return latency_stats(times)["p50"]  # the p50 the pipeline's bench JSONs use
 
 
 def profile(record: dict, iterations: int = 20) -> dict:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "job": str(path),
                 "pipeline_p50_ms": pipe,
-                "bare_p50_ms": round(bare, 4),
+                "bare_p50_ms": bare,
                 "pipeline_over_bare": round(pipe / bare, 4),
             }
         )
@@ -137,11 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.empty_cache()
     profiles = []
     for backend in BACKENDS:
-        chosen = [
-            json.loads(f.read_text())
-            for f in sorted(a.results.glob(f"{a.profile_model}/{backend}_fp16_b*.json"))
-            if json.loads(f.read_text()).get("status") == "ok"
-        ]
+        records = [json.loads(f.read_text()) for f in a.results.glob(f"{a.profile_model}/{backend}_fp16_b*.json")]
+        chosen = [r for r in records if r.get("status") == "ok"]
         chosen.sort(key=lambda r: r["batch"])
         for rec in chosen[:1] + chosen[-1:]:
             profiles.append(profile(rec))

@@ -44,9 +44,7 @@ def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_
     _save(fig, latency_png)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    # models with `accuracy: false` have no mAP jobs: a target of only such models has no mAP column
-    has_map = not merged.empty and "map50_95" in merged
-    pts = merged[(merged["batch"] == 1) & merged["map50_95"].notna()] if has_map else merged.iloc[0:0]
+    pts = merged[(merged["batch"] == 1) & merged["map50_95"].notna()] if not merged.empty else merged
     if pts.empty:
         ax.text(0.5, 0.5, "no mAP measured on this target", ha="center", va="center", transform=ax.transAxes)
     for _, r in pts.iterrows():

@@ -67,8 +67,21 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
         )
     bench_cols = ["target", "model", "backend", "precision", "batch"]
     # no accuracy files (every model `accuracy: false`): the columns still exist, empty, for the joins
-    acc_cols = ["target", "model", "backend", "precision", "map50_95", "map50", "ap_small", "ap_medium"]
-    acc_cols += ["ap_large", "images", "ratio", "gate_passed", "baseline"]
+    acc_cols = [
+        "target",
+        "model",
+        "backend",
+        "precision",
+        "map50_95",
+        "map50",
+        "ap_small",
+        "ap_medium",
+        "ap_large",
+        "images",
+        "ratio",
+        "gate_passed",
+        "baseline",
+    ]
     b = pd.DataFrame(bench, columns=None if bench else bench_cols)
     a = pd.DataFrame(acc, columns=None if acc else acc_cols)
     return b, a

@@ -34,9 +34,8 @@ def _span(values) -> str:
 
 
 def _min_seconds_note(tb) -> str:
-    if "min_seconds" not in tb or not tb["min_seconds"].fillna(0).any():
-        return ""
-    return f" (at least {float(tb['min_seconds'].max()):g} s of timed calls each)"
+    seconds = float(tb["min_seconds"].max())
+    return f" (at least {seconds:g} s of timed calls each)" if seconds else ""
 
 
 def markdown_table(df: pd.DataFrame, columns: dict[str, tuple[str, int]]) -> str:
