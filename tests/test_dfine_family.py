@@ -210,6 +210,42 @@ def test_training_script_runs_and_writes_a_checkpoint_the_pipeline_loads(tmp_pat
     assert dfine.class_names(model) == list(dfine.DEMO_CLASSES)
     assert checkpoint_inputs("dfine", str(out))  # a directory checkpoint, watched file by file
 
+    # A second leg continues from the first: weights, optimizer state, and the first leg in its record.
+    leg2 = tmp_path / "leg2"
+    resume = ["--resume", str(out), "--schedule", "cosine", "--time-hours", "0.0001"]
+    train_dfine_demo.main(["--out", str(leg2), *argv[2:], "--batch", "4", "--device", "cpu", *resume])
+    second = json.loads(leg2.with_suffix(".json").read_text())
+    assert second["steps"] == 1 and second["total_steps"] == 3
+    assert [e["steps"] for e in second["earlier_legs"]] == [2] and leg2.with_suffix(".optim.pt").is_file()
+
+
+def test_training_refuses_to_resume_from_a_directory_it_did_not_write(tmp_path, demo_dir):
+    from workflow_scripts import train_dfine_demo
+    from workflow_scripts.io import PlanforgeError
+
+    with pytest.raises(PlanforgeError, match=r"--resume .*dfine-demo: not a directory this script wrote"):
+        train_dfine_demo.main(["--out", str(tmp_path / "x"), "--resume", str(demo_dir), "--device", "cpu"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_committed_dfine_demo_scores_what_its_training_record_says(tmp_path):
+    """weights/dfine-demo on the default's val split (seed 0, 200 images), torch FP32 on the CPU, through
+    the training script's evaluation (the workflow's accuracy loop): the mAP the record claims, to 0.005."""
+    from workflow_scripts import train_dfine_demo
+
+    record = json.loads((REPO / "weights" / "dfine-demo.json").read_text())
+    settings = {
+        "kind": "synthetic",
+        "seed": 0,
+        "splits": {"train": 0, "val": 200, "calib": 0},
+        "image_size": [256, 416],
+    }
+    make_dataset(tmp_path / "shapes", settings, "val")
+    model = dfine.load_torch(REPO / "weights" / "dfine-demo")
+    stats = train_dfine_demo.evaluate(model, load_split(tmp_path / "shapes", "val"), 320, "cpu")
+    assert record["val"]["map50_95"] >= 0.4
+    assert abs(stats["map50_95"] - record["val"]["map50_95"]) < 0.005
+
 
 def test_a_fixed_input_size_keeps_the_outputs_and_puts_anchors_in_the_model_dtype():
     """The precomputed anchors (what makes the forward capturable) change nothing in the outputs."""
