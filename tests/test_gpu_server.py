@@ -129,7 +129,7 @@ def test_the_onnxruntime_gpu_runner_refuses_with_the_providers_this_machine_has(
         OrtGpuRunner(tmp_path / "fp32.onnx", "fp16", "cuda", options={})
 
 
-def test_the_dfine_gpu_config_plans_graphs_and_compile_for_both_published_sizes():
+def test_the_dfine_gpu_config_plans_graphs_and_compile_for_both_published_sizes_and_scores_the_demo():
     planned = planned_outputs(
         REPO, "--profile", "profiles/server", "results/summary.md", "--configfile", "config/dfine_gpu.yaml"
     )
@@ -138,7 +138,10 @@ def test_the_dfine_gpu_config_plans_graphs_and_compile_for_both_published_sizes(
             for batch in (1, 4, 16, 32):
                 assert f"results/h100/bench/{model}/{backend}_b{batch}.json" in planned
         assert f"results/h100-compile/bench/{model}/torch-compile_fp16_b1.json" in planned
-    assert not any("/accuracy/" in p for p in planned)  # random weights: latency only
+    accuracy = sorted(p for p in planned if "/accuracy/" in p)
+    assert all("/dfine-demo/" in p for p in accuracy)  # random weights: latency only; the trained demo is scored
+    assert {p.rsplit("/", 1)[1] for p in accuracy} >= {"torch_fp32.json", "torch_fp16.json", "torch-compile_fp16.json"}
+    assert "results/h100/accuracy/dfine-demo/torch-cudagraph_fp16.json" in accuracy
 
 
 def test_capturable_turns_host_scalar_writes_into_fills_and_restores_the_switch(monkeypatch):
@@ -184,7 +187,7 @@ def test_summary_and_plots_of_targets_without_mAP_jobs_print_cited_figures_besid
     from workflow_scripts import plots, summary
     from workflow_scripts.config import load
 
-    bench = sorted(str(p) for p in H100_DFINE.glob("h100/bench/*/*.json"))
+    bench = sorted(str(p) for p in H100_DFINE.glob("h100/bench/dfine-[nx]/*.json"))
     assert len(bench) == 24
     pngs = [tmp_path / "plots" / f"h100_{k}.png" for k in ("latency_vs_batch", "accuracy_vs_latency")]
     plots.main(["--target", "h100", "--bench", *bench, "--latency-png", str(pngs[0]), "--accuracy-png", str(pngs[1])])
