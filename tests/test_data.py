@@ -92,3 +92,21 @@ def test_images_have_objects_of_every_coco_size_class(tmp_path):
     make_synthetic_dataset(tmp_path, SyntheticSpec(seed=0, train=0, val=40, calib=0), progress=False)
     areas = np.array([a["area"] for a in json.loads((tmp_path / "instances_val.json").read_text())["annotations"]])
     assert (areas < 32**2).any() and ((areas >= 32**2) & (areas < 96**2)).any() and (areas >= 96**2).any()
+
+
+def test_normalized_targets_are_class_indices_and_relative_centre_boxes(tmp_path):
+    """What both training scripts take: class index in category order, cx cy w h relative to the image."""
+    make_synthetic_dataset(tmp_path / "d", SPEC, progress=False, splits=("val",))
+    split = load_split(tmp_path / "d", "val")
+    targets = split.normalized_targets()
+    anns = json.loads(split.annotations.read_text())["annotations"]
+    assert set(targets) == {im["id"] for im in split.images}
+    assert sum(len(c) for c, _ in targets.values()) == len(anns)
+    a = anns[0]
+    im = next(i for i in split.images if i["id"] == a["image_id"])
+    classes, boxes = targets[a["image_id"]]
+    x, y, w, h = a["bbox"]
+    assert classes[0] == list(split.categories).index(a["category_id"]) and classes.dtype == np.int64
+    expected = [(x + w / 2) / im["width"], (y + h / 2) / im["height"], w / im["width"], h / im["height"]]
+    assert boxes.shape[1] == 4 and np.array_equal(boxes[0], np.asarray(expected))
+    assert ((boxes >= 0) & (boxes <= 1)).all()

@@ -187,6 +187,21 @@ class CocoSplit:
     def image_path(self, image: dict) -> Path:
         return self.image_dir / image["file_name"]
 
+    def normalized_targets(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per image id: class indices (in `categories` order, int64) and boxes as cx, cy, w, h
+        relative to the image (float64, N×4), in annotation order: what trainers take."""
+        index = {cid: i for i, cid in enumerate(self.categories)}
+        sizes = {im["id"]: (im["width"], im["height"]) for im in self.images}
+        out: dict[int, tuple[list, list]] = {i: ([], []) for i in sizes}
+        for a in json.loads(self.annotations.read_text())["annotations"]:
+            if a["image_id"] not in sizes:
+                continue
+            w, h = sizes[a["image_id"]]
+            x, y, bw, bh = a["bbox"]
+            out[a["image_id"]][0].append(index[a["category_id"]])
+            out[a["image_id"]][1].append(((x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h))
+        return {i: (np.asarray(c, np.int64), np.asarray(b, np.float64).reshape(-1, 4)) for i, (c, b) in out.items()}
+
 
 def load_split(dataset_dir: str | Path, split: str) -> CocoSplit:
     """Open `<dataset_dir>/instances_<split>.json` and its `images/<split>/` folder."""

@@ -58,6 +58,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def exception_line(exc: BaseException) -> str:
+    """The first line of an exception's message for a one-line error, or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

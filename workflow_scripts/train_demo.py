@@ -28,24 +28,13 @@ def coco_to_yolo_layout(dataset_dir: Path, yolo_dir: Path, splits: tuple[str, ..
         (yolo_dir / "images" / split).mkdir(parents=True, exist_ok=True)
         (yolo_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
         names = list(coco.categories.values())
-        index = {cid: i for i, cid in enumerate(coco.categories)}
-        import json
-
-        anns = json.loads(coco.annotations.read_text())["annotations"]
-        by_image: dict[int, list[dict]] = {}
-        for a in anns:
-            by_image.setdefault(a["image_id"], []).append(a)
+        targets = coco.normalized_targets()
         for img in coco.images:
             src = coco.image_path(img)
             dst = yolo_dir / "images" / split / img["file_name"]
             os.link(src, dst) if _same_fs(src, dst) else shutil.copy(src, dst)
-            w, h = img["width"], img["height"]
-            lines = []
-            for a in by_image.get(img["id"], []):
-                x, y, bw, bh = a["bbox"]
-                lines.append(
-                    f"{index[a['category_id']]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
-                )
+            classes, boxes = targets[img["id"]]
+            lines = [f"{c} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}" for c, (cx, cy, bw, bh) in zip(classes, boxes)]
             (yolo_dir / "labels" / split / (Path(img["file_name"]).stem + ".txt")).write_text("\n".join(lines) + "\n")
     data_yaml = yolo_dir / "data.yaml"
     data_yaml.write_text(

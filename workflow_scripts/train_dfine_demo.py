@@ -15,7 +15,6 @@ run cut short still leaves its last evaluated weights.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shutil
@@ -30,26 +29,6 @@ from workflow_scripts.data import SHAPE_CLASSES, SyntheticSpec, load_split, make
 from workflow_scripts.io import PlanforgeError, atomic_dir, atomic_path, read_json, run_cli, write_json
 from workflow_scripts.metrics import coco_evaluate
 from workflow_scripts.models import dfine
-
-
-def load_targets(split) -> dict[int, dict[str, np.ndarray]]:
-    """Per image id: class indices and boxes as D-FINE's loss wants them (cxcywh, 0..1)."""
-    index = {cid: i for i, cid in enumerate(split.categories)}
-    anns = json.loads(split.annotations.read_text())["annotations"]
-    sizes = {im["id"]: (im["width"], im["height"]) for im in split.images}
-    out = {i: {"class_labels": [], "boxes": []} for i in sizes}
-    for a in anns:
-        w, h = sizes[a["image_id"]]
-        x, y, bw, bh = a["bbox"]
-        out[a["image_id"]]["class_labels"].append(index[a["category_id"]])
-        out[a["image_id"]]["boxes"].append([(x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h])
-    return {
-        i: {
-            "class_labels": np.asarray(t["class_labels"], np.int64),
-            "boxes": np.asarray(t["boxes"], np.float32).reshape(-1, 4),
-        }
-        for i, t in out.items()
-    }
 
 
 def evaluate(model, split, imgsz: int, device: str, batch: int = 8) -> dict[str, float]:
@@ -95,7 +74,7 @@ def train(a: argparse.Namespace) -> dict:
         spec = SyntheticSpec(seed=a.seed, train=a.train_images, val=a.val_images, calib=0)
         make_synthetic_dataset(data, spec, progress=False, splits=("train", "val"))
         train_split, val_split = load_split(data, "train"), load_split(data, "val")
-        targets = load_targets(train_split)
+        targets = train_split.normalized_targets()
         ids = [r["id"] for r in train_split.images]
         # Resized once, kept on the device as uint8 (exactly what preprocess gives, times 255).
         pixels = torch.empty((len(ids), 3, a.imgsz, a.imgsz), dtype=torch.uint8, device=a.device)
@@ -103,7 +82,10 @@ def train(a: argparse.Namespace) -> dict:
             chunk = [read_image(train_split.image_path(r)) for r in train_split.images[s : s + 64]]
             x, _ = dfine.preprocess(chunk, a.imgsz)
             pixels[s : s + len(chunk)] = torch.from_numpy(np.rint(x * 255)).to(a.device, torch.uint8)
-        labels = [{k: torch.from_numpy(v).to(a.device) for k, v in targets[i].items()} for i in ids]
+        labels = [
+            {"class_labels": torch.from_numpy(c).to(a.device), "boxes": torch.from_numpy(b).to(a.device, torch.float32)}
+            for c, b in (targets[i] for i in ids)
+        ]
         data_seconds = time.perf_counter() - t0
 
         if a.resume:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.io import PlanforgeError, exception_line
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("logits", "pred_boxes")
@@ -68,6 +68,11 @@ def _quiet() -> None:
 def hub_id(name: str) -> str:
     """The Hugging Face id a checkpoint name stands for (size names and the old names mapped)."""
     return HUB_NAMES.get(str(name), str(name))
+
+
+def _hub_id_form(checkpoint: str) -> bool:
+    """Written like a Hugging Face id (owner/name, or a size name that maps to one), not a local path."""
+    return "/" in hub_id(checkpoint) and not str(checkpoint).startswith((".", "/"))
 
 
 def demo_config(class_names=DEMO_CLASSES):
@@ -304,8 +309,9 @@ def _from_file(path: Path):
         model = DFineForObjectDetection(DFineConfig.from_dict(blob["config"]))
         model.load_state_dict(blob["state_dict"])
     except Exception as exc:  # torch.load raises many types for a damaged file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise PlanforgeError(f"{path}: not a loadable D-FINE checkpoint ({msg}); replace the file") from None
+        raise PlanforgeError(
+            f"{path}: not a loadable D-FINE checkpoint ({exception_line(exc)}); replace the file"
+        ) from None
     return model
 
 
@@ -317,9 +323,8 @@ def _from_pretrained(src: str):
     except OSError as exc:
         local = Path(src).exists()
         what = "a directory written by save_pretrained" if local else "a Hugging Face id"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise PlanforgeError(
-            f"{src}: cannot load D-FINE from {what} ({first}); "
+            f"{src}: cannot load D-FINE from {what} ({exception_line(exc)}); "
             + (
                 "check the directory holds config.json and model.safetensors"
                 if local
@@ -340,7 +345,7 @@ def load_torch(checkpoint: str | Path, device: str = "cpu"):
         model = _from_file(Path(src))
     elif Path(src).is_dir():
         model = _from_pretrained(src)
-    elif "/" in hub_id(src) and not src.startswith((".", "/")):
+    elif _hub_id_form(src):
         model = _from_pretrained(hub_id(src))
     else:
         raise PlanforgeError(
@@ -359,8 +364,7 @@ def checkpoint_inputs(checkpoint: str) -> list[str]:
         return sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
     if is_architecture_name(checkpoint):
         return []
-    looks_like_hub_id = "/" in hub_id(checkpoint) and not str(checkpoint).startswith((".", "/"))
-    if not p.exists() and looks_like_hub_id and not Path(str(checkpoint).split("/")[0]).is_dir():
+    if not p.exists() and _hub_id_form(checkpoint) and not Path(str(checkpoint).split("/")[0]).is_dir():
         return []  # a Hugging Face id: nothing local to watch (changing the id reruns via params)
     return [str(checkpoint)]
 
@@ -476,8 +480,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, imgsz: int, opset: int 
     hf = load_torch(checkpoint)
     # Anchors as constants for this input size (as checkpoints with `anchor_image_size` have them):
     # computed once in eager mode instead of traced op by op.
-    hf.config.anchor_image_size = [imgsz, imgsz]
-    hf.model.anchors, hf.model.valid_mask = hf.model.generate_anchors(dtype=torch.float32)
+    fix_input_size(hf, imgsz, imgsz, torch.device("cpu"), torch.float32)
     model = _Trimmed(hf)
     dummy = torch.rand(2 if dynamic else 1, 3, imgsz, imgsz)
     axes = {INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUT_NAMES}} if dynamic else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.io import PlanforgeError, exception_line
 from workflow_scripts.models import is_architecture
 
 PAD_VALUE = 114
@@ -88,8 +88,9 @@ def load_torch(checkpoint: str | Path, device: str = "cpu"):
 
         model, _ = load_checkpoint(str(path), device=device, fuse=True)
     except Exception as exc:  # torch.load raises many types for a damaged file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise PlanforgeError(f"{path}: not a loadable YOLO checkpoint ({msg}); replace the file") from None
+        raise PlanforgeError(
+            f"{path}: not a loadable YOLO checkpoint ({exception_line(exc)}); replace the file"
+        ) from None
     for p in model.parameters():
         p.requires_grad_(False)
     return model
