@@ -33,4 +33,4 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        get_final_output(),
+        PLAN.final_outputs(),

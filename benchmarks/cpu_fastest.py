@@ -24,14 +24,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from workflow_scripts.accuracy import evaluate, gate  # noqa: E402
+from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
 from workflow_scripts.bench import bench  # noqa: E402
 from workflow_scripts.calibrate import calibrate  # noqa: E402
-from workflow_scripts.envinfo import cpu_int8_instructions, cpu_name, git_commit, library_versions  # noqa: E402
+from workflow_scripts.core.envinfo import cpu_int8_instructions, cpu_name, git_commit, library_versions  # noqa: E402
+from workflow_scripts.core.io import write_json  # noqa: E402
 from workflow_scripts.export import simplify  # noqa: E402
-from workflow_scripts.io import write_json  # noqa: E402
 from workflow_scripts.quantize import quantize  # noqa: E402
 from workflow_scripts.runners import backend_available  # noqa: E402
+from workflow_scripts.tasks import gate  # noqa: E402
 
 QUANT = {"activation_type": "quint8", "per_channel": True, "reduce_range": False}
 
@@ -99,10 +100,8 @@ def main(argv: list[str] | None = None) -> None:
                 onnx_file = a.demo / f"{precision}.onnx"
                 if not onnx_file.is_file():
                     continue
-                r = evaluate(
-                    "yolo-demo", "yolo", onnx_file, a.demo_info, backend, precision, 320, a.dataset, "cpu", "cpu",
-                    a.threads, {}, 8, None, 0.001, 0.7, 300, "",
-                )  # fmt: skip
+                s = default_settings(320, threads=a.threads)
+                r = evaluate("yolo-demo", "yolo", onnx_file, a.demo_info, backend, precision, a.dataset, "cpu", s)
                 demo_acc[(backend, precision)] = r
         base = demo_acc.get(("onnxruntime", "fp32"))
         for r in demo_acc.values():

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from workflow_scripts.io import run_cli, write_json
-from workflow_scripts.metrics import latency_stats
+from workflow_scripts.core.io import run_cli, write_json
+from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.models import get_family
 from workflow_scripts.runners.torch_runner import capturable
 

@@ -27,8 +27,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from workflow_scripts.envinfo import cpu_name, git_commit, library_versions  # noqa: E402
-from workflow_scripts.io import write_json  # noqa: E402
+from workflow_scripts.core.envinfo import cpu_name, git_commit, library_versions  # noqa: E402
+from workflow_scripts.core.io import write_json  # noqa: E402
 
 
 def _snakemake(cwd: Path, *args: str) -> tuple[float, str]:

@@ -1,6 +1,6 @@
 rule bench:
     input:
-        artifact=model_artifact,
+        artifact=w(PLAN.model_artifact),
         val=val_annotations,
         code=measure_code("bench"),
     output:
@@ -16,12 +16,11 @@ rule bench:
         bench=1,
         gpu=gpus,
     params:
-        family=lambda w: MODELS[w.model]["family"],
-        dataset=dataset_of,
-        imgsz=lambda w: MODELS[w.model]["imgsz"],
-        settings=bench_settings,
+        family=family,
+        dataset=dataset_dir,
+        settings=settings(PLAN.bench_settings),
     shell:
         "python -m workflow_scripts.bench --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --backend {wildcards.backend} --precision {wildcards.precision}"
-        " --batch {wildcards.batch} --imgsz {params.imgsz} --dataset {params.dataset}"
-        " --target {wildcards.target} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        " --batch {wildcards.batch} --dataset {params.dataset} --target {wildcards.target}"
+        " --settings {params.settings:q} --out {output} > {log} 2>&1"

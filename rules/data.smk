@@ -1,17 +1,17 @@
 rule synthetic_dataset:
     input:
-        code=step_code("make_dataset"),
+        code=PLAN.step_code("make_dataset"),
     output:
         "artifacts/data/{dataset}/instances_{split}.json",
     log:
         "logs/data/{dataset}_{split}.log",
     wildcard_constraints:
-        dataset=datasets_of_kind("synthetic"),
+        dataset=_one_of(PLAN.datasets_of_kind("synthetic")),
     conda:
         "../envs/data.yaml"
     params:
         # only what makes this split's pixels: its own size, not the other splits' sizes
-        settings=lambda w: _as_json(split_settings(w.dataset, w.split)),
+        settings=settings(PLAN.split_settings),
         folder=lambda w: f"artifacts/data/{w.dataset}",
     shell:
         "python -m workflow_scripts.make_dataset --settings {params.settings:q} --out {params.folder}"
@@ -38,17 +38,17 @@ rule coco_dataset:
             ancient("artifacts/data/coco/downloads/annotations_trainval2017.zip"),
             ancient("artifacts/data/coco/downloads/val2017.zip"),
         ],
-        code=step_code("coco"),
+        code=PLAN.step_code("coco"),
     output:
         "artifacts/data/{dataset}/instances_{split}.json",
     log:
         "logs/data/{dataset}_{split}.log",
     wildcard_constraints:
-        dataset=datasets_of_kind("coco"),
+        dataset=_one_of(PLAN.datasets_of_kind("coco")),
     conda:
         "../envs/data.yaml"
     params:
-        settings=coco_settings,
+        settings=settings(PLAN.coco_settings),
         folder=lambda w: f"artifacts/data/{w.dataset}",
     shell:
         "python -m workflow_scripts.coco build --downloads artifacts/data/coco/downloads --out {params.folder}"

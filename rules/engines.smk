@@ -7,9 +7,9 @@
 
 rule build_engine:
     input:
-        onnx=engine_onnx,
-        calib=engine_calibration,
-        code=step_code("build_engine"),
+        onnx=w(PLAN.engine_onnx),
+        calib=w(PLAN.engine_calibration),
+        code=PLAN.step_code("tensorrt.build_engine"),
     output:
         engine="artifacts/engines/{target}/{model}/{precision}_b{batch}.plan",
         sidecar="artifacts/engines/{target}/{model}/{precision}_b{batch}.json",
@@ -23,8 +23,8 @@ rule build_engine:
     resources:
         bench=1,
     params:
-        settings=engine_settings,
-        timing_cache=timing_cache_arg,
+        settings=settings(PLAN.engine_settings),
+        timing_cache=flag("--timing-cache", PLAN.timing_cache),
     shell:
-        "python -m workflow_scripts.build_engine --onnx {input.onnx} --settings {params.settings:q}"
+        "python -m workflow_scripts.tensorrt.build_engine --onnx {input.onnx} --settings {params.settings:q}"
         " {params.timing_cache} --engine {output.engine} --sidecar {output.sidecar} > {log} 2>&1"

@@ -1,10 +1,7 @@
 rule prepare_checkpoint:
     input:
-        src=checkpoint_source,
-        code=lambda w: [
-            *step_code("prepare_checkpoint"),
-            family_file(MODELS[w.model]["family"]),
-        ],
+        src=lambda w: PLAN.checkpoint_source(w.model),
+        code=model_code("prepare_checkpoint"),
     output:
         ckpt="artifacts/checkpoints/{model}.pt",
         info="artifacts/checkpoints/{model}.json",
@@ -13,8 +10,8 @@ rule prepare_checkpoint:
     conda:
         "../envs/export.yaml"
     params:
-        family=lambda w: MODELS[w.model]["family"],
-        src=lambda w: MODELS[w.model]["checkpoint"],
+        family=family,
+        src=lambda w: PLAN.models[w.model]["checkpoint"],
     shell:
         "python -m workflow_scripts.prepare_checkpoint --family {params.family} --src {params.src:q}"
         " --out {output.ckpt} --info {output.info} > {log} 2>&1"
@@ -24,7 +21,7 @@ rule export_onnx:
     input:
         ckpt="artifacts/checkpoints/{model}.pt",
         val=val_annotations,
-        code=lambda w: [*step_code("export"), family_file(MODELS[w.model]["family"])],
+        code=model_code("export"),
     output:
         onnx="artifacts/onnx/{model}/fp32.onnx",
         report="artifacts/onnx/{model}/fp32.json",
@@ -33,14 +30,14 @@ rule export_onnx:
     conda:
         "../envs/export.yaml"
     params:
-        family=lambda w: MODELS[w.model]["family"],
-        dataset=dataset_of,
-        imgsz=lambda w: MODELS[w.model]["imgsz"],
-        opset=CFG["export"]["opset"],
-        batch_flag="" if CFG["export"]["dynamic_batch"] else "--static-batch",
-        simplify=CFG["export"]["simplify"],
-        check_images=CFG["export"]["check_images"],
-        max_abs_error=CFG["export"]["max_abs_error"],
+        family=family,
+        dataset=dataset_dir,
+        imgsz=imgsz,
+        opset=PLAN.cfg["export"]["opset"],
+        batch_flag="" if PLAN.cfg["export"]["dynamic_batch"] else "--static-batch",
+        simplify=PLAN.cfg["export"]["simplify"],
+        check_images=PLAN.cfg["export"]["check_images"],
+        max_abs_error=PLAN.cfg["export"]["max_abs_error"],
     shell:
         "python -m workflow_scripts.export --family {params.family} --checkpoint {input.ckpt}"
         " --dataset {params.dataset} --out {output.onnx} --report {output.report} --imgsz {params.imgsz}"

@@ -1,8 +1,8 @@
 rule calibrate:
     input:
         onnx="artifacts/onnx/{model}/fp32.onnx",
-        calib=lambda w: f"{dataset_of(w)}/instances_calib.json",
-        code=lambda w: [*step_code("calibrate"), family_file(MODELS[w.model]["family"])],
+        calib=lambda w: PLAN.calib_annotations(w.model),
+        code=model_code("calibrate"),
     output:
         ranges="artifacts/calib/{model}/{calib}.ranges.json",
         report="artifacts/calib/{model}/{calib}.json",
@@ -11,10 +11,10 @@ rule calibrate:
     conda:
         "../envs/export.yaml"
     params:
-        family=lambda w: MODELS[w.model]["family"],
-        dataset=dataset_of,
-        imgsz=lambda w: MODELS[w.model]["imgsz"],
-        settings=calibration_settings,
+        family=family,
+        dataset=dataset_dir,
+        imgsz=imgsz,
+        settings=settings(PLAN.calibration_settings),
     shell:
         "python -m workflow_scripts.calibrate --family {params.family} --onnx {input.onnx} --dataset {params.dataset}"
         " --imgsz {params.imgsz} --method {wildcards.calib} --settings {params.settings:q} --ranges {output.ranges}"
@@ -24,7 +24,7 @@ rule calibrate:
 rule trt_calibration_cache:
     input:
         ranges="artifacts/calib/{model}/{calib}.ranges.json",
-        code=step_code("calib_cache"),
+        code=PLAN.step_code("tensorrt.calib_cache"),
     output:
         "artifacts/calib/{model}/{calib}.cache",
     log:
@@ -32,9 +32,9 @@ rule trt_calibration_cache:
     conda:
         "../envs/export.yaml"
     params:
-        trt_version=CFG["quantize"]["trt_version"],
+        trt_version=PLAN.cfg["quantize"]["trt_version"],
     shell:
-        "python -m workflow_scripts.calib_cache --ranges {input.ranges} --method {wildcards.calib}"
+        "python -m workflow_scripts.tensorrt.calib_cache --ranges {input.ranges} --method {wildcards.calib}"
         " --trt-version {params.trt_version} --out {output} > {log} 2>&1"
 
 
@@ -42,7 +42,7 @@ rule quantize_onnx:
     input:
         fp32="artifacts/onnx/{model}/fp32.onnx",
         ranges="artifacts/calib/{model}/{calib}.ranges.json",
-        code=lambda w: [*step_code("quantize"), family_file(MODELS[w.model]["family"])],
+        code=model_code("quantize"),
     output:
         onnx="artifacts/onnx/{model}/int8_{calib}.onnx",
         report="artifacts/onnx/{model}/int8_{calib}.json",
@@ -51,8 +51,8 @@ rule quantize_onnx:
     conda:
         "../envs/export.yaml"
     params:
-        family=lambda w: MODELS[w.model]["family"],
-        settings=quantize_settings,
+        family=family,
+        settings=settings(PLAN.quantize_settings),
     shell:
         "python -m workflow_scripts.quantize --family {params.family} --fp32 {input.fp32} --ranges {input.ranges}"
         " --method {wildcards.calib} --settings {params.settings:q} --out {output.onnx} --report {output.report}"

@@ -1,8 +1,8 @@
 rule plots:
     input:
-        bench=lambda w: bench_outputs([w.target]),
-        accuracy=lambda w: accuracy_outputs([w.target]),
-        code=step_code("plots"),
+        bench=lambda w: PLAN.bench_outputs([w.target]),
+        accuracy=lambda w: PLAN.accuracy_outputs([w.target]),
+        code=PLAN.step_code("plots"),
     output:
         latency=report(
             "results/plots/{target}_latency_vs_batch.png",
@@ -27,8 +27,8 @@ rule plots:
 
 rule power_plot:
     input:
-        bench=lambda w: bench_outputs([w.target]),
-        code=step_code("plots"),
+        bench=lambda w: PLAN.bench_outputs([w.target]),
+        code=PLAN.step_code("plots"),
     output:
         report(
             "results/plots/{target}_latency_vs_power.png",
@@ -47,12 +47,12 @@ rule power_plot:
 
 rule summary:
     input:
-        bench=bench_outputs(),
-        accuracy=accuracy_outputs(),
-        plots=plot_outputs(),
-        serving=serving_outputs(),
-        serving_plots=serving_plot_outputs(),
-        code=step_code("summary"),
+        bench=PLAN.bench_outputs(),
+        accuracy=PLAN.accuracy_outputs(),
+        plots=PLAN.plot_outputs(),
+        serving=PLAN.serving_outputs(),
+        serving_plots=PLAN.serving_plot_outputs(),
+        code=PLAN.step_code("summary"),
     output:
         report(
             "results/summary.md",
@@ -64,10 +64,10 @@ rule summary:
     conda:
         "../envs/report.yaml"
     params:
-        unavailable=_as_json(unavailable_lines()),
-        gate=CFG["accuracy"]["gate"],
-        baseline=f"{BASELINE['backend']}_{BASELINE['precision']}",
-        references=_as_json(CFG["references"]),
+        unavailable=as_json(PLAN.unavailable_lines()),
+        gate=PLAN.cfg["accuracy"]["gate"],
+        baseline=PLAN.baseline_label(),
+        references=as_json(PLAN.cfg["references"]),
     shell:
         "python -m workflow_scripts.summary --bench {input.bench} --accuracy {input.accuracy}"
         " --plots {input.plots} {input.serving_plots} --serving {input.serving} --unavailable {params.unavailable:q} --gate {params.gate}"

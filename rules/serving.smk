@@ -3,7 +3,7 @@
 
 rule triton_env:
     input:
-        code=step_code("triton_env"),
+        code=PLAN.step_code("serving.env"),
     output:
         "artifacts/envs/triton.json",
     log:
@@ -11,13 +11,13 @@ rule triton_env:
     conda:
         "../envs/serving.yaml"
     shell:
-        "python -m workflow_scripts.triton_env --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.serving.env --out {output} > {log} 2>&1"
 
 
 rule triton_repository:
     input:
-        onnx=triton_onnx,
-        code=triton_code(),
+        onnx=w(PLAN.triton_onnx),
+        code=PLAN.triton_code(),
     output:
         directory("artifacts/triton/{target}"),
     log:
@@ -25,10 +25,10 @@ rule triton_repository:
     conda:
         "../envs/serving.yaml"
     params:
-        models=triton_models_json,
-        settings=triton_settings,
+        models=settings(PLAN.triton_models),
+        settings=settings(PLAN.triton_settings),
     shell:
-        "python -m workflow_scripts.triton_repo --target {wildcards.target} --models {params.models:q}"
+        "python -m workflow_scripts.serving.repository --target {wildcards.target} --models {params.models:q}"
         " --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
@@ -37,8 +37,8 @@ rule serving:
         repository="artifacts/triton/{target}",
         env="artifacts/envs/triton.json",
         val=val_annotations,
-        bench_b1=serving_bench_b1,
-        code=step_code("serving"),
+        bench_b1=w(PLAN.serving_bench_b1),
+        code=PLAN.step_code("serving.sweep"),
     output:
         json="results/{target}/serving/{model}.json",
         csv="results/{target}/serving/{model}.csv",
@@ -53,11 +53,11 @@ rule serving:
     resources:
         bench=1,
     params:
-        dataset=dataset_of,
-        settings=serving_settings,
-        bench_b1=bench_b1_arg,
+        dataset=dataset_dir,
+        settings=settings(PLAN.serving_settings),
+        bench_b1=optional_arg("--bench-b1", "bench_b1"),
     shell:
-        "python -m workflow_scripts.serving --repository {input.repository} --model {wildcards.model}"
+        "python -m workflow_scripts.serving.sweep --repository {input.repository} --model {wildcards.model}"
         " --target {wildcards.target} --dataset {params.dataset} {params.bench_b1} --settings {params.settings:q}"
         " --server-log {log.server} --out {output.json} > {log.job} 2>&1"
 
@@ -68,8 +68,8 @@ rule serving_accuracy:
         env="artifacts/envs/triton.json",
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
-        reference=serving_reference,
-        code=step_code("serving_accuracy"),
+        reference=w(PLAN.serving_reference),
+        code=PLAN.step_code("serving.accuracy"),
     output:
         "results/{target}/serving/{model}_accuracy.json",
     log:
@@ -83,10 +83,10 @@ rule serving_accuracy:
     resources:
         bench=1,
     params:
-        dataset=dataset_of,
-        settings=serving_accuracy_settings,
+        dataset=dataset_dir,
+        settings=settings(PLAN.serving_accuracy_settings),
     shell:
-        "python -m workflow_scripts.serving_accuracy --repository {input.repository} --model {wildcards.model}"
+        "python -m workflow_scripts.serving.accuracy --repository {input.repository} --model {wildcards.model}"
         " --target {wildcards.target} --dataset {params.dataset} --checkpoint-info {input.info}"
         " --reference {input.reference} --settings {params.settings:q} --server-log {log.server}"
         " --out {output} > {log.job} 2>&1"
@@ -94,10 +94,8 @@ rule serving_accuracy:
 
 rule serving_plot:
     input:
-        serving=lambda w: [
-            f"results/{w.target}/serving/{m}.json" for m in SERVED_MODELS
-        ],
-        code=step_code("serving_plot"),
+        serving=lambda w: PLAN.serving_results(w.target),
+        code=PLAN.step_code("serving.plot"),
     output:
         report(
             "results/plots/{target}_serving_throughput_vs_p99.png",
@@ -110,5 +108,5 @@ rule serving_plot:
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m workflow_scripts.serving_plot --target {wildcards.target} --serving {input.serving}"
+        "python -m workflow_scripts.serving.plot --target {wildcards.target} --serving {input.serving}"
         " --out {output} > {log} 2>&1"

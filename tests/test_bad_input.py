@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_workflow_copy, snakemake
+from workflow_scripts.plan.settings import AccuracySettings, BenchSettings
 
 
 def _run_step(step: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -72,18 +73,13 @@ def prepared(tmp_path) -> dict[str, Path]:
     return {"dataset": ds, "ckpt": ckpt, "info": info}
 
 
+TARGET = {"device": "cpu", "threads": 1, "backend_options": {}, "power": "none", "gpu": None}
+
+
 def _accuracy(p: dict[str, Path], out: Path) -> subprocess.CompletedProcess:
-    settings = {
-        "device": "cpu",
-        "threads": 1,
-        "batch": 2,
-        "max_images": None,
-        "conf": 0.001,
-        "iou": 0.7,
-        "max_det": 100,
-        "gate": 0.95,
-        "config_hash": "test",
-    }
+    settings = AccuracySettings(
+        **TARGET, imgsz=128, batch=2, max_images=None, conf=0.001, iou=0.7, max_det=100, gate=0.95, strict=False
+    )
     return _run_step(
         "accuracy",
         "--model",
@@ -98,14 +94,12 @@ def _accuracy(p: dict[str, Path], out: Path) -> subprocess.CompletedProcess:
         "torch",
         "--precision",
         "fp32",
-        "--imgsz",
-        "128",
         "--dataset",
         str(p["dataset"]),
         "--target",
         "cpu",
         "--settings",
-        json.dumps(settings),
+        settings.to_json(),
         "--out",
         str(out),
     )
@@ -150,7 +144,7 @@ def test_a_corrupt_onnx_model_stops_the_bench_with_one_line(prepared, tmp_path):
     onnx = tmp_path / "fp32.onnx"
     onnx.write_bytes(b"\x08\x07garbage")
     out = tmp_path / "bench.json"
-    settings = {"device": "cpu", "threads": 1, "warmup": 1, "iterations": 2, "conf": 0.25, "config_hash": "t"}
+    settings = BenchSettings(**TARGET, imgsz=128, warmup=1, iterations=2, min_seconds=0, conf=0.25)
     proc = _run_step(
         "bench",
         "--model",
@@ -165,14 +159,12 @@ def test_a_corrupt_onnx_model_stops_the_bench_with_one_line(prepared, tmp_path):
         "fp32",
         "--batch",
         "1",
-        "--imgsz",
-        "128",
         "--dataset",
         str(prepared["dataset"]),
         "--target",
         "cpu",
         "--settings",
-        json.dumps(settings),
+        settings.to_json(),
         "--out",
         str(out),
     )

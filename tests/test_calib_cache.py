@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from workflow_scripts.calib_cache import CalibrationCache, decode_scale, encode_scale, scale_from_range
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.tensorrt.calib_cache import CalibrationCache, decode_scale, encode_scale, scale_from_range
 
 
 @pytest.mark.parametrize(

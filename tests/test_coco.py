@@ -18,8 +18,8 @@ import yaml
 
 from tests.conftest import REPO, make_workflow_copy, planned_outputs
 from workflow_scripts import coco
-from workflow_scripts.data import load_split, read_image
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.data import load_split, read_image
+from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.make_dataset import make_dataset
 
 

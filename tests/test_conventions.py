@@ -86,26 +86,19 @@ def test_snakefmt_and_ruff_are_clean():
     assert ruff.returncode == 0, ruff.stdout
 
 
-def test_every_step_script_runs_as_a_cli_with_help():
-    steps = (
-        "make_dataset",
-        "prepare_checkpoint",
-        "export",
-        "calibrate",
-        "calib_cache",
-        "quantize",
-        "sensitivity",
-        "bench",
-        "accuracy",
-        "build_engine",
-        "trtexec_report",
-    )
-    steps += ("summary", "train_demo", "triton_env", "triton_repo", "serving", "serving_accuracy", "serving_plot")
-    for step in steps:
-        proc = subprocess.run(
-            [sys.executable, "-m", f"workflow_scripts.{step}", "--help"], cwd=REPO, capture_output=True, text=True
-        )
-        assert proc.returncode == 0 and "usage:" in proc.stdout, step
+def test_every_rule_calls_one_step_cli_that_runs_by_hand_with_help():
+    """Each rule's shell line is one `python -m workflow_scripts.<step>`; every such step (and the tools
+    a person runs by hand) answers --help, so it can be rerun outside Snakemake with the rule's arguments."""
+    steps = set()
+    for name, body in _rule_blocks().items():
+        called = re.findall(r"python -m (workflow_scripts[\w.]*)", body)
+        assert len(called) == 1, f"rule {name} calls {called or 'no step CLI'}"
+        steps |= set(called)
+    by_hand = ("sensitivity", "train_demo", "train_dfine_demo", "tensorrt.trtexec_report")
+    steps |= {f"workflow_scripts.{s}" for s in by_hand}
+    for step in sorted(steps):
+        proc = subprocess.run([sys.executable, "-m", step, "--help"], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, step + proc.stderr[-500:]
 
 
 def test_every_target_container_is_built_by_a_pinned_definition_in_envs_containers():
@@ -132,3 +125,12 @@ def test_jobs_that_run_on_a_target_take_its_container():
     blocks = _rule_blocks()
     for rule in ("bench", "accuracy", "build_engine", "serving", "serving_accuracy"):
         assert re.search(r"^\s+container:\n\s+target_container$", blocks[rule], re.M), rule
+
+
+def test_ci_runs_the_readme_test_command_in_a_venv_it_creates():
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.+?)\n```", readme)
+    test_command = next(c for c in commands if "pytest" in c)
+    ci = (REPO / ".ci/run").read_text()
+    assert test_command in ci.splitlines()
+    assert "python3 -m venv .venv" in test_command and ci.index("rm -rf .venv") < ci.index(test_command)

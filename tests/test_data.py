@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from workflow_scripts.data import SHAPE_CLASSES, SyntheticSpec, load_split, make_synthetic_dataset, read_image
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.data import SHAPE_CLASSES, SyntheticSpec, load_split, make_synthetic_dataset, read_image
+from workflow_scripts.core.io import PlanforgeError
 
 SPEC = SyntheticSpec(seed=7, train=3, val=5, calib=2, min_size=96, max_size=160)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, TINY_CONFIG, make_workflow_copy, planned_outputs, snakemake
-from workflow_scripts.data import load_split, read_image
+from workflow_scripts.core.data import load_split, read_image
 from workflow_scripts.make_dataset import make_dataset
 from workflow_scripts.models import checkpoint_inputs, dfine, get_family, raw_outputs
 
@@ -221,7 +221,7 @@ def test_training_script_runs_and_writes_a_checkpoint_the_pipeline_loads(tmp_pat
 
 def test_training_refuses_to_resume_from_a_directory_it_did_not_write(tmp_path, demo_dir):
     from workflow_scripts import train_dfine_demo
-    from workflow_scripts.io import PlanforgeError
+    from workflow_scripts.core.io import PlanforgeError
 
     with pytest.raises(PlanforgeError, match=r"--resume .*dfine-demo: not a directory this script wrote"):
         train_dfine_demo.main(["--out", str(tmp_path / "x"), "--resume", str(demo_dir), "--device", "cpu"])
@@ -263,7 +263,7 @@ def test_a_fixed_input_size_keeps_the_outputs_and_puts_anchors_in_the_model_dtyp
 
 
 def test_the_torch_runner_fixes_the_input_size_once_per_shape():
-    from workflow_scripts.pipeline import make_runner
+    from workflow_scripts.core.pipeline import make_runner
 
     runner = make_runner("torch", "dfine-demo.yaml", "dfine", "fp32", "cpu", 1, {})
     calls = []
@@ -278,7 +278,7 @@ def test_the_torch_runner_fixes_the_input_size_once_per_shape():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
 def test_dfine_captures_in_a_cuda_graph_and_replays_the_eager_outputs():
-    from workflow_scripts.pipeline import make_runner
+    from workflow_scripts.core.pipeline import make_runner
 
     runner = make_runner("torch-cudagraph", "dfine-demo.yaml", "dfine", "fp16", "cuda", 1, {})
     eager = make_runner("torch", "dfine-demo.yaml", "dfine", "fp16", "cuda", 1, {})

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY_CONFIG, make_workflow_copy, planned_outputs, snakemake, write_config
-from workflow_scripts import engines
+from workflow_scripts.plan.settings import BenchSettings
+from workflow_scripts.tensorrt import engines
 
 pytestmark = pytest.mark.workflow
 FAKES = Path(__file__).parent / "fakes"
@@ -155,11 +156,12 @@ def test_fake_trtexec_an_engine_from_another_gpu_is_refused_with_the_one_line_re
     w, _ = fake_engines_built
     engine = "artifacts/engines/gpu-a/a/fp16_b1.plan"
     monkeypatch.setenv("PLANFORGE_GPU_NAME", "Fake GPU B")  # the engines were copied to another machine
-    settings = {"device": "cuda", "warmup": 1, "iterations": 2, "conf": 0.25, "config_hash": "x"}
+    target = {"device": "cuda", "threads": None, "backend_options": {}, "power": "none", "gpu": None}
+    settings = BenchSettings(**target, imgsz=160, warmup=1, iterations=2, min_seconds=0, conf=0.25).to_json()
     proc = subprocess.run(
         [sys.executable, "-m", "workflow_scripts.bench", "--model", "a", "--family", "yolo", "--artifact", engine]
-        + ["--backend", "tensorrt", "--precision", "fp16", "--batch", "1", "--imgsz", "160"]
-        + ["--dataset", "artifacts/data/tiny", "--target", "gpu-a", "--settings", json.dumps(settings)]
+        + ["--backend", "tensorrt", "--precision", "fp16", "--batch", "1"]
+        + ["--dataset", "artifacts/data/tiny", "--target", "gpu-a", "--settings", settings]
         + ["--out", "results/x.json"],
         cwd=w,
         env={**os.environ, "PYTHONPATH": str(w)},

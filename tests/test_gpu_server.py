@@ -13,8 +13,8 @@ import types
 import pytest
 
 from tests.conftest import REPO, planned_outputs
-from workflow_scripts.envinfo import check_target_device
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.envinfo import check_target_device
+from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.power.nvml import energy_result
 
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from tests.conftest import copy_built, make_workflow_copy, planned_outputs, snakemake, write_config
-from workflow_scripts.calib_cache import CalibrationCache
+from workflow_scripts.tensorrt.calib_cache import CalibrationCache
 
 pytestmark = pytest.mark.workflow
 
@@ -149,9 +149,9 @@ def test_keeping_a_node_in_float_requantizes_without_recalibrating(int8_copy: Pa
 
 def test_openvino_runs_the_fp32_and_int8_onnx_files_like_onnx_runtime(int8_built: Path):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from workflow_scripts.data import load_split
+    from workflow_scripts.core.data import load_split
+    from workflow_scripts.core.pipeline import load_images
     from workflow_scripts.models import yolo
-    from workflow_scripts.pipeline import load_images
     from workflow_scripts.runners import backend_available
     from workflow_scripts.runners.openvino_runner import OpenVinoRunner
     from workflow_scripts.runners.ort_runner import OrtRunner
@@ -175,7 +175,7 @@ def test_openvino_runs_the_fp32_and_int8_onnx_files_like_onnx_runtime(int8_built
 
 
 def test_sensitivity_blocks_and_keep_float_names_are_checked(int8_built: Path):
-    from workflow_scripts.io import PlanforgeError
+    from workflow_scripts.core.io import PlanforgeError
     from workflow_scripts.quantize import excluded_nodes
     from workflow_scripts.sensitivity import blocks
 

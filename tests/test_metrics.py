@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from workflow_scripts.metrics import coco_evaluate, latency_stats
+from workflow_scripts.core.metrics import coco_evaluate, latency_stats
 
 
 def test_latency_stats_in_milliseconds():

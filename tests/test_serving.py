@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import os
 import shutil
 import signal
@@ -23,9 +22,11 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY_CONFIG, copy_built, make_workflow_copy, snakemake, write_config
-from workflow_scripts.io import PlanforgeError, read_json
-from workflow_scripts.triton_env import ensure
-from workflow_scripts.triton_server import serve
+from workflow_scripts.config import validate
+from workflow_scripts.core.io import PlanforgeError, read_json
+from workflow_scripts.plan.jobs import Plan
+from workflow_scripts.serving.env import ensure
+from workflow_scripts.serving.server import serve
 
 pytestmark = pytest.mark.workflow
 
@@ -125,7 +126,7 @@ def test_repository_configs_come_from_the_config(served_workflow: Path):
     assert 'platform: "ensemble"' in ensemble
     assert ensemble.index('"a_pre"') < ensemble.index('"a_onnxruntime_fp32"') < ensemble.index('"a_post"')
     for name in ("a_pre", "a_post", "a_post_eval", "a_onnxruntime_fp32"):
-        assert "from workflow_scripts.triton_models import" in (repo / name / "1/model.py").read_text()
+        assert "from workflow_scripts.serving.python_models import" in (repo / name / "1/model.py").read_text()
     post_eval = (repo / "a_post_eval/config.pbtxt").read_text()
     assert 'key: "conf" value: { string_value: "0.001" }' in post_eval
 
@@ -165,17 +166,24 @@ def test_a_model_that_fails_to_load_fails_with_the_reason_from_the_server_log(se
     assert not _tritonservers_of(repo)
 
 
+def _serving_settings(**overrides) -> str:
+    """The sweep's --settings as the plan builds them from SERVING_CONFIG, with `overrides`."""
+    cfg = validate(SERVING_CONFIG, check_files=False)
+    cfg["serving"].update(overrides)
+    return Plan(cfg).serving_settings().to_json()
+
+
 def test_a_port_already_in_use_gives_one_clear_line(served_workflow, tmp_path):
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        settings = {**SERVING_CONFIG["serving"], "startup_timeout_s": 60, "http_port": port}
+        settings = _serving_settings(startup_timeout_s=60, http_port=port)
         proc = subprocess.run(
             [
                 sys.executable,
                 "-m",
-                "workflow_scripts.serving",
+                "workflow_scripts.serving.sweep",
                 "--repository",
                 str(served_workflow / "artifacts/triton/cpu"),
                 "--model",
@@ -185,7 +193,7 @@ def test_a_port_already_in_use_gives_one_clear_line(served_workflow, tmp_path):
                 "--dataset",
                 str(served_workflow / "artifacts/data/tiny"),
                 "--settings",
-                json.dumps(settings),
+                settings,
                 "--server-log",
                 str(tmp_path / "server.log"),
                 "--out",
@@ -203,15 +211,10 @@ def test_a_port_already_in_use_gives_one_clear_line(served_workflow, tmp_path):
 
 
 def _start_sweep(wf: Path, out: Path, log: Path) -> subprocess.Popen:
-    settings = {
-        **SERVING_CONFIG["serving"],
-        "concurrency": [1, 2, 3, 4, 5, 6, 7, 8],
-        "requests": 200,
-        "startup_timeout_s": 60,
-    }
-    cmd = [sys.executable, "-m", "workflow_scripts.serving", "--repository", str(wf / "artifacts/triton/cpu")]
+    settings = _serving_settings(concurrency=[1, 2, 3, 4, 5, 6, 7, 8], requests=200, startup_timeout_s=60)
+    cmd = [sys.executable, "-m", "workflow_scripts.serving.sweep", "--repository", str(wf / "artifacts/triton/cpu")]
     cmd += ["--model", "a", "--target", "cpu", "--dataset", str(wf / "artifacts/data/tiny")]
-    cmd += ["--settings", json.dumps(settings), "--server-log", str(log), "--out", str(out)]
+    cmd += ["--settings", settings, "--server-log", str(log), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(wf), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cmd, cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -257,7 +260,7 @@ def test_cancelling_a_sweep_stops_its_server(served_workflow, tmp_path):
 
 
 def test_a_full_triton_build_can_run_the_onnx_model_with_its_onnxruntime_backend(served_workflow, tmp_path):
-    from workflow_scripts.triton_repo import build_repository
+    from workflow_scripts.serving.repository import build_repository
 
     settings = {"max_batch_size": 4, "max_queue_delay_us": 250, "instances": 2, "conf": 0.25, "iou": 0.7}
     index = build_repository(

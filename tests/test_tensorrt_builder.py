@@ -20,10 +20,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from workflow_scripts import engines
-from workflow_scripts.build_engine import build_with_python_api
 from workflow_scripts.config import TENSORRT_DEFAULTS
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.tensorrt import engines
+from workflow_scripts.tensorrt.build_engine import build_with_python_api
 
 FAKES = Path(__file__).parent / "fakes"
 IDENTITY = {"gpu": "Fake GPU A", "tensorrt_version": "10.3.0", "power_mode": None}
@@ -49,7 +49,7 @@ def tiny_onnx(tmp_path: Path) -> Path:
 
 
 def _settings(precision="fp16", batch=4, cache=None, **trt):
-    s = engines.engine_settings("m", precision, batch, 64, {**TENSORRT_DEFAULTS, **trt}, IDENTITY)
+    s = engines.engine_settings("m", precision, batch, 64, "images", {**TENSORRT_DEFAULTS, **trt}, IDENTITY)
     if cache is not None:
         s["calibration_cache"] = str(cache)
     return s
@@ -308,7 +308,7 @@ def _base_config() -> dict:
 @pytest.mark.parametrize(
     ("target", "error"),
     [
-        ({"device": "cpu", "backends": {"tensorrt": ["fp16"]}}, "TensorRT needs a cuda device"),
+        ({"device": "cpu", "backends": {"tensorrt": ["fp16"]}}, "tensorrt: needs a cuda device"),
         ({"device": "cuda", "backends": {"torch": ["int8"]}}, "'int8' is not one of ['fp32', 'fp16']"),
         (
             {"device": "cuda", "backends": {"tensorrt": ["fp16"]}, "tensorrt": {"int8": "qdq"}},

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts.io import PlanforgeError
-from workflow_scripts.trtexec_report import main, parse_profile, parse_times
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.tensorrt.trtexec_report import main, parse_profile, parse_times
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
 

@@ -8,17 +8,18 @@ and postprocessing (raw outputs → final detections in image coordinates).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from workflow_scripts.data import load_split
-from workflow_scripts.envinfo import environment
-from workflow_scripts.io import PlanforgeError, run_cli, write_json
-from workflow_scripts.metrics import latency_stats
-from workflow_scripts.models import get_family, raw_outputs
-from workflow_scripts.pipeline import load_images, make_runner
+from workflow_scripts.core.data import load_split
+from workflow_scripts.core.envinfo import environment
+from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
+from workflow_scripts.core.metrics import latency_stats
+from workflow_scripts.core.pipeline import load_images, make_runner
+from workflow_scripts.models import FAMILIES, get_family, raw_outputs
+from workflow_scripts.plan.settings import BenchSettings
 from workflow_scripts.power import get_sampler
+from workflow_scripts.tasks import TASKS
 
 HOST_ITEMS = 1000  # images the preprocess / postprocess timers see per job (at least 3 batches)
 
@@ -107,6 +108,8 @@ def bench(
         "status": "ok",
         "model": model,
         "family": family,
+        "task": FAMILIES[family].task,
+        "unit": TASKS[FAMILIES[family].task].unit,
         "backend": backend,
         "precision": precision,
         "batch": batch,
@@ -146,17 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", required=True)
     p.add_argument("--precision", required=True)
     p.add_argument("--batch", type=int, required=True)
-    p.add_argument("--imgsz", type=int, required=True)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--target", required=True)
-    p.add_argument(
-        "--settings",
-        required=True,
-        help="JSON: device, threads, backend_options, power, warmup, iterations, min_seconds, conf, config_hash",
-    )
+    p.add_argument("--settings", required=True, help="JSON: workflow_scripts.plan.settings.BenchSettings")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
-    s = json.loads(a.settings)
+    s = BenchSettings.from_json(a.settings)
     if a.batch < 1:
         raise PlanforgeError(f"batch {a.batch}: must be at least 1")
     r = bench(
@@ -166,19 +164,19 @@ def main(argv: list[str] | None = None) -> None:
         a.backend,
         a.precision,
         a.batch,
-        a.imgsz,
+        s.imgsz,
         a.dataset,
         a.target,
-        s["device"],
-        s.get("threads"),
-        s.get("backend_options", {}),
-        s["warmup"],
-        s["iterations"],
-        s["conf"],
-        s.get("power", "none"),
-        s["config_hash"],
-        gpu=s.get("gpu"),
-        min_seconds=float(s.get("min_seconds", 0)),
+        s.device,
+        s.threads,
+        s.backend_options,
+        s.warmup,
+        s.iterations,
+        s.conf,
+        s.power,
+        s.config_hash,
+        gpu=s.gpu,
+        min_seconds=float(s.min_seconds),
     )
     write_json(a.out, r)
     print(

@@ -12,7 +12,6 @@ of 128 bins, the KL search has nothing to clip and the result equals MinMax.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -20,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.data import load_split
-from workflow_scripts.envinfo import library_versions
-from workflow_scripts.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.data import load_split
+from workflow_scripts.core.envinfo import library_versions
+from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.pipeline import batches, load_images
+from workflow_scripts.core.precisions import CALIBRATION_METHODS
 from workflow_scripts.models import get_family
-from workflow_scripts.pipeline import batches, load_images
+from workflow_scripts.plan.settings import CalibrationSettings
 
-METHODS = ("minmax", "entropy", "percentile")
 CALIB_SPLIT = "calib"
 
 
@@ -69,11 +69,7 @@ def calibrate_ranges(onnx_path: Path, data: list[np.ndarray], method: str, num_b
     import onnx
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
-    enum = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[method]
+    enum = getattr(CalibrationMethod, CALIBRATION_METHODS[method].ort_method)
     input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="planforge-calib-") as tmp:
         # ORT writes `<model>-inferred.onnx` beside the model it loads and deletes it again: two jobs
@@ -110,8 +106,7 @@ def calibrate(
     """Calibrate once; write the ORT ranges and the report."""
     from onnxruntime.quantization import save_tensors_data
 
-    if method not in METHODS:
-        raise PlanforgeError(f"calibration method {method!r} is not one of {list(METHODS)}")
+    CALIBRATION_METHODS[method]  # an unknown method is a one-line error naming the known ones
     t0 = time.perf_counter()
     data = calibration_batches(family, dataset, imgsz, images)
     ranges = calibrate_ranges(onnx_path, data, method, num_bins, percentile)
@@ -145,21 +140,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--onnx", type=Path, required=True, help="the FP32 ONNX model")
     p.add_argument("--dataset", type=Path, required=True, help="dataset folder; its calib split is used")
     p.add_argument("--imgsz", type=int, required=True)
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--settings", required=True, help="JSON: images, num_bins, percentile")
+    p.add_argument("--method", required=True, choices=CALIBRATION_METHODS.names())
+    p.add_argument("--settings", required=True, help="JSON: workflow_scripts.plan.settings.CalibrationSettings")
     p.add_argument("--ranges", type=Path, required=True, help="output: ONNX Runtime tensor ranges (JSON)")
     p.add_argument("--report", type=Path, required=True)
     a = p.parse_args(argv)
-    s = json.loads(a.settings)
+    s = CalibrationSettings.from_json(a.settings)
     r = calibrate(
         a.family,
         a.onnx,
         a.dataset,
         a.imgsz,
         a.method,
-        s["images"],
-        s.get("num_bins", 2048),
-        s.get("percentile", 99.99),
+        s.images,
+        s.num_bins,
+        s.percentile,
         a.ranges,
         a.report,
     )

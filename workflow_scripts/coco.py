@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.io import PlanforgeError, atomic_dir, atomic_path, run_cli
+from workflow_scripts.core.io import PlanforgeError, atomic_dir, atomic_path, run_cli
 
 BASE_URL = "http://images.cocodataset.org"
 DOWNLOADS = Path("artifacts/data/coco/downloads")

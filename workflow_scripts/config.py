@@ -1,4 +1,7 @@
-"""Config: schema validation with one-line errors, defaults, and the job plan the DAG is built from."""
+"""Config: schema validation with one-line errors, and the defaults filled in.
+
+The schema's names (backends, precisions, calibration methods, samplers, families, backend options)
+come from the registries; the job plan built from a valid config is workflow_scripts/plan/."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from typing import Any
 
 import yaml
 
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS
+from workflow_scripts.models import FAMILIES, checkpoint_problem
+from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
@@ -36,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "max_det": 300,
     },
     # Triton serving (rules/serving.smk): off in the embedded default, which must work offline;
-    # the serving environment is made from PyPI on first use (workflow_scripts/triton_env.py).
+    # the serving environment is made from PyPI on first use (workflow_scripts/serving/env.py).
     "serving": {
         "enabled": False,
         "max_batch_size": 8,
@@ -88,12 +94,36 @@ def _key(path: Any) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
-def validate(config: dict) -> dict:
-    """Validate against config/schema.yaml and cross-check names; return a copy with defaults filled in."""
+def schema() -> dict:
+    """config/schema.yaml with every axis's names filled in from its registry."""
+    s = yaml.safe_load(SCHEMA.read_text())
+    s["$defs"].update(
+        backend={"enum": BACKENDS.names()},
+        precision={"enum": PRECISIONS.names()},
+        calibration={"enum": CALIBRATION_METHODS.names()},
+        power={"enum": SAMPLERS.names()},
+        family={"enum": FAMILIES.names()},
+        backend_options={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                name: {"type": "object", "additionalProperties": False, "properties": {k: {} for k in spec.options}}
+                for name, spec in BACKENDS.items()
+            },
+        },
+    )
+    return s
+
+
+def validate(config: dict, check_files: bool = True) -> dict:
+    """Validate against the schema and cross-check names; return a copy with defaults filled in.
+
+    With `check_files`, a checkpoint path that does not exist is an error here, before any job: Snakemake
+    would otherwise keep the old model's results (a params change with a missing input is not rerun).
+    """
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         where = _key(err.absolute_path)
@@ -102,6 +132,7 @@ def validate(config: dict) -> dict:
             message += f"; allowed: {sorted(err.schema['properties'])}"
         raise PlanforgeError(f"config key {where}: {message}")
     cfg = copy.deepcopy(config)
+    cfg.setdefault("downloads", False)
     for section, values in DEFAULTS.items():
         cfg[section] = _merge(values, cfg.get(section) or {})
     for name, ds in cfg["datasets"].items():
@@ -112,29 +143,21 @@ def validate(config: dict) -> dict:
             raise PlanforgeError(
                 f"config key models.{name}.dataset: {model['dataset']!r} is not one of {sorted(cfg['datasets'])}"
             )
+        problem = checkpoint_problem(model["family"], model["checkpoint"], cfg["downloads"]) if check_files else None
+        if problem:
+            raise PlanforgeError(f"config key models.{name}.checkpoint: {problem}")
     for name, target in cfg["targets"].items():
-        cfg["targets"][name] = _merge(TARGET_DEFAULTS, target)
+        target = cfg["targets"][name] = _merge(TARGET_DEFAULTS, target)
         for backend, precisions in target["backends"].items():
-            bad = [p for p in precisions if p not in BACKENDS[backend].precisions]
+            spec = BACKENDS[backend]
+            where = f"config key targets.{name}.backends.{backend}"
+            bad = [p for p in precisions if p not in spec.precisions]
             if bad:
-                raise PlanforgeError(
-                    f"config key targets.{name}.backends.{backend}: {bad[0]!r} is not one of "
-                    f"{list(BACKENDS[backend].precisions)}"
-                )
-            on_cpu = target["device"] == "cpu"
-            if backend == "tensorrt" and on_cpu:
-                raise PlanforgeError(
-                    f"config key targets.{name}.backends.tensorrt: TensorRT needs a cuda device; set device: cuda"
-                )
-            if on_cpu and BACKENDS[backend].needs_cuda:
-                raise PlanforgeError(
-                    f"config key targets.{name}.backends.{backend}: needs a cuda device; allowed on cpu: "
-                    f"{sorted(b for b, s in BACKENDS.items() if not s.needs_cuda)}"
-                )
-            if on_cpu and backend.startswith("torch") and "fp16" in precisions:
-                raise PlanforgeError(
-                    f"config key targets.{name}.backends.{backend}: 'fp16' needs a cuda device; allowed on cpu: ['fp32']"
-                )
+                raise PlanforgeError(f"{where}: {bad[0]!r} is not one of {list(spec.precisions)}")
+            for precision in precisions:
+                problem = spec.device_problem(target["device"], precision)
+                if problem:
+                    raise PlanforgeError(f"{where}: {problem}")
     cfg.setdefault("references", [])
     for i, ref in enumerate(cfg["references"]):
         if ref["model"] not in cfg["models"]:

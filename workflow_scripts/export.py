@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.data import load_split
-from workflow_scripts.envinfo import library_versions
-from workflow_scripts.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.data import load_split
+from workflow_scripts.core.envinfo import library_versions
+from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.pipeline import load_images
 from workflow_scripts.models import get_family
-from workflow_scripts.pipeline import load_images
 
 
 def simplify(path: Path, method: str) -> str:

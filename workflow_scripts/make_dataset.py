@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from workflow_scripts.data import SPLITS, SyntheticSpec, make_synthetic_dataset
-from workflow_scripts.io import PlanforgeError, atomic_dir, atomic_path, run_cli
+from workflow_scripts.core.data import SPLITS, SyntheticSpec, make_synthetic_dataset
+from workflow_scripts.core.io import PlanforgeError, atomic_dir, atomic_path, run_cli
 
 
 def synthetic_spec(settings: dict) -> SyntheticSpec:

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import atomic_path, run_cli
-from workflow_scripts.results import load_tables, merged
+from workflow_scripts.core.io import run_cli, save_figure
+from workflow_scripts.core.results import load_tables, merged
 
 PLOT_KINDS = (
     "latency_vs_batch",
     "accuracy_vs_latency",
     "latency_vs_power",
     "serving_throughput_vs_p99",
-)  # the last: serving_plot.py
+)  # the last: workflow_scripts/serving/plot.py
 
 
 def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_png: Path, accuracy_png: Path) -> None:
-    """Latency vs batch per backend, and mAP50-95 vs batch-1 latency, for one target."""
+    """Latency vs batch per backend, and the task's accuracy metric vs batch-1 latency, for one target."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,28 +41,29 @@ def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_
     ax.grid(True, alpha=0.3)
     if not bench.empty:
         ax.legend(fontsize=8)
-    _save(fig, latency_png)
+    save_figure(fig, latency_png)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = merged[(merged["batch"] == 1) & merged["map50_95"].notna()] if not merged.empty else merged
+    pts = merged[(merged["batch"] == 1) & merged["score"].notna()] if not merged.empty else merged
     if pts.empty:
-        ax.text(0.5, 0.5, "no mAP measured on this target", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no accuracy measured on this target", ha="center", va="center", transform=ax.transAxes)
     for _, r in pts.iterrows():
         colour = "tab:green" if r["gate_passed"] else "tab:red"
-        ax.scatter(r["p50_ms"], r["map50_95"], color=colour, s=40)
+        ax.scatter(r["p50_ms"], r["score"], color=colour, s=40)
         ax.annotate(
             f"{r['model']} {r['backend']} {r['precision']}",
-            (r["p50_ms"], r["map50_95"]),
+            (r["p50_ms"], r["score"]),
             fontsize=8,
             xytext=(4, 4),
             textcoords="offset points",
         )
     ax.margins(x=0.25, y=0.2)
     ax.set_xlabel("batch-1 model latency, ms (p50)")
-    ax.set_ylabel("mAP50-95 (pycocotools)")
+    labels = sorted(set(pts["metric_label"])) if not pts.empty else []
+    ax.set_ylabel(" / ".join(labels) or "accuracy (the task's metric)")
     ax.set_title(f"{target}: accuracy vs latency (green: passes the gate)")
     ax.grid(True, alpha=0.3)
-    _save(fig, accuracy_png)
+    save_figure(fig, accuracy_png)
 
 
 def plot_power(target: str, bench: pd.DataFrame, png: Path) -> None:
@@ -93,16 +94,7 @@ def plot_power(target: str, bench: pd.DataFrame, png: Path) -> None:
     ax.set_ylabel("model latency per batch, ms (p50)")
     ax.set_title(f"{target}: latency vs power")
     ax.grid(True, alpha=0.3)
-    _save(fig, png)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def main(argv: list[str] | None = None) -> None:

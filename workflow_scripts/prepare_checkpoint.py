@@ -11,7 +11,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from workflow_scripts.io import atomic_path, run_cli, write_json
+from workflow_scripts.core.io import atomic_path, run_cli, write_json
 from workflow_scripts.models import get_family, is_architecture
 
 

@@ -9,17 +9,16 @@ model's `keep_float` stay FP32, so the box outputs are never squeezed into 8 bit
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from workflow_scripts.envinfo import library_versions
-from workflow_scripts.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.envinfo import library_versions
+from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.precisions import CALIBRATION_METHODS
 from workflow_scripts.models import get_family
-
-METHOD_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+from workflow_scripts.plan.settings import QuantizeSettings
 
 
 def excluded_nodes(family: str, model, keep_float: list[str]) -> dict[str, list[str]]:
@@ -55,7 +54,7 @@ def quantize(
     model = onnx.load(str(fp32))
     groups = excluded_nodes(family, model, keep_float)
     exclude = sorted({n for names in groups.values() for n in names})
-    enum = getattr(CalibrationMethod, METHOD_ENUM[method])
+    enum = getattr(CalibrationMethod, CALIBRATION_METHODS[method].ort_method)
     stored = load_tensors_data(ranges).calibration_method
     if stored != enum:
         raise PlanforgeError(f"{ranges}: ranges were calibrated with {stored}, not {method}; rerun calibrate")
@@ -105,12 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--family", required=True)
     p.add_argument("--fp32", type=Path, required=True)
     p.add_argument("--ranges", type=Path, required=True, help="ONNX Runtime tensor ranges written by calibrate")
-    p.add_argument("--method", required=True, choices=sorted(METHOD_ENUM))
-    p.add_argument("--settings", required=True, help="JSON: keep_float, activation_type, per_channel, reduce_range")
+    p.add_argument("--method", required=True, choices=CALIBRATION_METHODS.names())
+    p.add_argument("--settings", required=True, help="JSON: workflow_scripts.plan.settings.QuantizeSettings")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
     a = p.parse_args(argv)
-    s = json.loads(a.settings)
+    s = QuantizeSettings.from_json(a.settings)
     r = quantize(
         a.family,
         a.fp32,
@@ -118,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         a.method,
         a.out,
         a.report,
-        s.get("keep_float", []),
-        s["activation_type"],
-        s["per_channel"],
-        s["reduce_range"],
+        s.keep_float,
+        s.activation_type,
+        s.per_channel,
+        s.reduce_range,
     )
     print(f"{a.out}: {r['quantize_linear_nodes']} QuantizeLinear, {r['kept_float_count']} nodes kept in float")
 

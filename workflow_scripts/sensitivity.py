@@ -18,8 +18,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from workflow_scripts.accuracy import evaluate
-from workflow_scripts.io import run_cli, write_json
+from workflow_scripts.accuracy import default_settings, evaluate
+from workflow_scripts.core.io import run_cli, write_json
 from workflow_scripts.quantize import quantize
 
 
@@ -51,10 +51,8 @@ def sensitivity(
     """Measure every block's effect and choose the smallest greedy float list that reaches `target`."""
 
     def mAP(onnx_file: Path, backend: str = "onnxruntime", precision: str = "int8") -> float:
-        r = evaluate(
-            "m", family, onnx_file, checkpoint_info, backend, precision, imgsz, dataset, "cpu", "cpu",
-            threads, {}, 8, max_images, 0.001, 0.7, 300, "",
-        )  # fmt: skip
+        s = default_settings(imgsz, threads=threads, max_images=max_images)
+        r = evaluate("m", family, onnx_file, checkpoint_info, backend, precision, dataset, "cpu", s)
         return r["map50_95"]
 
     with tempfile.TemporaryDirectory(prefix="planforge-sens-") as tmp:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import atomic_path, read_json, run_cli
+from workflow_scripts.core.io import atomic_path, read_json, run_cli
+from workflow_scripts.core.results import load_tables, merged
 from workflow_scripts.plots import PLOT_KINDS
-from workflow_scripts.results import load_tables, merged
+from workflow_scripts.tasks import TASKS
 
 
 def _fmt(v, digits: int = 2) -> str:
@@ -36,6 +37,12 @@ def _span(values) -> str:
 def _min_seconds_note(tb) -> str:
     seconds = float(tb["min_seconds"].max())
     return f" (at least {seconds:g} s of timed calls each)" if seconds else ""
+
+
+def _metric_label(acc: pd.DataFrame) -> str:
+    """The accuracy metric's name: the one task's label, or 'accuracy' where tasks differ."""
+    labels = sorted(set(acc["metric_label"])) if not acc.empty and "metric_label" in acc else []
+    return labels[0] if len(labels) == 1 else "accuracy"
 
 
 def markdown_table(df: pd.DataFrame, columns: dict[str, tuple[str, int]]) -> str:
@@ -199,8 +206,8 @@ def render(
         commits = sorted({c for c in bench["git_commit"] if c})
         lines += [
             f"Measured {bench['timestamp'].min()} … {bench['timestamp'].max()} (UTC) from git "
-            f"{', '.join(commits) or 'unknown'}. Accuracy gate: mAP50-95 ≥ {gate:g} × the "
-            f"{baseline.replace('_', ' ')} baseline of the same target.",
+            f"{', '.join(commits) or 'unknown'}. Accuracy gate: {_metric_label(acc)} ≥ {gate:g} × the "
+            f"{baseline.replace('_', ' ')} baseline of the same target (each task's own metric).",
             "",
         ]
     serving = serving or []
@@ -233,7 +240,7 @@ def render(
                 "throughput": ("throughput img/s", 1),
                 "pre_ms": ("pre ms/batch", 2),
                 "post_ms": ("post ms/batch", 2),
-                "map50_95": ("mAP50-95", 4),
+                "score": (_metric_label(ta), 4),
                 "ratio": ("ratio to baseline", 3),
                 "gate_passed": ("gate", 0),
             }
@@ -249,8 +256,8 @@ def render(
                 if lowest is not None:
                     lines.append(
                         f"- Fastest at batch 1 that passes the gate: **{_label(lowest)}**, "
-                        f"p50 {lowest['p50_ms']:.2f} ms, p99 {lowest['p99_ms']:.2f} ms, mAP50-95 "
-                        f"{lowest['map50_95']:.4f}."
+                        f"p50 {lowest['p50_ms']:.2f} ms, p99 {lowest['p99_ms']:.2f} ms, {lowest['metric_label']} "
+                        f"{lowest['score']:.4f}."
                     )
                 if best is not None:
                     lines.append(
@@ -271,34 +278,29 @@ def render(
             notes = int8_speed_notes(joined)
             if notes:
                 lines += notes + [""]
-        if not ta.empty:
+        for task_name, tt in ta.groupby("task") if not ta.empty else ():
+            task = TASKS[task_name]
+            columns = {
+                "model": ("model", 0),
+                "backend": ("backend", 0),
+                "precision": ("precision", 0),
+                **{key: (title, digits) for key, title, digits in task.columns},
+                "baseline": ("baseline", 0),
+                "ratio": ("ratio", 3),
+                "gate_passed": ("gate", 0),
+            }
             lines += [
-                "Accuracy on the validation split:",
+                f"Accuracy on the validation split ({task_name}: {task.metric_label}):",
                 "",
-                markdown_table(
-                    ta.sort_values(["model", "backend", "precision"]),
-                    {
-                        "model": ("model", 0),
-                        "backend": ("backend", 0),
-                        "precision": ("precision", 0),
-                        "images": ("images", 0),
-                        "map50_95": ("mAP50-95", 4),
-                        "map50": ("mAP50", 4),
-                        "ap_small": ("AP small", 4),
-                        "ap_medium": ("AP medium", 4),
-                        "ap_large": ("AP large", 4),
-                        "baseline": ("baseline", 0),
-                        "ratio": ("ratio", 3),
-                        "gate_passed": ("gate", 0),
-                    },
-                ),
+                markdown_table(tt.sort_values(["model", "backend", "precision"]), columns),
                 "",
             ]
+        if not ta.empty:
             failed = ta[ta["gate_passed"] == False]  # noqa: E712
             for _, r in failed.iterrows():
                 lines.append(
                     f"> **ACCURACY GATE FAILED**: {r['model']} {r['backend']} {r['precision']} keeps "
-                    f"{_fmt(r['ratio'], 3)} of the baseline's mAP50-95 (gate {gate:g})."
+                    f"{_fmt(r['ratio'], 3)} of the baseline's {r['metric_label']} (gate {gate:g})."
                 )
             if not failed.empty:
                 lines.append("")

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from workflow_scripts.data import SHAPE_CLASSES, SyntheticSpec, load_split, make_synthetic_dataset
-from workflow_scripts.io import atomic_path, run_cli, write_json
+from workflow_scripts.core.data import SHAPE_CLASSES, SyntheticSpec, load_split, make_synthetic_dataset
+from workflow_scripts.core.io import atomic_path, run_cli, write_json
 
 
 def coco_to_yolo_layout(dataset_dir: Path, yolo_dir: Path, splits: tuple[str, ...] = ("train", "val")) -> Path:

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.accuracy import category_map, coco_detections
-from workflow_scripts.data import SHAPE_CLASSES, SyntheticSpec, load_split, make_synthetic_dataset, read_image
-from workflow_scripts.io import PlanforgeError, atomic_dir, atomic_path, read_json, run_cli, write_json
-from workflow_scripts.metrics import coco_evaluate
+from workflow_scripts.core.data import SHAPE_CLASSES, SyntheticSpec, load_split, make_synthetic_dataset, read_image
+from workflow_scripts.core.io import PlanforgeError, atomic_dir, atomic_path, read_json, run_cli, write_json
+from workflow_scripts.core.metrics import coco_evaluate
 from workflow_scripts.models import dfine
+from workflow_scripts.tasks.detection import category_map, coco_detections
 
 
 def evaluate(model, split, imgsz: int, device: str, batch: int = 8) -> dict[str, float]:

@@ -1,39 +1,71 @@
-"""Model families: each turns images into arrays and arrays into detections.
+"""Model families: each turns a task's inputs into arrays and arrays into the task's outputs.
 
-A family module provides `load_torch`, `class_names`, `preprocess`, `postprocess` and
-`export_onnx`. Families never import a runner; the step scripts join the two.
+A family module provides `load_torch`, `class_names`, `preprocess`, `postprocess`, `export_onnx`,
+`forward_output` and `INPUT_NAME` / `OUTPUT_NAMES` (the ONNX and engine tensor names). Its registry
+entry says which task it serves and whether Triton pre/post models exist for it. Families never import
+a runner; workflow_scripts/core/pipeline.py joins the two.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
-FAMILIES = {"yolo": "workflow_scripts.models.yolo", "dfine": "workflow_scripts.models.dfine"}
-# Families with Triton pre/post-processing models (workflow_scripts/triton_models.py); others are not served.
-SERVED_FAMILIES = ("yolo",)
+from workflow_scripts.core.registry import Registry, load_plugins
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    module: str
+    task: str  # a name in workflow_scripts.tasks.TASKS
+    served: bool = False  # has Triton pre/post-processing models (workflow_scripts/serving/python_models.py)
+    hub_ids: bool = False  # a checkpoint may be a Hugging Face id (needs `downloads: true`)
+
+
+FAMILIES: Registry[FamilySpec] = Registry("model family")
+FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection", served=True))
+FAMILIES.register("dfine", FamilySpec("workflow_scripts.models.dfine", "detection", hub_ids=True))
 
 
 def get_family(name: str) -> ModuleType:
     """The module implementing model family `name`."""
-    try:
-        return importlib.import_module(FAMILIES[name])
-    except KeyError:
-        from workflow_scripts.io import PlanforgeError
-
-        raise PlanforgeError(f"unknown model family {name!r}; allowed: {sorted(FAMILIES)}") from None
+    return importlib.import_module(FAMILIES[name].module)
 
 
 def family_file(name: str) -> str:
     """Path of the family's source file, relative to the repository (for Snakemake code inputs)."""
-    return FAMILIES[name].replace(".", "/") + ".py"
+    from workflow_scripts.core.deps import source_file
+
+    return source_file(FAMILIES[name].module)
 
 
 def is_architecture(checkpoint: str) -> bool:
     """A checkpoint given as an architecture name (`yolov8n.yaml`, `dfine-demo.yaml`): random weights, no file."""
-    from pathlib import Path
-
     return str(checkpoint).endswith((".yaml", ".yml")) and not Path(checkpoint).is_file()
+
+
+# Checkpoints this workflow downloads itself (rules/data.smk: download_weights).
+DOWNLOADED_WEIGHTS = "artifacts/weights/"
+
+
+def checkpoint_problem(family: str, checkpoint: str, downloads: bool) -> str | None:
+    """Why a model's checkpoint cannot be read, or None: a missing local path, or a download on an offline config."""
+    if is_architecture(checkpoint):
+        return None
+    if Path(checkpoint).exists():
+        return None
+    offline = "this config does not allow downloads; set `downloads: true` or give a local path"
+    if str(checkpoint).startswith(DOWNLOADED_WEIGHTS):
+        return None if downloads else f"{checkpoint!r} is downloaded by the workflow, but {offline}"
+    fam = get_family(family)
+    if FAMILIES[family].hub_ids and fam.hub_id_form(checkpoint):
+        return None if downloads else f"{checkpoint!r} is a Hugging Face id, but {offline}"
+    return (
+        f"{checkpoint!r}: no such file or directory (from {Path.cwd()}); train or copy it there, or give an "
+        f"architecture name such as yolov8n.yaml"
+    )
 
 
 def checkpoint_inputs(family: str, checkpoint: str) -> list[str]:
@@ -54,3 +86,6 @@ def raw_outputs(fam: ModuleType, outputs: list):
     """What a family's `postprocess` takes from a runner's outputs: the one tensor, or all of them in order."""
     names = getattr(fam, "OUTPUT_NAMES", ("output0",))
     return outputs[0] if len(names) == 1 else list(outputs[: len(names)])
+
+
+load_plugins()  # last: a plugin module imports the names above

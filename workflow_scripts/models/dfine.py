@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.io import PlanforgeError, exception_line
+from workflow_scripts.core.io import PlanforgeError, exception_line
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("logits", "pred_boxes")
@@ -48,7 +48,7 @@ QUANT_EXCLUDE = {
     "query selection (encoder score and box heads)": r"^/inner/model/enc_(output|score_head|bbox_head)",
 }
 
-# The synthetic dataset's classes (workflow_scripts.data.SHAPE_CLASSES), in output order.
+# The synthetic dataset's classes (workflow_scripts.core.data.SHAPE_CLASSES), in output order.
 DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 
 
@@ -70,7 +70,7 @@ def hub_id(name: str) -> str:
     return HUB_NAMES.get(str(name), str(name))
 
 
-def _hub_id_form(checkpoint: str) -> bool:
+def hub_id_form(checkpoint: str) -> bool:
     """Written like a Hugging Face id (owner/name, or a size name that maps to one), not a local path."""
     return "/" in hub_id(checkpoint) and not str(checkpoint).startswith((".", "/"))
 
@@ -345,7 +345,7 @@ def load_torch(checkpoint: str | Path, device: str = "cpu"):
         model = _from_file(Path(src))
     elif Path(src).is_dir():
         model = _from_pretrained(src)
-    elif _hub_id_form(src):
+    elif hub_id_form(src):
         model = _from_pretrained(hub_id(src))
     else:
         raise PlanforgeError(
@@ -364,7 +364,7 @@ def checkpoint_inputs(checkpoint: str) -> list[str]:
         return sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
     if is_architecture_name(checkpoint):
         return []
-    if not p.exists() and _hub_id_form(checkpoint) and not Path(str(checkpoint).split("/")[0]).is_dir():
+    if not p.exists() and hub_id_form(checkpoint) and not Path(str(checkpoint).split("/")[0]).is_dir():
         return []  # a Hugging Face id: nothing local to watch (changing the id reruns via params)
     return [str(checkpoint)]
 

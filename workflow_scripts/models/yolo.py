@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.io import PlanforgeError, exception_line
+from workflow_scripts.core.io import PlanforgeError, exception_line
 from workflow_scripts.models import is_architecture
 
 PAD_VALUE = 114

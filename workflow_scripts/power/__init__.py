@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
-SAMPLERS = {
-    "none": "workflow_scripts.power.none",
-    "nvml": "workflow_scripts.power.nvml",
-    "tegrastats": "workflow_scripts.power.tegrastats",
-}
+from workflow_scripts.core.registry import Registry, load_plugins
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    module: str  # provides make_sampler(**kwargs) -> Sampler
+    reads: str  # what it measures, for the summary and the docs
+
+
+SAMPLERS: Registry[SamplerSpec] = Registry("power sampler")
+SAMPLERS.register("none", SamplerSpec("workflow_scripts.power.none", "nothing (no energy figures)"))
+SAMPLERS.register("nvml", SamplerSpec("workflow_scripts.power.nvml", "GPU board power through NVML"))
+SAMPLERS.register("tegrastats", SamplerSpec("workflow_scripts.power.tegrastats", "Jetson rails through tegrastats"))
 
 
 class Sampler:
@@ -36,5 +45,8 @@ class Sampler:
 
 def get_sampler(name: str, **kwargs: Any) -> Sampler:
     """Sampler `name` (see SAMPLERS)."""
-    module = importlib.import_module(SAMPLERS[name])
+    module = importlib.import_module(SAMPLERS[name].module)
     return module.make_sampler(**kwargs)
+
+
+load_plugins()  # last: a plugin module imports the names above

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.power import Sampler
 
 

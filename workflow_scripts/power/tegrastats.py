@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Any
 
-from workflow_scripts.engines import power_mode
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.machine import power_mode
 from workflow_scripts.power import Sampler
 
 AGX_ORIN_RAILS = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")

@@ -3,8 +3,8 @@
 A runner runs arrays: `prepare` puts a preprocessed batch where the backend wants it
 (device memory, contiguous layout), `infer` runs the model and waits for it to finish,
 `to_numpy` brings outputs back. The bench loop times `infer` alone, so "model only" means
-the same thing for every backend. Adding a backend is one module here and one entry in
-BACKENDS.
+the same thing for every backend. Adding a backend is one module and one `BACKENDS.register` call
+(here, or in a plugin module named in $PLANFORGE_PLUGINS).
 """
 
 from __future__ import annotations
@@ -13,57 +13,110 @@ import importlib
 import importlib.util
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from workflow_scripts.core.deps import source_file
+from workflow_scripts.core.precisions import PRECISIONS
+from workflow_scripts.core.precisions import parse as parse_precision
+from workflow_scripts.core.registry import Registry, load_plugins
+
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """What the DAG must know about a backend without importing it."""
+    """Everything about a backend that the config, the plan and the summary need, without importing it."""
 
-    module: str  # workflow_scripts.runners.<module>
+    module: str  # its runner's module: a name under workflow_scripts.runners, or a full dotted path
     cls: str
-    artifact: str  # which artifact it runs: "checkpoint" (torch module), "onnx" or "engine" (TensorRT .plan)
+    artifact: str  # what it runs: "checkpoint" (the family's torch module), "onnx" or "engine" (TensorRT .plan)
     precisions: tuple[str, ...]
     requires: tuple[str, ...]  # importable modules it needs; absent → reported unavailable
-    needs_cuda: bool = False  # only meaningful on a CUDA target
+    devices: tuple[str, ...] = ("cpu", "cuda")  # device kinds of the targets it runs on
+    cuda_precisions: tuple[str, ...] = ()  # precisions it runs only on a cuda device
+    options: dict = field(default_factory=dict)  # targets.<t>.backend_options.<name>: every key, with its default
     missing: str = ""  # what the summary says when they are absent (default: names the modules)
     requires_dist: tuple[str, ...] = ()  # installed distributions it needs (same module, other wheel)
 
+    @property
+    def module_path(self) -> str:
+        return self.module if "." in self.module else f"workflow_scripts.runners.{self.module}"
 
-INT8_PRECISIONS = ("int8_minmax", "int8_entropy", "int8_percentile")  # int8_<calibration method>
+    def device_problem(self, device: str, precision: str) -> str | None:
+        """Why this backend cannot run `precision` on `device` ('cpu', 'cuda:0'), or None: the one device rule."""
+        kind = device.split(":")[0]
+        if kind not in self.devices:
+            return f"needs a {' or '.join(self.devices)} device; set the target's device or remove this backend"
+        if precision in self.cuda_precisions and kind != "cuda":
+            allowed = [p for p in self.precisions if p not in self.cuda_precisions]
+            return f"{precision!r} needs a cuda device; allowed on {kind}: {allowed}"
+        return None
 
-BACKENDS: dict[str, BackendSpec] = {
-    "torch": BackendSpec("torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
+    def artifact_variant(self, precision: str) -> str:
+        """Which file of its artifact kind it reads for `precision`: the ONNX variant, or the engine's precision."""
+        if self.artifact == "onnx":
+            return parse_precision(precision).onnx_variant
+        return precision
+
+
+INT8_QDQ = tuple(p for p in PRECISIONS if PRECISIONS[p].calibration)  # int8_<calibration method>
+TORCH_OPTIONS = {"channels_last": None, "compile_mode": None}  # None: on for cuda / the backend's own mode
+
+BACKENDS: Registry[BackendSpec] = Registry("backend")
+for _name, _spec in {
+    "torch": BackendSpec(
+        "torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",), cuda_precisions=("fp16",),
+        options={"channels_last": None},
+    ),
     "torch-cudagraph": BackendSpec(
-        "torch_runner", "TorchCudaGraphRunner", "checkpoint", ("fp32", "fp16"), ("torch",), needs_cuda=True
+        "torch_runner", "TorchCudaGraphRunner", "checkpoint", ("fp32", "fp16"), ("torch",), devices=("cuda",),
+        options={"channels_last": None},
     ),
-    "torch-compile": BackendSpec("torch_runner", "TorchCompileRunner", "checkpoint", ("fp32", "fp16"), ("torch",)),
+    "torch-compile": BackendSpec(
+        "torch_runner", "TorchCompileRunner", "checkpoint", ("fp32", "fp16"), ("torch",), cuda_precisions=("fp16",),
+        options=TORCH_OPTIONS,
+    ),
     "torch-compile-max": BackendSpec(
-        "torch_runner", "TorchCompileMaxRunner", "checkpoint", ("fp32", "fp16"), ("torch",)
+        "torch_runner", "TorchCompileMaxRunner", "checkpoint", ("fp32", "fp16"), ("torch",),
+        cuda_precisions=("fp16",), options=TORCH_OPTIONS,
     ),
-    "onnxruntime": BackendSpec("ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("onnxruntime",)),
+    "onnxruntime": BackendSpec(
+        "ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_QDQ), ("onnxruntime",),
+        options={"graph_optimization": "all", "providers": ["CPUExecutionProvider"]},
+    ),
     "onnxruntime-gpu": BackendSpec(
         "ort_runner",
         "OrtGpuRunner",
         "onnx",
-        ("fp32", "fp16", *INT8_PRECISIONS),
+        ("fp32", "fp16", *INT8_QDQ),
         ("onnxruntime",),
-        needs_cuda=True,
+        devices=("cuda",),
         requires_dist=("onnxruntime-gpu",),
+        options={
+            "graph_optimization": "all",
+            "execution_providers": ["tensorrt", "cuda", "cpu"],
+            "trt_engine_cache_path": "artifacts/ort_trt_cache",
+            "workspace_mib": 4096,
+            "int8_calibration_table": None,
+        },
     ),
-    "openvino": BackendSpec("openvino_runner", "OpenVinoRunner", "onnx", ("fp32", *INT8_PRECISIONS), ("openvino",)),
+    "openvino": BackendSpec(
+        "openvino_runner", "OpenVinoRunner", "onnx", ("fp32", *INT8_QDQ), ("openvino",), devices=("cpu",),
+        options={"performance_hint": "LATENCY", "num_streams": None},
+    ),
     "tensorrt": BackendSpec(
         "tensorrt_runner",
         "TensorrtRunner",
         "engine",
         ("fp32", "fp16", "int8", "best"),
         ("tensorrt", "torch"),
+        devices=("cuda",),
         missing="TensorRT not installed on this machine",
+        options={"cuda_graph": False},
     ),
-}
+}.items():
+    BACKENDS.register(_name, _spec)
 
 
 def backend_available(name: str) -> tuple[bool, str]:
@@ -90,13 +143,13 @@ def _installed(distribution: str) -> bool:
 
 
 def runner_file(name: str) -> str:
-    """Source file of backend `name`'s runner, relative to the repository."""
-    return f"workflow_scripts/runners/{BACKENDS[name].module}.py"
+    """Source file of backend `name`'s runner (relative to the repository when inside it)."""
+    return source_file(BACKENDS[name].module_path)
 
 
 def get_runner_class(name: str) -> type[Runner]:
     spec = BACKENDS[name]
-    return getattr(importlib.import_module(f"workflow_scripts.runners.{spec.module}"), spec.cls)
+    return getattr(importlib.import_module(spec.module_path), spec.cls)
 
 
 class Runner:
@@ -110,7 +163,9 @@ class Runner:
         self.precision = precision
         self.device = device
         self.threads = threads
-        self.options = dict(options or {})
+        # every option the backend declares, with its registry default unless given
+        declared = BACKENDS[self.backend].options if self.backend in BACKENDS else {}
+        self.options = {**declared, **(options or {})}
 
     def prepare(self, batch: np.ndarray) -> Any:
         """Put a float32 NCHW batch where `infer` reads it (not timed as model time)."""
@@ -149,3 +204,6 @@ class Runner:
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.to_numpy(self.infer(self.prepare(batch)))
+
+
+load_plugins()  # last: a plugin module imports the names above

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.runners import Runner
 
 
@@ -35,12 +35,12 @@ class OpenVinoRunner(Runner):
             raise PlanforgeError(f"openvino backend runs on the CPU only, the target asks for {device!r}")
         core = ov.Core()
         config = {
-            "PERFORMANCE_HINT": self.options.get("performance_hint", "LATENCY"),
+            "PERFORMANCE_HINT": self.options["performance_hint"],
             "INFERENCE_PRECISION_HINT": "f32",
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        if "num_streams" in self.options:
+        if self.options["num_streams"] is not None:
             config["NUM_STREAMS"] = str(self.options["num_streams"])
         try:
             self.compiled = core.compile_model(core.read_model(str(model)), "CPU", config)

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from workflow_scripts.io import PlanforgeError
-from workflow_scripts.runners import Runner
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.precisions import parse
+from workflow_scripts.runners import BACKENDS, Runner
 
 GRAPH_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -24,7 +25,7 @@ def session_options(threads: int | None, options: dict) -> ort.SessionOptions:
     if threads:
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = GRAPH_LEVELS[options.get("graph_optimization", "all")]
+    so.graph_optimization_level = GRAPH_LEVELS[options["graph_optimization"]]
     so.log_severity_level = 3
     return so
 
@@ -43,7 +44,7 @@ class OrtRunner(Runner):
         options: dict | None = None,
     ) -> None:
         super().__init__(model, precision, device, threads, options)
-        providers = self.options.get("providers", ["CPUExecutionProvider"])
+        providers = self.options["providers"]
         try:
             self.session = ort.InferenceSession(str(model), session_options(threads, self.options), providers=providers)
         except Exception as exc:  # ORT raises its own exception types for a damaged model
@@ -74,20 +75,22 @@ def gpu_providers(precision: str, device: str, options: dict) -> list[tuple[str,
     engine cache so its engines are built once per machine.
     """
     device_id = int(device.split(":")[1]) if ":" in device else 0
-    order = options.get("execution_providers", ["tensorrt", "cuda", "cpu"])
+    options = {**BACKENDS["onnxruntime-gpu"].options, **options}
+    order = options["execution_providers"]
+    int8 = parse(precision).kind == "int8"
     providers = []
     for name in order:
         if name == "tensorrt":
             trt = {
                 "device_id": device_id,
-                "trt_fp16_enable": precision in ("fp16",) or precision.startswith("int8"),
-                "trt_int8_enable": precision.startswith("int8"),
+                "trt_fp16_enable": precision == "fp16" or int8,
+                "trt_int8_enable": int8,
                 "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": options.get("trt_engine_cache_path", "artifacts/ort_trt_cache"),
+                "trt_engine_cache_path": options["trt_engine_cache_path"],
                 "trt_timing_cache_enable": True,
-                "trt_max_workspace_size": int(options.get("workspace_mib", 4096)) * 1024 * 1024,
+                "trt_max_workspace_size": int(options["workspace_mib"]) * 1024 * 1024,
             }
-            if options.get("int8_calibration_table"):  # ORT's own table, for a float model with implicit INT8
+            if options["int8_calibration_table"]:  # ORT's own table, for a float model with implicit INT8
                 trt["trt_int8_calibration_table_name"] = options["int8_calibration_table"]
                 trt["trt_int8_use_native_calibration_table"] = False
             providers.append(("TensorrtExecutionProvider", trt))

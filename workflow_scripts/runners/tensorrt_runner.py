@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from workflow_scripts import engines
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.runners import Runner
+from workflow_scripts.tensorrt import engines
 
 
 @dataclass
@@ -76,7 +76,7 @@ class TensorrtRunner(Runner):
         low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(low[0]), int(high[0])
         self.stream = torch.cuda.Stream(self.device)
-        self.cuda_graph = bool(self.options.get("cuda_graph", False))
+        self.cuda_graph = bool(self.options["cuda_graph"])
         self.device_times_ms = []
         self._bound: Chunk | None = None
 

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from workflow_scripts.io import PlanforgeError
-from workflow_scripts.runners import Runner
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.precisions import parse
+from workflow_scripts.runners import BACKENDS, Runner
 
 
 class HostScalarsAsFills(TorchDispatchMode):
@@ -85,12 +86,12 @@ class TorchRunner(Runner):
         self.cuda = self.torch_device.type == "cuda"
         if self.cuda and not torch.cuda.is_available():
             raise PlanforgeError(f"device {device}: torch sees no CUDA GPU on this machine; run this target on a GPU")
-        if precision == "fp16" and not self.cuda:
-            raise PlanforgeError("torch fp16 needs a CUDA device; remove fp16 from this CPU target's torch precisions")
-        if self.mode == "cudagraph" and not self.cuda:
-            raise PlanforgeError("torch-cudagraph needs a CUDA device; remove it from this CPU target's backends")
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
-        self.channels_last = bool(self.options.get("channels_last", self.cuda))
+        problem = BACKENDS[self.backend].device_problem(device, precision)  # the registry's device rule
+        if problem:
+            raise PlanforgeError(f"{self.backend}: {problem}")
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[parse(precision).kind]
+        chosen = self.options["channels_last"]
+        self.channels_last = self.cuda if chosen is None else bool(chosen)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         model = model.to(self.torch_device, self.dtype).eval()
         self.model = model.to(memory_format=self.memory_format)
@@ -100,7 +101,7 @@ class TorchRunner(Runner):
         self.input_size: tuple[int, int] | None = None
         self.forward = self._eager
         if self.mode == "compile":
-            self.compile_mode = self.options.get("compile_mode", self.compile_mode)
+            self.compile_mode = self.options["compile_mode"] or self.compile_mode
             self.forward = torch.compile(self._eager, mode=self.compile_mode, dynamic=False)
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
         self.setup_seconds: dict[str, float] = {}

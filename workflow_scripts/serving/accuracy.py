@@ -2,26 +2,26 @@
 
 Every image goes to the `{model}_eval` ensemble (the COCO evaluation thresholds) with tritonclient
 over HTTP, and the detections it returns are scored by the same loop and evaluator as the
-in-process backends (`accuracy.coco_detections`, `metrics.coco_evaluate`). The result must match
+in-process backends (`tasks.detection.coco_detections`, `metrics.coco_evaluate`). The result must match
 the in-process ONNX Runtime mAP50-95 to within `--tolerance`, or the job fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.accuracy import category_map, coco_detections
-from workflow_scripts.data import load_split
-from workflow_scripts.io import PlanforgeError, read_json, run_cli, write_json
-from workflow_scripts.metrics import coco_evaluate
-from workflow_scripts.triton_env import ensure
-from workflow_scripts.triton_models import unpack_detections
-from workflow_scripts.triton_server import TritonServer, serve
+from workflow_scripts.core.data import load_split
+from workflow_scripts.core.io import PlanforgeError, read_json, run_cli, write_json
+from workflow_scripts.core.metrics import coco_evaluate
+from workflow_scripts.plan.settings import ServingAccuracySettings
+from workflow_scripts.serving.env import ensure
+from workflow_scripts.serving.python_models import unpack_detections
+from workflow_scripts.serving.server import TritonServer, serve
+from workflow_scripts.tasks.detection import category_map, coco_detections
 
 
 class EnsembleDetector:
@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--checkpoint-info", type=Path, required=True)
     p.add_argument("--reference", type=Path, default=None, help="in-process ONNX Runtime accuracy JSON")
-    p.add_argument("--settings", required=True, help="JSON: batch, max_images, startup_timeout_s, map_tolerance")
+    p.add_argument("--settings", required=True, help="JSON: workflow_scripts.plan.settings.ServingAccuracySettings")
     p.add_argument("--server-log", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
-    s = json.loads(a.settings)
+    s = ServingAccuracySettings.from_json(a.settings)
     record = evaluate_served(
         a.repository,
         a.model,
@@ -140,13 +140,13 @@ def main(argv: list[str] | None = None) -> None:
         a.dataset,
         a.checkpoint_info,
         a.server_log,
-        s["batch"],
-        s.get("max_images"),
-        s["startup_timeout_s"],
+        s.batch,
+        s.max_images,
+        s.startup_timeout_s,
         read_json(a.reference) if a.reference else None,
-        s["map_tolerance"],
+        s.map_tolerance,
     )
-    record["config_hash"] = s.get("config_hash")
+    record["config_hash"] = s.config_hash
     ref = record.get("reference")
     if ref and not ref["matches"]:
         raise PlanforgeError(

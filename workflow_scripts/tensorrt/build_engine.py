@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workflow_scripts import engines
-from workflow_scripts.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.tensorrt import engines
 
 
 def _check_inputs(onnx: Path, settings: dict) -> None:

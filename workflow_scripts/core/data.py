@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from workflow_scripts.io import PlanforgeError
+from workflow_scripts.core.io import PlanforgeError
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 SPLITS = ("train", "val", "calib")

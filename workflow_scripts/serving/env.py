@@ -24,8 +24,8 @@ import venv
 from dataclasses import dataclass
 from pathlib import Path
 
-from workflow_scripts.deps import ROOT
-from workflow_scripts.io import PlanforgeError, run_cli, write_json
+from workflow_scripts.core.deps import ROOT
+from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
 
 # The server side's own dependency list (it cannot share the workflow's numpy 2 environment).
 REQUIREMENTS = (

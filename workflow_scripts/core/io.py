@@ -97,3 +97,13 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except PlanforgeError as exc:
         print(f"planforge error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG, whole or not at all, and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

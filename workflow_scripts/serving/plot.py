@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workflow_scripts.io import read_json, run_cli
-from workflow_scripts.plots import _save
+from workflow_scripts.core.io import read_json, run_cli, save_figure
 
 
 def plot_serving(target: str, records: list[dict], out: Path) -> None:
@@ -37,7 +36,7 @@ def plot_serving(target: str, records: list[dict], out: Path) -> None:
     ax.grid(True, alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=7)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:

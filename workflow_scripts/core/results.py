@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import read_json
+from workflow_scripts.core.io import read_json
+from workflow_scripts.tasks import TASKS
 
 KEYS = ["target", "model", "backend", "precision"]
 
@@ -48,18 +49,17 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
     acc = []
     for f in accuracy_files:
         r = read_json(f)
+        task = TASKS[r.get("task", "detection")]  # JSONs written before tasks existed are detection
         acc.append(
             {
                 "target": r["target"],
                 "model": r["model"],
                 "backend": r["backend"],
                 "precision": r["precision"],
-                "map50_95": r["map50_95"],
-                "map50": r["map50"],
-                "ap_small": r.get("ap_small"),
-                "ap_medium": r.get("ap_medium"),
-                "ap_large": r.get("ap_large"),
-                "images": r["images"],
+                "task": r.get("task", "detection"),
+                "score": r[task.metric],  # the task's metric: what the gate compares
+                "metric_label": task.metric_label,
+                **{key: r.get(key) for key, _, _ in task.columns},
                 "ratio": r.get("ratio_to_baseline"),
                 "gate_passed": r.get("gate", {}).get("passed"),
                 "baseline": f"{r['baseline']['backend']} {r['baseline']['precision']}" if r.get("baseline") else None,
@@ -67,21 +67,7 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
         )
     bench_cols = ["target", "model", "backend", "precision", "batch"]
     # no accuracy files (every model `accuracy: false`): the columns still exist, empty, for the joins
-    acc_cols = [
-        "target",
-        "model",
-        "backend",
-        "precision",
-        "map50_95",
-        "map50",
-        "ap_small",
-        "ap_medium",
-        "ap_large",
-        "images",
-        "ratio",
-        "gate_passed",
-        "baseline",
-    ]
+    acc_cols = [*KEYS, "task", "score", "metric_label", "ratio", "gate_passed", "baseline"]
     b = pd.DataFrame(bench, columns=None if bench else bench_cols)
     a = pd.DataFrame(acc, columns=None if acc else acc_cols)
     return b, a

@@ -18,15 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from workflow_scripts.data import load_split, read_image
-from workflow_scripts.envinfo import environment
-from workflow_scripts.io import PlanforgeError, atomic_path, read_json, run_cli, write_json
-from workflow_scripts.metrics import latency_stats
+from workflow_scripts.core.data import load_split, read_image
+from workflow_scripts.core.envinfo import environment
+from workflow_scripts.core.io import PlanforgeError, atomic_path, read_json, run_cli, write_json
+from workflow_scripts.core.metrics import latency_stats
+from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family
-from workflow_scripts.pipeline import make_runner
-from workflow_scripts.triton_env import ensure
-from workflow_scripts.triton_repo import without_dynamic_batching
-from workflow_scripts.triton_server import TritonServer, serve
+from workflow_scripts.plan.settings import ServingSettings
+from workflow_scripts.serving.env import ensure
+from workflow_scripts.serving.repository import without_dynamic_batching
+from workflow_scripts.serving.server import TritonServer, serve
 
 # perf_analyzer --verbose-csv column → our name (all in microseconds there, milliseconds here)
 LATENCY_COLUMNS = {"p50 latency": "p50", "p90 latency": "p90", "p95 latency": "p95", "p99 latency": "p99"}
@@ -340,33 +341,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", required=True)
     p.add_argument("--dataset", type=Path, required=True, help="one real val image is the request payload")
     p.add_argument("--bench-b1", type=Path, default=None, help="in-process ONNX Runtime batch-1 bench JSON")
-    p.add_argument(
-        "--settings",
-        required=True,
-        help="JSON: concurrency, protocols, requests (per window), stability_percentage, max_trials, startup_timeout_s, "
-        "http_port, grpc_port",
-    )
+    p.add_argument("--settings", required=True, help="JSON: workflow_scripts.plan.settings.ServingSettings")
     p.add_argument("--server-log", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="the JSON; the CSV goes beside it")
     a = p.parse_args(argv)
-    s = json.loads(a.settings)
+    s = ServingSettings.from_json(a.settings)
     record = run_sweep(
         a.repository,
         a.model,
         a.target,
         a.dataset,
         a.server_log,
-        s["concurrency"],
-        s["protocols"],
-        s["requests"],
-        s["startup_timeout_s"],
-        s.get("http_port"),
-        s.get("grpc_port"),
+        s.concurrency,
+        s.protocols,
+        s.requests,
+        s.startup_timeout_s,
+        s.http_port,
+        s.grpc_port,
         bench_b1=a.bench_b1,
-        stability=s.get("stability_percentage", 25),
-        max_trials=s.get("max_trials", 6),
+        stability=s.stability_percentage,
+        max_trials=s.max_trials,
     )
-    record["config_hash"] = s.get("config_hash")
+    record["config_hash"] = s.config_hash
     write_csv(record, a.out.with_suffix(".csv"))
     write_json(a.out, record)
     print(f"{a.out}: {len(record['sweep'])} measurements in {record['seconds']} s; {json.dumps(record['comparison'])}")

@@ -126,7 +126,7 @@ def environment(device: str) -> dict:
 
 def check_target_device(target: str, device: str, gpu_pin: str | None) -> None:
     """Refuse to time a target on the wrong hardware: no GPU for a cuda target, or another GPU than pinned."""
-    from workflow_scripts.io import PlanforgeError
+    from workflow_scripts.core.io import PlanforgeError
 
     if not device.startswith("cuda"):
         return

@@ -22,11 +22,11 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workflow_scripts.io import PlanforgeError, atomic_path, run_cli
+from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli
+from workflow_scripts.core.precisions import CALIBRATION_METHODS
 
 # percentile ranges go under the entropy header: trtexec's own calibrator is an EntropyCalibrator2,
 # and TensorRT ignores a cache whose header names another algorithm than the calibrator's
-ALGORITHMS = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2"}
 DEFAULT_TRT_VERSION = 100300  # TensorRT 10.3.0, as getInferLibVersion() reports it
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 _LINE = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
@@ -62,9 +62,8 @@ class CalibrationCache:
         cls, ranges: dict[str, tuple[float, float]], method: str, version: int = DEFAULT_TRT_VERSION
     ) -> CalibrationCache:
         """A cache from activation ranges (tensor → (min, max)) calibrated by `method` (minmax/entropy/percentile)."""
-        if method not in ALGORITHMS:
-            raise PlanforgeError(f"calibration method {method!r} is not one of {sorted(ALGORITHMS)}")
-        return cls(ALGORITHMS[method], version, {name: scale_from_range(lo, hi) for name, (lo, hi) in ranges.items()})
+        algorithm = CALIBRATION_METHODS[method].trt_algorithm  # an unknown method is a one-line error
+        return cls(algorithm, version, {name: scale_from_range(lo, hi) for name, (lo, hi) in ranges.items()})
 
     def dumps(self) -> str:
         lines = [f"TRT-{self.version}-{self.algorithm}"]
@@ -123,7 +122,7 @@ def read_ort_ranges(path: str | Path) -> dict[str, tuple[float, float]]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranges", type=Path, required=True, help="ONNX Runtime ranges JSON written by calibrate")
-    p.add_argument("--method", required=True, choices=sorted(ALGORITHMS))
+    p.add_argument("--method", required=True, choices=CALIBRATION_METHODS.names())
     p.add_argument("--trt-version", type=int, default=DEFAULT_TRT_VERSION, help="e.g. 100300 for TensorRT 10.3.0")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from workflow_scripts.data import CocoSplit, read_image
-from workflow_scripts.envinfo import check_target_device
+from workflow_scripts.core.data import CocoSplit, read_image
+from workflow_scripts.core.envinfo import check_target_device
+from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.models import get_family
 from workflow_scripts.runners import BACKENDS, Runner, get_runner_class
 
@@ -29,6 +30,9 @@ def make_runner(
     With `target`, also refuse hardware the target is not for (no GPU, or another GPU than `gpu`).
     That check comes after the runner is built: a runner's own refusal (a foreign engine) is more precise.
     """
+    problem = BACKENDS[backend].device_problem(device, precision)
+    if problem:
+        raise PlanforgeError(f"{backend} {precision} on {device}: {problem}")
     cls = get_runner_class(backend)
     if BACKENDS[backend].artifact == "checkpoint":
         fam = get_family(family)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -18,25 +17,20 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from workflow_scripts.io import PlanforgeError, read_json
+from workflow_scripts.core.io import PlanforgeError, read_json
+from workflow_scripts.core.machine import env_value, gpu_name, power_mode
+from workflow_scripts.core.precisions import parse as parse_precision
 
 # JetPack installs trtexec here and does not put it on PATH.
 JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
-INPUT_NAME = "images"  # the input tensor name of the ultralytics ONNX export
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"], "best": ["--best"]}
-INT8_PRECISIONS = ("int8", "best")
 NOT_INSTALLED = "TensorRT not installed on this machine"
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
 
 
 @functools.cache
 def find_trtexec(configured: str | None = None) -> str | None:
     """trtexec to use: $PLANFORGE_TRTEXEC, the config's `trtexec`, PATH, then JetPack's location."""
-    for candidate in (_env("PLANFORGE_TRTEXEC"), configured):
+    for candidate in (env_value("PLANFORGE_TRTEXEC"), configured):
         if candidate:
             found = shutil.which(candidate)
             if not found:
@@ -52,7 +46,7 @@ def python_tensorrt() -> bool:
 
 def builder(configured_trtexec: str | None = None) -> str | None:
     """'python' (TensorRT Python API), 'trtexec', or None where neither is installed."""
-    if _env("PLANFORGE_TRTEXEC") is None and python_tensorrt():
+    if env_value("PLANFORGE_TRTEXEC") is None and python_tensorrt():
         return "python"
     return "trtexec" if find_trtexec(configured_trtexec) else None
 
@@ -83,7 +77,7 @@ def _three(version: str) -> str:
 @functools.cache
 def tensorrt_version(configured_trtexec: str | None = None) -> str | None:
     """TensorRT version of this machine: the Python package's, else trtexec's banner."""
-    if _env("PLANFORGE_TRTEXEC") is None and python_tensorrt():
+    if env_value("PLANFORGE_TRTEXEC") is None and python_tensorrt():
         from importlib import metadata
 
         for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs"):
@@ -107,60 +101,6 @@ def tensorrt_version(configured_trtexec: str | None = None) -> str | None:
     return version
 
 
-@functools.cache
-def gpu_name() -> str:
-    """This machine's GPU: $PLANFORGE_GPU_NAME, the Jetson module (device-tree model), else nvidia-smi.
-
-    On a Jetson the module name comes first: JetPack's nvidia-smi says "Orin (nvgpu)" on every Orin,
-    but an engine built on an AGX Orin is not the one to time on an Orin Nano.
-    """
-    override = _env("PLANFORGE_GPU_NAME")
-    if override:
-        return override
-    try:  # Jetson: "NVIDIA Jetson AGX Orin Developer Kit"
-        model = Path("/proc/device-tree/model").read_text().strip("\x00\n ")
-        if "jetson" in model.lower():
-            return model
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
-        )
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip().splitlines()[0].strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return "unknown"
-
-
-def runs_here(machine: str | None) -> bool:
-    """Whether a target meant for `machine` (a pattern for gpu_name(), case-insensitive) runs on this one."""
-    return machine is None or re.search(machine, gpu_name(), re.IGNORECASE) is not None
-
-
-def power_mode_from_nvpmodel(text: str) -> str | None:
-    """'MAXN' from `nvpmodel -q` output ('NV Power Mode: MAXN' then the mode id)."""
-    m = re.search(r"NV Power Mode:\s*(\S+)", text)
-    return m.group(1) if m else None
-
-
-@functools.cache
-def power_mode() -> str | None:
-    """The Jetson power mode (nvpmodel), or None off a Jetson."""
-    override = _env("PLANFORGE_POWER_MODE")
-    if override:
-        return override
-    exe = shutil.which("nvpmodel")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "-q"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return power_mode_from_nvpmodel(out.stdout + out.stderr)
-
-
 def machine_identity(configured_trtexec: str | None = None, jetson: bool = False) -> dict[str, str | None]:
     """What an engine is tied to: GPU, TensorRT version and (Jetson) power mode."""
     return {
@@ -172,33 +112,36 @@ def machine_identity(configured_trtexec: str | None = None, jetson: bool = False
 
 def onnx_input(model: str, precision: str, trt: dict) -> str:
     """The ONNX an engine is built from: the QDQ model for explicit INT8, else the FP32 export."""
-    if precision in INT8_PRECISIONS and trt["int8"] == "explicit":
+    if parse_precision(precision).int8_engine and trt["int8"] == "explicit":
         return f"artifacts/onnx/{model}/int8_{trt['calibration']}.onnx"
     return f"artifacts/onnx/{model}/fp32.onnx"
 
 
 def calibration_cache(model: str, precision: str, trt: dict) -> str | None:
     """The calibration cache an implicit-INT8 engine reads, else None."""
-    if precision in INT8_PRECISIONS and trt["int8"] == "implicit":
+    if parse_precision(precision).int8_engine and trt["int8"] == "implicit":
         return f"artifacts/calib/{model}/{trt['calibration']}.cache"
     return None
 
 
 def engine_settings(
-    model: str, precision: str, batch: int, imgsz: int, trt: dict, identity: dict[str, str | None]
+    model: str, precision: str, batch: int, imgsz: int, input_name: str, trt: dict, identity: dict[str, str | None]
 ) -> dict[str, Any]:
-    """Everything that changes an engine (the engine rule's params; the sidecar repeats it)."""
+    """Everything that changes an engine (the engine rule's params; the sidecar repeats it).
+
+    `input_name` is the model's input tensor, as its family declares it (YOLO `images`, D-FINE `pixel_values`).
+    """
     shape = [batch, 3, imgsz, imgsz]
     low = 1 if trt["batch_profile"] == "dynamic" else batch
     return {
         "precision": precision,
-        "input": INPUT_NAME,
+        "input": input_name,
         "shapes": {"min": [low, *shape[1:]], "opt": shape, "max": shape},
         "workspace_mib": trt["workspace_mib"],
         "builder_optimization_level": trt["builder_optimization_level"],
         "dla_core": trt["dla_core"],
         "gpu_fallback": trt["gpu_fallback"] if trt["dla_core"] is not None else None,
-        "int8": trt["int8"] if precision in INT8_PRECISIONS else None,
+        "int8": trt["int8"] if parse_precision(precision).int8_engine else None,
         "calibration_cache": calibration_cache(model, precision, trt),
         "extra_flags": list(trt["extra_flags"]),
         **identity,
@@ -261,7 +204,3 @@ def check_engine(engine: str | Path, identity: dict[str, str | None]) -> dict:
             f"{rebuild_command(engine)}"
         )
     return meta
-
-
-def as_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

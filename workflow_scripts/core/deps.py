@@ -6,7 +6,7 @@ import ast
 import functools
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (workflow_scripts/core/deps.py)
 PACKAGE = "workflow_scripts"
 
 
@@ -50,3 +50,21 @@ def code_files(*modules: str) -> tuple[str, ...]:
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
         todo += list(_imports(path))
     return tuple(sorted(str(p.relative_to(ROOT)) for p in seen))
+
+
+def source_file(module: str) -> str:
+    """A module's source file: relative to the repository when it lies inside it (the usual case), else absolute."""
+    import importlib.util
+
+    path = _module_file(module)
+    if path is None:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            from workflow_scripts.core.io import PlanforgeError
+
+            raise PlanforgeError(f"module {module!r} not found; is it installed or on PYTHONPATH?")
+        path = Path(spec.origin)
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path.resolve())

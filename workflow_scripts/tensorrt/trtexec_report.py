@@ -9,7 +9,7 @@ Profiler::exportJSONProfile):
 
 Run on a machine with TensorRT, e.g.
 `trtexec --loadEngine=E.plan --exportTimes=times.json --exportProfile=profile.json --separateProfileRun`,
-then `python -m workflow_scripts.trtexec_report --times times.json --profile profile.json --out E.trtexec.json`.
+then `python -m workflow_scripts.tensorrt.trtexec_report --times times.json --profile profile.json --out E.trtexec.json`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from workflow_scripts.io import PlanforgeError, run_cli, write_json
-from workflow_scripts.metrics import latency_stats
+from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
+from workflow_scripts.core.metrics import latency_stats
 
 TIME_KEYS = ("startEnqMs", "endEnqMs", "startComputeMs", "endComputeMs", "computeMs", "latencyMs")
 

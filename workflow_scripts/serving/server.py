@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from workflow_scripts.deps import ROOT
-from workflow_scripts.io import PlanforgeError
-from workflow_scripts.triton_env import TritonEnv
+from workflow_scripts.core.deps import ROOT
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.serving.env import TritonEnv
 
 HOST = "127.0.0.1"
 LOG_TAIL = 15

@@ -1,0 +1,428 @@
+"""The job plan of a validated config: the runs, the paths, the outputs per target, what is unavailable
+here and why, and each rule's typed settings. Snakemake reads it through thin wildcard adapters
+(rules/common.smk); tests read it directly (tests/test_plan.py), with no snakemake.
+
+Paths are the DAG's contract (see ARCHITECTURE.md); they are spelled only here and in the rules' outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+
+from workflow_scripts.core import machine
+from workflow_scripts.core.deps import code_files
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.precisions import CALIBRATION_METHODS
+from workflow_scripts.core.precisions import parse as parse_precision
+from workflow_scripts.models import FAMILIES, checkpoint_inputs, family_file, get_family
+from workflow_scripts.plan import settings as S
+from workflow_scripts.power import SAMPLERS
+from workflow_scripts.runners import BACKENDS, backend_available, runner_file
+from workflow_scripts.tensorrt import engines as trt
+
+PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency")
+
+
+def bench_path(target: str, model: str, backend: str, precision: str, batch: int | str) -> str:
+    return f"results/{target}/bench/{model}/{backend}_{precision}_b{batch}.json"
+
+
+def accuracy_path(target: str, model: str, backend: str, precision: str) -> str:
+    return f"results/{target}/accuracy/{model}/{backend}_{precision}.json"
+
+
+def engine_path(target: str, model: str, precision: str, batch: int | str) -> str:
+    return f"artifacts/engines/{target}/{model}/{precision}_b{batch}.plan"
+
+
+def onnx_path(model: str, variant: str) -> str:
+    return f"artifacts/onnx/{model}/{variant}.onnx"
+
+
+class Plan:
+    """Everything the DAG is built from, for one validated config on this machine.
+
+    `available(backend)` and `gpu_name()` are what this machine has; tests pass their own.
+    """
+
+    def __init__(
+        self,
+        cfg: dict,
+        available: Callable[[str], tuple[bool, str]] = backend_available,
+        gpu_name: Callable[[], str] = machine.gpu_name,
+        trt_builder: Callable[[], str | None] = trt.builder,
+    ) -> None:
+        self.cfg = cfg
+        self.datasets, self.models, self.targets = cfg["datasets"], cfg["models"], cfg["targets"]
+        self.baseline = cfg["accuracy"]["baseline"]
+        self.serving_cfg = cfg["serving"]
+        self._available = available
+        self._gpu_name = gpu_name
+        self._trt_builder = trt_builder
+        self._availability: dict[str, tuple[bool, str]] = {}
+
+    # -- what this machine runs -----------------------------------------------------------------------
+    def available(self, backend: str) -> tuple[bool, str]:
+        """Whether a backend is installed here, and why not (asked once per backend)."""
+        if backend not in self._availability:
+            self._availability[backend] = self._available(backend)
+        return self._availability[backend]
+
+    def here(self, target: str) -> bool:
+        """A target names the machine it is for (targets.<t>.machine); on any other it is skipped."""
+        pattern = self.targets[target]["machine"]
+        return pattern is None or machine.matches(pattern, self._gpu_name())
+
+    @functools.cached_property
+    def trt_targets(self) -> list[str]:
+        return [t for t in self.targets if "tensorrt" in self.targets[t]["backends"] and self.here(t)]
+
+    @functools.cached_property
+    def trt_builder(self) -> str | None:
+        """'python', 'trtexec' or None; looked up only when a target asks for TensorRT."""
+        return self._trt_builder() if self.trt_targets else None
+
+    # -- models ---------------------------------------------------------------------------------------
+    def family(self, model: str) -> str:
+        return self.models[model]["family"]
+
+    def imgsz(self, model: str) -> int:
+        return self.models[model]["imgsz"]
+
+    def dataset_dir(self, model: str) -> str:
+        return f"artifacts/data/{self.models[model]['dataset']}"
+
+    def val_annotations(self, model: str) -> str:
+        return f"{self.dataset_dir(model)}/instances_val.json"
+
+    def calib_annotations(self, model: str) -> str:
+        return f"{self.dataset_dir(model)}/instances_calib.json"
+
+    def scored(self, model: str) -> bool:
+        return self.models[model]["accuracy"]
+
+    def checkpoint_source(self, model: str) -> list[str]:
+        """The configured checkpoint's local files (none for an architecture name or a hub id)."""
+        m = self.models[model]
+        return checkpoint_inputs(m["family"], m["checkpoint"])
+
+    def input_name(self, model: str) -> str:
+        """The model's input tensor name (ONNX and engines), as its family declares it."""
+        return get_family(self.family(model)).INPUT_NAME
+
+    def served_models(self) -> list[str]:
+        return [m for m in self.models if FAMILIES[self.family(m)].served]
+
+    # -- runs and outputs ------------------------------------------------------------------------------
+    def runs(self, target: str) -> Iterator[tuple[str, str, str]]:
+        """(model, backend, precision) triples a target measures, available backends only."""
+        for model in self.models if self.here(target) else ():
+            for backend, precisions in self.targets[target]["backends"].items():
+                if self.available(backend)[0]:
+                    for precision in precisions:
+                        yield model, backend, precision
+
+    def bench_outputs(self, targets: list[str] | None = None) -> list[str]:
+        return [
+            bench_path(t, m, b, p, n)
+            for t in targets or self.targets
+            for m, b, p in self.runs(t)
+            for n in self.targets[t]["batch_sizes"]
+        ]
+
+    def accuracy_outputs(self, targets: list[str] | None = None) -> list[str]:
+        out = []
+        base = (self.baseline["backend"], self.baseline["precision"])
+        for t in targets or self.targets:
+            triples = [r for r in self.runs(t) if self.scored(r[0])]
+            # a target with nothing to measure here (e.g. only TensorRT, not installed) gets no baseline job
+            for m in self.models if triples else ():
+                if self.scored(m) and self.available(base[0])[0]:
+                    triples.append((m, *base))
+            out += [accuracy_path(t, m, b, p) for m, b, p in dict.fromkeys(triples)]
+        return out
+
+    def engine_outputs(self, targets: list[str] | None = None) -> list[str]:
+        """Every engine of the TensorRT targets (none where TensorRT is not installed)."""
+        if self.trt_builder is None:
+            return []
+        return [
+            engine_path(t, m, p, n)
+            for t in targets or self.trt_targets
+            if t in self.trt_targets
+            for m in self.models
+            for p in self.targets[t]["backends"]["tensorrt"]
+            for n in self.targets[t]["batch_sizes"]
+        ]
+
+    def plot_outputs(self) -> list[str]:
+        return [f"results/plots/{t}_{k}.png" for t in self.targets for k in PLOT_KINDS] + [
+            f"results/plots/{t}_latency_vs_power.png" for t in self.targets if self.targets[t]["power"] != "none"
+        ]
+
+    def calibration_cache_outputs(self) -> list[str]:
+        """A TensorRT calibration cache per model and INT8 method that some target measures."""
+        methods = {
+            (m, parse_precision(p).calibration)
+            for t in self.targets
+            for m, _, p in self.runs(t)
+            if parse_precision(p).calibration
+        }
+        return [f"artifacts/calib/{m}/{c}.cache" for m, c in sorted(methods)]
+
+    def final_outputs(self) -> list[str]:
+        return [
+            "results/summary.md",
+            *self.plot_outputs(),
+            *self.calibration_cache_outputs(),
+            *self.engine_outputs(),
+            *self.serving_plot_outputs(),
+        ]
+
+    def unavailable_lines(self) -> list[str]:
+        """One line per target and backend that cannot run here (shown in the summary)."""
+        lines = []
+        for t, spec in self.targets.items():
+            if not self.here(t):
+                lines.append(
+                    f"{t}: a target for a machine matching {spec['machine']!r}; this one is {self._gpu_name()!r}"
+                )
+                continue
+            for b in spec["backends"]:
+                ok, why = self.available(b)
+                if ok:
+                    continue
+                if b == "tensorrt" and self.trt_builder:
+                    lines.append(f"{t}: tensorrt: engines built here with {self.trt_builder} but not timed: {why}")
+                elif b == "tensorrt":
+                    lines.append(f"{t}: tensorrt: {trt.unavailable_reason()}")
+                else:
+                    lines.append(f"{t}: {why}")
+        return lines
+
+    # -- what a job reads -----------------------------------------------------------------------------
+    def model_artifact(self, target: str, model: str, backend: str, precision: str, batch: str | None = None) -> str:
+        """The file a backend runs: the prepared checkpoint, an ONNX model or a TensorRT engine.
+
+        Engines are per batch profile: a bench job runs the engine of its batch; an accuracy job (no batch)
+        the one of the target's largest batch, which the runner pads or splits to.
+        """
+        spec = BACKENDS[backend]
+        if spec.artifact == "checkpoint":
+            return f"artifacts/checkpoints/{model}.pt"
+        if spec.artifact == "engine":
+            return engine_path(target, model, precision, batch or max(self.targets[target]["batch_sizes"]))
+        return onnx_path(model, spec.artifact_variant(precision))
+
+    def is_baseline(self, backend: str, precision: str) -> bool:
+        return (backend, precision) == (self.baseline["backend"], self.baseline["precision"])
+
+    def baseline_accuracy(self, target: str, model: str, backend: str, precision: str) -> list[str]:
+        if self.is_baseline(backend, precision):
+            return []
+        return [accuracy_path(target, model, self.baseline["backend"], self.baseline["precision"])]
+
+    def baseline_label(self) -> str:
+        return f"{self.baseline['backend']}_{self.baseline['precision']}"
+
+    def gpus(self, target: str) -> int:
+        """GPU jobs declare gpu=1 (a cluster maps it to a GPU request; locally --resources gpu=N caps them)."""
+        return int(self.targets[target]["device"].startswith("cuda"))
+
+    def container(self, target: str) -> str | None:
+        return self.targets[target]["container"]
+
+    # -- code inputs: a job reruns when (and only when) the code it runs changes -----------------------------
+    @staticmethod
+    def step_code(step: str, *extra: str) -> list[str]:
+        return list(code_files(step, *extra))
+
+    def model_code(self, step: str, model: str) -> list[str]:
+        return [*code_files(step), family_file(self.family(model))]
+
+    def measure_code(self, step: str, target: str, model: str, backend: str) -> list[str]:
+        """A bench/accuracy job's code: the step, its backend's runner, its model's family and task, the sampler."""
+        task = FAMILIES[self.family(model)].task
+        return [
+            *code_files(step, SAMPLERS[self.targets[target]["power"]].module, f"workflow_scripts.tasks.{task}"),
+            runner_file(backend),
+            family_file(self.family(model)),
+        ]
+
+    # -- each rule's settings -------------------------------------------------------------------------
+    def target_settings(self, target: str, backend: str) -> dict:
+        t = self.targets[target]
+        return {
+            "device": t["device"],
+            "threads": t["threads"],
+            # the registry's defaults, then the target's own: the same whether or not the backend is listed
+            "backend_options": {**BACKENDS[backend].options, **t["backend_options"].get(backend, {})},
+            "power": t["power"],
+            "gpu": t["gpu"],
+        }
+
+    def bench_settings(self, target: str, model: str, backend: str, **_) -> S.BenchSettings:
+        b = self.cfg["bench"]
+        return S.BenchSettings(
+            **self.target_settings(target, backend),
+            imgsz=self.imgsz(model),
+            warmup=b["warmup"],
+            iterations=b["iterations"],
+            min_seconds=b["min_seconds"],
+            conf=b["conf"],
+        )
+
+    def accuracy_settings(self, target: str, model: str, backend: str, **_) -> S.AccuracySettings:
+        a = self.cfg["accuracy"]
+        return S.AccuracySettings(
+            **self.target_settings(target, backend),
+            imgsz=self.imgsz(model),
+            **{k: a[k] for k in ("gate", "strict", "batch", "max_images", "conf", "iou", "max_det")},
+        )
+
+    def calibration_settings(self, calib: str, **_) -> S.CalibrationSettings:
+        c = self.cfg["quantize"]["calibration"]
+        keys = CALIBRATION_METHODS[calib].settings
+        return S.CalibrationSettings(**{k: (c[k] if k in keys else None) for k in ("images", "num_bins", "percentile")})
+
+    def quantize_settings(self, model: str, **_) -> S.QuantizeSettings:
+        q = self.cfg["quantize"]
+        return S.QuantizeSettings(
+            activation_type=q["activation_type"],
+            per_channel=q["per_channel"],
+            reduce_range=q["reduce_range"],
+            keep_float=self.models[model]["keep_float"],
+        )
+
+    def split_settings(self, dataset: str, split: str, **_) -> dict:
+        """A synthetic dataset's config with only `split`'s size (other splits' sizes do not change its images)."""
+        ds = self.datasets[dataset]
+        return {**ds, "splits": {split: ds["splits"][split]}}
+
+    def coco_settings(self, dataset: str, split: str, **_) -> dict:
+        """What makes one COCO split: the seed and the val size (calib is drawn after val), and its own size."""
+        ds = self.datasets[dataset]
+        keep = ("val",) if split == "val" else ("val", "calib")
+        return {"kind": "coco", "seed": ds["seed"], "splits": {k: ds["splits"][k] for k in keep}}
+
+    def datasets_of_kind(self, kind: str) -> list[str]:
+        return [d for d, s in self.datasets.items() if s["kind"] == kind]
+
+    # -- TensorRT engines -----------------------------------------------------------------------------
+    def trt_config(self, target: str, precision: str) -> dict:
+        if "tensorrt" not in self.targets[target]["backends"]:
+            raise PlanforgeError(
+                f"target {target} has no tensorrt backend; add it to targets.{target}.backends"
+            )
+        if precision not in BACKENDS["tensorrt"].precisions:
+            raise PlanforgeError(
+                f"engine precision {precision!r} is not one of {list(BACKENDS['tensorrt'].precisions)}"
+            )
+        return self.targets[target]["tensorrt"]
+
+    def engine_onnx(self, target: str, model: str, precision: str, **_) -> str:
+        """The ONNX an engine is built from (QDQ model for explicit INT8, else the FP32 export)."""
+        return trt.onnx_input(model, precision, self.trt_config(target, precision))
+
+    def engine_calibration(self, target: str, model: str, precision: str, **_) -> list[str]:
+        """The calibration cache an implicit-INT8 engine reads (none otherwise)."""
+        cache = trt.calibration_cache(model, precision, self.trt_config(target, precision))
+        return [cache] if cache else []
+
+    def engine_settings(self, target: str, model: str, precision: str, batch: str, **_) -> dict:
+        jetson = self.targets[target]["power"] == "tegrastats"
+        return trt.engine_settings(
+            model,
+            precision,
+            int(batch),
+            self.imgsz(model),
+            self.input_name(model),
+            self.trt_config(target, precision),
+            trt.machine_identity(jetson=jetson),
+        )
+
+    def timing_cache(self, target: str, precision: str, **_) -> str | None:
+        if not self.trt_config(target, precision)["timing_cache"]:
+            return None
+        return f"artifacts/engines/{target}/timing.cache"
+
+    # -- Triton serving -------------------------------------------------------------------------------
+    def serving_targets(self) -> list[str]:
+        """Targets that serve: serving enabled, and ONNX Runtime configured and installed (it runs the model)."""
+        if not self.serving_cfg["enabled"] or not self.available("onnxruntime")[0]:
+            return []
+        return [t for t in self.targets if "onnxruntime" in self.targets[t]["backends"]]
+
+    def serving_outputs(self, targets: list[str] | None = None) -> list[str]:
+        out = []
+        for t in self.serving_targets():
+            if targets is None or t in targets:
+                for m in self.served_models():
+                    out.append(f"results/{t}/serving/{m}.json")
+                    if self.serving_cfg["accuracy"]:
+                        out.append(f"results/{t}/serving/{m}_accuracy.json")
+        return out
+
+    def serving_plot_outputs(self) -> list[str]:
+        return [f"results/plots/{t}_serving_throughput_vs_p99.png" for t in self.serving_targets()]
+
+    def serving_results(self, target: str) -> list[str]:
+        return [f"results/{target}/serving/{m}.json" for m in self.served_models()]
+
+    def _served_precisions(self, target: str) -> list[str]:
+        return self.targets[target]["backends"]["onnxruntime"]
+
+    def triton_onnx(self, target: str, **_) -> list[str]:
+        return [onnx_path(m, p) for m in self.served_models() for p in self._served_precisions(target)]
+
+    def triton_models(self, target: str, **_) -> dict:
+        return {
+            m: {
+                "family": self.family(m),
+                "imgsz": self.imgsz(m),
+                "onnx": {p: onnx_path(m, p) for p in self._served_precisions(target)},
+            }
+            for m in self.served_models()
+        }
+
+    def triton_code(self) -> list[str]:
+        families = sorted({family_file(self.family(m)) for m in self.served_models()})
+        return [*code_files("serving.repository", "serving.python_models"), *families]
+
+    def triton_settings(self, target: str, **_) -> S.TritonRepositorySettings:
+        t, acc, srv = self.targets[target], self.cfg["accuracy"], self.serving_cfg
+        keys = ("max_batch_size", "max_queue_delay_us", "instances", "onnx_backend")
+        thresholds = {k: acc[k] for k in ("conf", "iou", "max_det")}
+        return S.TritonRepositorySettings(
+            device=t["device"],
+            threads=t["threads"],
+            serving={
+                **{k: srv[k] for k in keys},
+                "conf": self.cfg["bench"]["conf"],
+                "iou": acc["iou"],
+                "max_det": acc["max_det"],
+            },
+            accuracy=thresholds,
+        )
+
+    def serving_settings(self, **_) -> S.ServingSettings:
+        keys = [f.name for f in S.dataclasses.fields(S.ServingSettings)]
+        return S.ServingSettings(**{k: self.serving_cfg[k] for k in keys})
+
+    def serving_accuracy_settings(self, **_) -> S.ServingAccuracySettings:
+        acc = self.cfg["accuracy"]
+        return S.ServingAccuracySettings(
+            batch=acc["batch"],
+            max_images=acc["max_images"],
+            startup_timeout_s=self.serving_cfg["startup_timeout_s"],
+            map_tolerance=self.serving_cfg["map_tolerance"],
+        )
+
+    def serving_bench_b1(self, target: str, model: str, **_) -> list[str]:
+        """The in-process ONNX Runtime batch-1 bench the serving overhead is compared with, where it runs."""
+        path = bench_path(target, model, "onnxruntime", self._served_precisions(target)[0], 1)
+        return [path] if path in self.bench_outputs([target]) else []
+
+    def serving_reference(self, target: str, model: str, **_) -> str:
+        return accuracy_path(target, model, "onnxruntime", self._served_precisions(target)[0])
