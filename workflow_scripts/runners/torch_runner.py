@@ -99,9 +99,15 @@ class TorchRunner(Runner):
         self.input_size_fn = input_size_fn
         self.input_size: tuple[int, int] | None = None
         self.forward = self._eager
+        self.compile_backend: str | None = None
         if self.mode == "compile":
-            self.compile_mode = self.options.get("compile_mode", self.compile_mode)
-            self.forward = torch.compile(self._eager, mode=self.compile_mode, dynamic=False)
+            # compile_backend: a dynamo backend; "eager" / "aot_eager" trace the same graphs without inductor
+            self.compile_backend = str(self.options.get("compile_backend", "inductor"))
+            inductor = self.compile_backend == "inductor"
+            self.compile_mode = self.options.get("compile_mode", self.compile_mode) if inductor else None
+            self.forward = torch.compile(
+                self._eager, backend=self.compile_backend, mode=self.compile_mode, dynamic=False
+            )
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
         self.setup_seconds: dict[str, float] = {}
         if self.cuda:
@@ -193,6 +199,8 @@ class TorchRunner(Runner):
         }
         if self.compile_mode:
             v["compile_mode"] = self.compile_mode
+        if self.compile_backend:
+            v["compile_backend"] = self.compile_backend
         if self.cuda:
             v["cuda"] = str(torch.version.cuda)
             v["cudnn"] = str(torch.backends.cudnn.version())
