@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -93,33 +94,66 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None
     return versions
 
 
-@functools.cache
-def git_commit() -> str | None:
-    """HEAD of the repository the code runs from, with '-dirty' if tracked files changed."""
-    root = Path(__file__).resolve().parent.parent
+# The project's code, for the content hash that stands in for a commit outside its own checkout
+CODE_FILES = ("workflow_scripts/**/*.py", "Snakefile", "rules/*.smk", "config/schema.yaml")
+
+
+def project_root() -> Path:
+    """The directory holding workflow_scripts/ (the project this module belongs to)."""
+    here = Path(__file__).resolve()
+    return next(p for p in here.parents if (p / "workflow_scripts").is_dir())
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """A git command's output in `root`, or None (no git, not a checkout, an error)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_hash(root: Path) -> str:
+    """sha256 over the project's code files (CODE_FILES), by relative path in sorted order."""
+    files = sorted({f for pattern in CODE_FILES for f in root.glob(pattern) if f.is_file()})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root).as_posix()}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+@functools.cache
+def code_version(root: Path | None = None) -> dict[str, str]:
+    """Which code made a number: {"kind": "git", "value": HEAD, '-dirty' if tracked files changed} when the
+    project root is the top level of a git checkout; else {"kind": "content-hash", "value": code_hash(root)}.
+
+    A copy of the project that is not a checkout, or lies inside another repository, must not report
+    that repository's commit: git answers from the nearest enclosing checkout, so its top level is checked.
+    """
+    root = Path(root or project_root()).resolve()
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top and Path(top).resolve() == root:
+        head = _git(root, "rev-parse", "HEAD")
+        if head:
+            dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+            return {"kind": "git", "value": head + ("-dirty" if dirty else "")}
+    return {"kind": "content-hash", "value": code_hash(root)}
+
+
+def git_commit() -> str | None:
+    """HEAD of the project's own checkout (with '-dirty' if tracked files changed); None outside one."""
+    version = code_version()
+    return version["value"] if version["kind"] == "git" else None
 
 
 def environment(device: str) -> dict:
-    """Device, libraries, git commit and a UTC timestamp for a result JSON."""
+    """Device, libraries, code version (git commit, or a content hash outside a checkout) and a UTC timestamp."""
     return {
         **device_info(device),
         "platform": platform.platform(),
         "libraries": library_versions(),
         "git_commit": git_commit(),
+        "code_version": dict(code_version()),
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 

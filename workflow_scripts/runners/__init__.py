@@ -61,7 +61,11 @@ class BackendSpec:
 
 
 INT8_QDQ = tuple(p for p in PRECISIONS if PRECISIONS[p].calibration)  # int8_<calibration method>
-TORCH_OPTIONS = {"channels_last": None, "compile_mode": None}  # None: on for cuda / the backend's own mode
+TORCH_OPTIONS = {
+    "channels_last": None,  # None: on for cuda
+    "compile_mode": None,  # None: the backend's own mode
+    "compile_backend": "inductor",  # eager / aot_eager: the same dynamo graphs without code generation
+}
 
 BACKENDS: Registry[BackendSpec] = Registry("backend")
 for _name, _spec in {

@@ -41,25 +41,31 @@ class HostScalarsAsFills(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def capturable():
-    """What a CUDA graph capture of a transformers model needs around it.
+def transformers_checks_off():
+    """transformers' shape checks off, through their documented production switch TRANSFORMERS_DISABLE_TORCH_CHECK=1.
 
-    Host scalars written into device tensors become fills (above), and transformers' shape checks
-    (`torch_compilable_check`, a device-to-host `.item()` per call, which breaks capture) are off
-    through their documented production switch, TRANSFORMERS_DISABLE_TORCH_CHECK=1 — the eager
-    warm-up before capture has run them.
+    `torch_compilable_check` reads a tensor's value (`torch._check_tensor_all`, a device-to-host
+    `.item()`): it breaks a CUDA graph capture, and under torch.compile it is a graph break that
+    splits D-FINE's forward into a dozen graphs. The eager forward before capture / compile has run them.
     """
     key = "TRANSFORMERS_DISABLE_TORCH_CHECK"
     old = os.environ.get(key)
     os.environ[key] = "1"
     try:
-        with HostScalarsAsFills():
-            yield
+        yield
     finally:
         if old is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = old
+
+
+@contextlib.contextmanager
+def capturable():
+    """What a CUDA graph capture of a transformers model needs around it: host scalars written into
+    device tensors become fills (above), and transformers' shape checks are off."""
+    with transformers_checks_off(), HostScalarsAsFills():
+        yield
 
 
 class TorchRunner(Runner):
@@ -100,9 +106,17 @@ class TorchRunner(Runner):
         self.input_size_fn = input_size_fn
         self.input_size: tuple[int, int] | None = None
         self.forward = self._eager
+        self.compile_backend: str | None = None
+        self.compiled: set[tuple[int, ...]] = set()  # input shapes the compiled forward was set up for
+        self.primed_shape: tuple[int, ...] | None = None  # input shape of the model's last eager forward
         if self.mode == "compile":
-            self.compile_mode = self.options["compile_mode"] or self.compile_mode
-            self.forward = torch.compile(self._eager, mode=self.compile_mode, dynamic=False)
+            # compile_backend: a dynamo backend; "eager" / "aot_eager" trace the same graphs without inductor
+            self.compile_backend = str(self.options["compile_backend"])
+            inductor = self.compile_backend == "inductor"
+            self.compile_mode = (self.options["compile_mode"] or self.compile_mode) if inductor else None
+            self.forward = torch.compile(
+                self._eager, backend=self.compile_backend, mode=self.compile_mode, dynamic=False
+            )
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
         self.setup_seconds: dict[str, float] = {}
         if self.cuda:
@@ -118,19 +132,38 @@ class TorchRunner(Runner):
         if self.input_size_fn is not None and tuple(x.shape[-2:]) != self.input_size:
             self.input_size = tuple(x.shape[-2:])
             self.input_size_fn(self.model, *self.input_size, self.torch_device, self.dtype)
+        if self.mode == "compile" and tuple(x.shape) != self.primed_shape:
+            self._prime(x)
         if self.mode == "cudagraph":
             graph = self.graphs.get(tuple(x.shape)) or self._capture(x)
             graph[1].copy_(x)
             return graph[1]
         return x
 
+    def _prime(self, x: torch.Tensor) -> None:
+        """One eager forward at this input shape, so that the compiled forward never meets a first forward.
+
+        A model may set state on its modules in the forward that first sees a shape: ultralytics' Detect
+        computes its anchors and strides and stores them with the input shape (`Detect._get_decode_boxes`,
+        `if self.dynamic or self.shape != shape`). Traced by dynamo, that branch breaks the graph
+        (`make_anchors` makes a tensor with a fill value read from `self.stride`, a data-dependent
+        `.item()`) deep inside nested module calls; dynamo then compiles each submodule's forward apart
+        (Conv.forward_fuse, C2f.forward, ...), recompiling the shared code once per module instance up to its
+        recompile limit, and runs the rest eagerly. With the state set here, the compiled call traces one graph.
+        """
+        with torch.inference_mode():
+            self._eager(x)
+        self.primed_shape = tuple(x.shape)
+
     def setup(self, prepared: torch.Tensor) -> None:
-        if self.mode == "compile" and tuple(prepared.shape) not in self.setup_seconds:
+        if self.mode == "compile" and tuple(prepared.shape) not in self.compiled:
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            # dynamo reads the switch while it traces (it keeps no guard on it): the checks stay out of the graph
+            with torch.inference_mode(), transformers_checks_off():
                 for _ in range(3):  # reduce-overhead records its graphs on the later calls
                     self.forward(prepared)
             self._sync()
+            self.compiled.add(tuple(prepared.shape))
             self.setup_seconds[str(tuple(prepared.shape))] = round(time.perf_counter() - t0, 3)
 
     def _capture(self, x: torch.Tensor):
@@ -158,6 +191,8 @@ class TorchRunner(Runner):
             graph, _, static_out = self.graphs[tuple(prepared.shape)]
             graph.replay()
             return static_out
+        if self.mode == "compile" and tuple(prepared.shape) not in self.compiled:
+            self.setup(prepared)  # callers that skip setup (the accuracy loop) still compile under its conditions
         with torch.inference_mode():
             return self.forward(prepared)
 
@@ -194,6 +229,8 @@ class TorchRunner(Runner):
         }
         if self.compile_mode:
             v["compile_mode"] = self.compile_mode
+        if self.compile_backend:
+            v["compile_backend"] = self.compile_backend
         if self.cuda:
             v["cuda"] = str(torch.version.cuda)
             v["cudnn"] = str(torch.backends.cudnn.version())
