@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
+
 from workflow_scripts.core.pipeline import make_runner
 
 # the smallest inputs each family runs at (the tiny D-FINE needs at least 100 anchors for its 100 queries)
