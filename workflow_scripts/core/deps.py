@@ -52,6 +52,7 @@ def code_files(*modules: str) -> tuple[str, ...]:
     return tuple(sorted(str(p.relative_to(ROOT)) for p in seen))
 
 
+@functools.cache
 def source_file(module: str) -> str:
     """A module's source file: relative to the repository when it lies inside it (the usual case), else absolute."""
     import importlib.util
