@@ -26,8 +26,9 @@ def draw(
     target: str,
     s: PictureSettings,
     out: Path,
-) -> None:
-    """Run the backend on the first `s.images` val images and write the task's picture of them as PNG."""
+) -> dict:
+    """Run the backend on the first `s.images` val images and write the task's picture of them as PNG;
+    return what the picture counts (detection: true boxes found, and predictions that found none)."""
     if s.images < 1:
         raise PlanforgeError(f"{out}: pictures.images is {s.images}; a picture needs at least one image")
     fam = get_family(family)
@@ -36,8 +37,9 @@ def draw(
         backend, artifact, family, precision, s.device, s.threads, s.backend_options, target=target, gpu=s.gpu
     )
     title = f"{model} · {backend} {precision} · target {target} (predictions with score ≥ {s.conf:g})"
-    fig = task.picture(task.predictor(fam, runner, s), dataset, checkpoint_info, s.images, s.batch, title)
+    fig, counts = task.picture(task.predictor(fam, runner, s), dataset, checkpoint_info, s.images, s.batch, title)
     save_figure(fig, out)
+    return counts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     s = PictureSettings.from_json(a.settings)
-    draw(a.model, a.family, a.artifact, a.checkpoint_info, a.backend, a.precision, a.dataset, a.target, s, a.out)
-    print(f"wrote {a.out}")
+    counts = draw(
+        a.model, a.family, a.artifact, a.checkpoint_info, a.backend, a.precision, a.dataset, a.target, s, a.out
+    )
+    print(f"wrote {a.out}: {', '.join(f'{k} {v}' for k, v in counts.items())}")
 
 
 if __name__ == "__main__":

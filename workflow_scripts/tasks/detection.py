@@ -115,7 +115,8 @@ def found(predicted: list[tuple[list[float], str, float]], truth: list[tuple[lis
 
 def picture(detect: Callable, dataset, checkpoint_info, images: int, batch: int, title: str):
     """The first `images` val images in a grid: predicted boxes solid in their class's colour with 'class score',
-    true boxes dashed white; each panel says how many true boxes a prediction found. Returns the figure."""
+    true boxes dashed white; each panel says how many true boxes a prediction found. Returns the figure and
+    the counts over all panels: {found, true, extra}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,6 +140,7 @@ def picture(detect: Callable, dataset, checkpoint_info, images: int, batch: int,
     rows = math.ceil(len(records) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows + 0.6), squeeze=False, layout="constrained")
     colours = plt.get_cmap("tab10")
+    counts = {"found": 0, "true": 0, "extra": 0}
     outline = [patheffects.withStroke(linewidth=2.6, foreground="black")]
     for ax in axes.flat[len(records) :]:
         ax.axis("off")
@@ -178,6 +180,7 @@ def picture(detect: Callable, dataset, checkpoint_info, images: int, batch: int,
         n_true = len(truth[rec["id"]])
         hits = found(predicted, truth[rec["id"]])
         extra = len(predicted) - hits
+        counts = {"found": counts["found"] + hits, "true": counts["true"] + n_true, "extra": counts["extra"] + extra}
         ax.set_title(f"{rec['file_name']}: found {hits}/{n_true}, {extra} extra", fontsize=9)
     handles = [
         Line2D([], [], color="tab:blue", lw=2, label="predicted: class score (colour per class)"),
@@ -185,4 +188,4 @@ def picture(detect: Callable, dataset, checkpoint_info, images: int, batch: int,
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    return fig
+    return fig, counts
