@@ -45,11 +45,44 @@ rule power_plot:
         " --power-png {output} > {log} 2>&1"
 
 
+rule pictures:
+    input:
+        artifact=w(PLAN.model_artifact),
+        info="artifacts/checkpoints/{model}.json",
+        val=val_annotations,
+        code=w(PLAN.picture_code),
+    output:
+        report(
+            "results/{target}/pictures/{model}/{backend}_{precision}.png",
+            category="Pictures",
+            subcategory="{target}",
+            caption="../report/pictures.rst",
+        ),
+    log:
+        "logs/pictures/{target}/{model}/{backend}_{precision}.log",
+    conda:
+        "../envs/bench.yaml"
+    container:
+        target_container
+    resources:
+        gpu=gpus,
+    params:
+        family=family,
+        dataset=dataset_dir,
+        settings=settings(PLAN.picture_settings),
+    shell:
+        "python -m workflow_scripts.pictures --model {wildcards.model} --family {params.family}"
+        " --artifact {input.artifact} --checkpoint-info {input.info} --backend {wildcards.backend}"
+        " --precision {wildcards.precision} --dataset {params.dataset} --target {wildcards.target}"
+        " --settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
 rule summary:
     input:
         bench=PLAN.bench_outputs(),
         accuracy=PLAN.accuracy_outputs(),
         plots=PLAN.plot_outputs(),
+        pictures=PLAN.picture_outputs(),
         serving=PLAN.serving_outputs(),
         serving_plots=PLAN.serving_plot_outputs(),
         code=PLAN.step_code("summary"),
@@ -70,5 +103,5 @@ rule summary:
         references=as_json(PLAN.cfg["references"]),
     shell:
         "python -m workflow_scripts.summary --bench {input.bench} --accuracy {input.accuracy}"
-        " --plots {input.plots} {input.serving_plots} --serving {input.serving} --unavailable {params.unavailable:q} --gate {params.gate}"
+        " --plots {input.plots} {input.serving_plots} --pictures {input.pictures} --serving {input.serving} --unavailable {params.unavailable:q} --gate {params.gate}"
         " --baseline {params.baseline} --references {params.references:q} --out {output} > {log} 2>&1"

@@ -50,7 +50,7 @@ def _mutated(fn) -> dict:
         (lambda c: c["models"]["a"].update(imgsz=100), "config key models.a.imgsz: 100 is not a multiple of 32"),
         (
             lambda c: c.update(benchmark={}),
-            "allowed: ['accuracy', 'bench', 'datasets', 'downloads', 'export', 'models', 'quantize', 'references', 'serving', "
+            "allowed: ['accuracy', 'bench', 'datasets', 'downloads', 'export', 'models', 'pictures', 'quantize', 'references', 'serving', "
             "'targets']",
         ),
         (

@@ -54,6 +54,7 @@ def test_every_rule_has_a_log_and_a_conda_env_that_exists():
         "trt_calibration_cache",
         "bench",
         "accuracy",
+        "pictures",
     }
     assert expected | {"summary"} <= set(blocks)
     for name, body in blocks.items():
@@ -123,7 +124,7 @@ def test_every_target_container_is_built_by_a_pinned_definition_in_envs_containe
 
 def test_jobs_that_run_on_a_target_take_its_container():
     blocks = _rule_blocks()
-    for rule in ("bench", "accuracy", "build_engine", "serving", "serving_accuracy"):
+    for rule in ("bench", "accuracy", "pictures", "build_engine", "serving", "serving_accuracy"):
         assert re.search(r"^\s+container:\n\s+target_container$", blocks[rule], re.M), rule
 
 

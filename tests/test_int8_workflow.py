@@ -52,6 +52,7 @@ def int8_chain(method: str, calibrate: bool = True) -> set[str]:
         f"artifacts/onnx/a/int8_{method}.json",
         f"results/cpu/bench/a/onnxruntime_int8_{method}_b1.json",
         f"results/cpu/accuracy/a/onnxruntime_int8_{method}.json",
+        f"results/cpu/pictures/a/onnxruntime_int8_{method}.png",
     }
     if calibrate:
         out |= {f"artifacts/calib/a/{method}.{ext}" for ext in ("ranges.json", "cache", "json")}

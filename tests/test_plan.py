@@ -13,7 +13,7 @@ from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS, parse
 from workflow_scripts.models import FAMILIES
 from workflow_scripts.plan.jobs import Plan
-from workflow_scripts.plan.settings import AccuracySettings, BenchSettings, CalibrationSettings
+from workflow_scripts.plan.settings import AccuracySettings, BenchSettings, CalibrationSettings, PictureSettings
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS
 from workflow_scripts.tasks import TASKS
@@ -164,3 +164,20 @@ def test_a_missing_checkpoint_is_a_config_error_and_a_hub_id_needs_downloads(tmp
     with pytest.raises(PlanforgeError, match="Hugging Face id, but this config does not allow downloads"):
         validate(config)
     validate({**config, "downloads": True})
+
+
+def test_each_run_of_a_scored_model_gets_a_picture_with_its_own_settings():
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["dfine-demo"]["accuracy"] = False  # random weights: nothing worth seeing
+    plan = _plan(config)
+    assert plan.picture_outputs() == [
+        f"results/cpu/pictures/yolo-demo/{r}.png" for r in ("torch_fp32", "onnxruntime_fp32", "onnxruntime_int8_minmax")
+    ]
+    s = plan.picture_settings("cpu", "yolo-demo", "onnxruntime")
+    assert (s.images, s.conf, s.imgsz, s.threads) == (4, 0.25, 320, 2)
+    assert PictureSettings.from_json(s.to_json()) == s
+    code = plan.picture_code("cpu", "yolo-demo", "onnxruntime")
+    assert "workflow_scripts/pictures.py" in code and "workflow_scripts/runners/ort_runner.py" in code
+    assert "workflow_scripts/tasks/detection.py" in code and not any("torch_runner" in c for c in code)
+    config["pictures"] = {"images": 0}
+    assert _plan(config).picture_outputs() == []

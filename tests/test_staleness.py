@@ -14,6 +14,12 @@ import yaml
 from tests.conftest import TINY_CONFIG, planned_outputs, snakemake, write_config
 
 SUMMARY = "results/summary.md"  # what users ask for
+PICTURES = [
+    f"results/{t}/pictures/{m}/{r}.png"
+    for t, runs in (("cpu", ("torch_fp32", "onnxruntime_fp32")), ("edge", ("onnxruntime_fp32",)))
+    for m in ("a", "b")
+    for r in runs
+]
 
 pytestmark = pytest.mark.workflow
 
@@ -58,6 +64,8 @@ def test_full_run_writes_every_artifact_of_the_contract(built_workflow: Path):
     summary = (w / "results/summary.md").read_text()
     assert "## Target `cpu`" in summary and "## Target `edge`" in summary
     assert (w / "results/plots/cpu_latency_vs_batch.png").stat().st_size > 1000
+    assert set(PICTURES) == {str(p.relative_to(w)) for p in (w / "results").glob("*/pictures/*/*.png")}
+    assert "(cpu/pictures/a/onnxruntime_fp32.png)" in summary and "Pareto front at batch 1" in summary
 
 
 def test_second_run_with_nothing_changed_runs_no_job(workflow_copy: Path):
@@ -118,6 +126,8 @@ def test_adding_a_target_schedules_only_its_jobs_and_the_summary(workflow_copy: 
         "results/lab/accuracy/b/torch_fp32.json",
         "results/plots/lab_latency_vs_batch.png",
         "results/plots/lab_accuracy_vs_latency.png",
+        "results/lab/pictures/a/onnxruntime_fp32.png",
+        "results/lab/pictures/b/onnxruntime_fp32.png",
     }
 
 
@@ -140,9 +150,35 @@ def test_editing_a_runner_reruns_only_that_backends_jobs(workflow_copy: Path):
     runner.write_text(runner.read_text() + "\n# edited\n")
     _touch_later(runner)
     planned = planned_outputs(workflow_copy, SUMMARY)
-    measured = {p for p in planned if "/bench/" in p or "/accuracy/" in p}
+    measured = {p for p in planned if "/bench/" in p or "/accuracy/" in p or "/pictures/" in p}
     assert measured and all("onnxruntime_" in p for p in measured), measured
+    assert {p for p in PICTURES if "onnxruntime_" in p} <= measured
     assert not any(p.startswith("artifacts/") for p in planned)
+
+
+def test_a_picture_is_redrawn_when_its_backends_artifact_changes_and_only_then(workflow_copy: Path):
+    onnx = workflow_copy / "artifacts/onnx/a/fp32.onnx"
+    onnx.write_bytes(onnx.read_bytes())  # the same model, written again
+    _touch_later(onnx)
+    planned = planned_outputs(workflow_copy, SUMMARY)
+    pictures = {p for p in planned if "/pictures/" in p}
+    assert pictures == {"results/cpu/pictures/a/onnxruntime_fp32.png", "results/edge/pictures/a/onnxruntime_fp32.png"}
+    assert "results/cpu/bench/a/onnxruntime_fp32_b1.json" in planned  # the same artifact's other readers
+    assert not any("torch_" in p or "/b/" in p for p in planned), planned
+
+
+def test_editing_the_pictures_script_redraws_only_the_pictures_and_the_summary(workflow_copy: Path):
+    script = workflow_copy / "workflow_scripts/pictures.py"
+    script.write_text(script.read_text() + "\n# edited\n")
+    _touch_later(script)
+    assert planned_outputs(workflow_copy, SUMMARY) == {SUMMARY, *PICTURES}
+
+
+def test_asking_for_fewer_pictured_images_redraws_only_the_pictures_and_the_summary(workflow_copy: Path):
+    cfg = _config(workflow_copy)
+    cfg["pictures"] = {"images": 2}
+    write_config(workflow_copy, cfg)
+    assert planned_outputs(workflow_copy, SUMMARY) == {SUMMARY, *PICTURES}
 
 
 def test_editing_the_summary_script_reruns_only_the_summary(workflow_copy: Path):
@@ -171,5 +207,6 @@ def test_tiny_config_is_the_one_in_use(built_workflow: Path):
 def test_the_html_report_holds_the_summary_and_the_plots(workflow_copy: Path):
     snakemake(workflow_copy, "--report", "report.html")
     html = (workflow_copy / "report.html").read_text()
-    for name in ("summary.md", "cpu_latency_vs_batch.png", "edge_accuracy_vs_latency.png"):
+    for name in ("summary.md", "cpu_latency_vs_batch.png", "edge_accuracy_vs_latency.png", "Pictures"):
         assert name in html, name
+    assert "onnxruntime_fp32.png" in html and "torch_fp32.png" in html

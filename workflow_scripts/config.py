@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
         "iou": 0.7,
         "max_det": 300,
     },
+    # results/{target}/pictures/: the first `images` val images with predicted and true boxes, per run (0: none)
+    "pictures": {"images": 4, "conf": 0.25},
     # Triton serving (rules/serving.smk): off in the embedded default, which must work offline;
     # the serving environment is made from PyPI on first use (workflow_scripts/serving/env.py).
     "serving": {

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.core.io import run_cli, save_figure
+from workflow_scripts.core.pareto import pareto_front
 from workflow_scripts.core.results import load_tables, merged
 
 PLOT_KINDS = (
@@ -19,51 +20,121 @@ PLOT_KINDS = (
 )  # the last: workflow_scripts/serving/plot.py
 
 
-def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_png: Path, accuracy_png: Path) -> None:
-    """Latency vs batch per backend, and the task's accuracy metric vs batch-1 latency, for one target."""
+MARKERS = "osD^v<>ph*"
+
+
+def _styles(keys: list) -> dict:
+    """A colour per (backend, precision) and a marker per model, the same in both of a target's plots."""
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10")
+    runs = sorted({(b, p) for _, b, p in keys})
+    models = sorted({m for m, _, _ in keys})
+    return {
+        k: {"color": colours(runs.index(k[1:]) % 10), "marker": MARKERS[models.index(k[0]) % len(MARKERS)]}
+        for k in keys
+    }
+
+
+def _plain_log_axes(ax, batches) -> None:
+    """Batch sizes as ticks (1, 2, 4, 8…) and plain numbers, never powers, on log axes."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(batches)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def plot_latency(target: str, bench: pd.DataFrame, png: Path) -> None:
+    """Model latency per batch (log–log, band to p99) and per image (p50 / batch) against batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (model, backend, precision), g in bench.groupby(["model", "backend", "precision"]):
+    fig, (per_batch, per_image) = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    groups = list(bench.groupby(["model", "backend", "precision"])) if not bench.empty else []
+    style = _styles([k for k, _ in groups])
+    for key, g in groups:
         g = g.sort_values("batch")
-        ax.plot(g["batch"], g["p50_ms"], marker="o", label=f"{model} {backend} {precision}")
-        ax.fill_between(g["batch"], g["p50_ms"], g["p99_ms"], alpha=0.15)
-    ax.set_xscale("log", base=2)
-    if not bench.empty:
-        sizes = sorted(bench["batch"].unique())
-        ax.set_xticks(sizes, [str(int(b)) for b in sizes])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("model latency per batch, ms (p50; band to p99)")
-    ax.set_title(f"{target}: latency vs batch")
-    ax.grid(True, alpha=0.3)
-    if not bench.empty:
-        ax.legend(fontsize=8)
-    save_figure(fig, latency_png)
+        label = " ".join(key)
+        per_batch.plot(g["batch"], g["p50_ms"], label=label, **style[key])
+        per_batch.fill_between(g["batch"], g["p50_ms"], g["p99_ms"], color=style[key]["color"], alpha=0.12)
+        per_image.plot(g["batch"], g["p50_ms"] / g["batch"], **style[key])
+    for ax in (per_batch, per_image):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.grid(True, which="both", alpha=0.3)
+        if groups:
+            _plain_log_axes(ax, bench["batch"].unique())
+    per_batch.set_ylabel("model latency per batch, ms (p50; band to p99)")
+    per_batch.set_title("per batch (log–log: slope 1 = no gain from batching)", fontsize=10)
+    per_image.set_ylabel("model latency per image, ms (p50 / batch)")
+    per_image.set_title("per image (lower is better)", fontsize=10)
+    fig.suptitle(f"{target}: latency vs batch")
+    if groups:
+        fig.legend(loc="outside right center", fontsize=8, title="model backend precision", title_fontsize=8)
+    else:
+        per_batch.text(
+            0.5, 0.5, "nothing timed on this target", ha="center", va="center", transform=per_batch.transAxes
+        )
+    save_figure(fig, png)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def plot_accuracy(target: str, merged: pd.DataFrame, png: Path) -> None:
+    """The task's accuracy metric against batch-1 latency, one point per configuration, with the Pareto
+    front (the most accurate configuration within each latency) as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9.5, 4.8), layout="constrained")
     pts = merged[(merged["batch"] == 1) & merged["score"].notna()] if not merged.empty else merged
     if pts.empty:
         ax.text(0.5, 0.5, "no accuracy measured on this target", ha="center", va="center", transform=ax.transAxes)
-    for _, r in pts.iterrows():
-        colour = "tab:green" if r["gate_passed"] else "tab:red"
-        ax.scatter(r["p50_ms"], r["score"], color=colour, s=40)
-        ax.annotate(
-            f"{r['model']} {r['backend']} {r['precision']}",
-            (r["p50_ms"], r["score"]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
+    style = _styles([(r["model"], r["backend"], r["precision"]) for _, r in pts.iterrows()])
+    for _, r in pts.sort_values(["model", "backend", "precision"]).iterrows():
+        key = (r["model"], r["backend"], r["precision"])
+        passed = r["gate_passed"] == True  # noqa: E712 (NaN: no gate)
+        ax.scatter(
+            r["p50_ms"],
+            r["score"],
+            s=60,
+            color=style[key]["color"],
+            marker=style[key]["marker"],
+            edgecolors="black" if passed else "red",
+            linewidths=0.6 if passed else 2,
+            zorder=3,
+            label=" ".join(key) + ("" if passed else " (FAILS the gate)"),
         )
-    ax.margins(x=0.25, y=0.2)
+    front = pareto_front(pts)
+    if not front.empty:
+        right = pts["p50_ms"].max() * 1.15
+        xs = [*front["p50_ms"], right]
+        ys = [*front["score"], front["score"].iloc[-1]]
+        ax.step(xs, ys, where="post", color="black", lw=1.2, ls="--", zorder=2, label="Pareto front")
+        ax.scatter(front["p50_ms"], front["score"], s=190, facecolors="none", edgecolors="black", lw=1, zorder=2)
+    ax.margins(x=0.08, y=0.12)
     ax.set_xlabel("batch-1 model latency, ms (p50)")
     labels = sorted(set(pts["metric_label"])) if not pts.empty else []
     ax.set_ylabel(" / ".join(labels) or "accuracy (the task's metric)")
-    ax.set_title(f"{target}: accuracy vs latency (green: passes the gate)")
+    ax.set_title(f"{target}: accuracy vs latency (up and left is better; ringed: on the Pareto front)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    save_figure(fig, accuracy_png)
+    if not pts.empty:
+        fig.legend(loc="outside right center", fontsize=8, title="model backend precision", title_fontsize=8)
+    save_figure(fig, png)
+
+
+def plot_target(target: str, bench: pd.DataFrame, merged: pd.DataFrame, latency_png: Path, accuracy_png: Path) -> None:
+    """Latency vs batch per backend, and the task's accuracy metric vs batch-1 latency, for one target."""
+    plot_latency(target, bench, latency_png)
+    plot_accuracy(target, merged, accuracy_png)
 
 
 def plot_power(target: str, bench: pd.DataFrame, png: Path) -> None:

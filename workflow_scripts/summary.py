@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from workflow_scripts.core.io import atomic_path, read_json, run_cli
+from workflow_scripts.core.pareto import pareto_front
 from workflow_scripts.core.results import load_tables, merged
 from workflow_scripts.plots import PLOT_KINDS
 from workflow_scripts.tasks import TASKS
@@ -189,6 +191,37 @@ def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def pareto_lines(joined: pd.DataFrame) -> list[str]:
+    """The batch-1 Pareto front of one target (latency ↓, the task's metric ↑), fastest first."""
+    front = pareto_front(joined[joined["batch"] == 1]) if "score" in joined else joined.iloc[0:0]
+    if front.empty:
+        return []
+    steps = [
+        f"**{r['model']} {r['backend']} {r['precision']}** ({r['p50_ms']:.2f} ms, {r['score']:.4f})"
+        for _, r in front.iterrows()
+    ]
+    return [
+        f"- Pareto front at batch 1 (p50 ↓, {front['metric_label'].iloc[0]} ↑; each is the most accurate within its "
+        f"latency): {' → '.join(steps)}."
+    ]
+
+
+def picture_lines(pictures: list[Path], target: str, out: Path) -> list[str]:
+    """Links to one target's pictures (results/{target}/pictures/{model}/{run}.png), per model."""
+    mine = sorted(p for p in pictures if p.parent.parent.name == "pictures" and p.parent.parent.parent.name == target)
+    if not mine:
+        return []
+    lines = ["Pictures (the first validation images, predicted boxes solid, true boxes dashed):", ""]
+    for model in dict.fromkeys(p.parent.name for p in mine):
+        links = [
+            f"[{p.stem.replace('_', ' ', 1)}]({Path(os.path.relpath(p, out.parent)).as_posix()})"
+            for p in mine
+            if p.parent.name == model
+        ]
+        lines.append(f"- {model}: {', '.join(links)}")
+    return lines + [""]
+
+
 def render(
     bench: pd.DataFrame,
     acc: pd.DataFrame,
@@ -199,6 +232,7 @@ def render(
     out: Path,
     serving: list[dict] | None = None,
     references: list[dict] | None = None,
+    pictures: list[Path] = (),
 ) -> str:
     """The summary as markdown; plot links are relative to `out`."""
     lines = ["# planforge summary", ""]
@@ -264,6 +298,7 @@ def render(
                         f"- Highest throughput that passes the gate: **{_label(best)}**, "
                         f"{best['throughput']:.1f} img/s (model only)."
                     )
+            lines += pareto_lines(scored) if not scored.empty else []
             for model in unscored:  # random weights (accuracy: false): latency only, no gate
                 rows = joined[joined["model"] == model]
                 b1 = rows[rows["batch"] == 1]
@@ -304,6 +339,7 @@ def render(
                 )
             if not failed.empty:
                 lines.append("")
+        lines += picture_lines(list(pictures), target, out)
         lines += serving_lines(serving, target)
         for kind in PLOT_KINDS:
             key = f"{target}_{kind}"
@@ -339,6 +375,7 @@ def summarise(
     plot_files: list[Path],
     serving_files: list[Path] = (),
     references: list[dict] | None = None,
+    picture_files: list[Path] = (),
 ) -> str:
     bench, acc = load_tables(bench_files, accuracy_files)
     serving = [read_json(p) for p in serving_files]
@@ -347,7 +384,7 @@ def summarise(
         for kind in PLOT_KINDS:
             if p.stem.endswith("_" + kind):
                 plots[p.stem] = p
-    text = render(bench, acc, unavailable, gate, baseline, plots, out, serving, references)
+    text = render(bench, acc, unavailable, gate, baseline, plots, out, serving, references, picture_files)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return text
@@ -362,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline", default="torch_fp32")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plots", type=Path, nargs="*", default=[])
+    p.add_argument("--pictures", type=Path, nargs="*", default=[], help="results/{target}/pictures/… PNGs")
     p.add_argument("--serving", type=Path, nargs="*", default=[], help="serving sweep and served-accuracy JSONs")
     p.add_argument("--references", default="[]", help="JSON list: config `references` (cited figures)")
     a = p.parse_args(argv)
@@ -375,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         a.plots,
         a.serving,
         json.loads(a.references),
+        a.pictures,
     )
     print(f"wrote {a.out}")
 

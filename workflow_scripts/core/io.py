@@ -100,10 +100,12 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
 
 
 def save_figure(fig, path: str | Path) -> None:
-    """Write a matplotlib figure as PNG, whole or not at all, and close it."""
+    """Write a matplotlib figure as PNG, whole or not at all, and close it (laid out tight unless it
+    already has a layout engine, e.g. `layout="constrained"` for a legend outside the axes)."""
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -32,6 +32,10 @@ def accuracy_path(target: str, model: str, backend: str, precision: str) -> str:
     return f"results/{target}/accuracy/{model}/{backend}_{precision}.json"
 
 
+def picture_path(target: str, model: str, backend: str, precision: str) -> str:
+    return f"results/{target}/pictures/{model}/{backend}_{precision}.png"
+
+
 def engine_path(target: str, model: str, precision: str, batch: int | str) -> str:
     return f"artifacts/engines/{target}/{model}/{precision}_b{batch}.plan"
 
@@ -143,6 +147,14 @@ class Plan:
             out += [accuracy_path(t, m, b, p) for m, b, p in dict.fromkeys(triples)]
         return out
 
+    def picture_outputs(self, targets: list[str] | None = None) -> list[str]:
+        """A picture per run of a scored model (a model with random weights finds nothing worth seeing)."""
+        if not self.cfg["pictures"]["images"]:
+            return []
+        return [
+            picture_path(t, m, b, p) for t in targets or self.targets for m, b, p in self.runs(t) if self.scored(m)
+        ]
+
     def engine_outputs(self, targets: list[str] | None = None) -> list[str]:
         """Every engine of the TensorRT targets (none where TensorRT is not installed)."""
         if self.trt_builder is None:
@@ -250,6 +262,15 @@ class Plan:
             family_file(self.family(model)),
         ]
 
+    def picture_code(self, target: str, model: str, backend: str, **_) -> list[str]:
+        """A picture job's code: the step, its model's task and family, its backend's runner (no power sampler)."""
+        task = FAMILIES[self.family(model)].task
+        return [
+            *code_files("pictures", f"workflow_scripts.tasks.{task}"),
+            runner_file(backend),
+            family_file(self.family(model)),
+        ]
+
     # -- each rule's settings -------------------------------------------------------------------------
     def target_settings(self, target: str, backend: str) -> dict:
         t = self.targets[target]
@@ -279,6 +300,18 @@ class Plan:
             **self.target_settings(target, backend),
             imgsz=self.imgsz(model),
             **{k: a[k] for k in ("gate", "strict", "batch", "max_images", "conf", "iou", "max_det")},
+        )
+
+    def picture_settings(self, target: str, model: str, backend: str, **_) -> S.PictureSettings:
+        a, pic = self.cfg["accuracy"], self.cfg["pictures"]
+        return S.PictureSettings(
+            **self.target_settings(target, backend),
+            imgsz=self.imgsz(model),
+            images=pic["images"],
+            batch=a["batch"],
+            conf=pic["conf"],
+            iou=a["iou"],
+            max_det=a["max_det"],
         )
 
     def calibration_settings(self, calib: str, **_) -> S.CalibrationSettings:

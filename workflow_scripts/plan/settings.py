@@ -90,6 +90,18 @@ class AccuracySettings(TargetSettings):
 
 
 @dataclasses.dataclass(frozen=True)
+class PictureSettings(TargetSettings):
+    """What a picture of one run shows: the first `images` val images, predictions scoring at least `conf`."""
+
+    imgsz: int
+    images: int
+    batch: int
+    conf: float
+    iou: float
+    max_det: int
+
+
+@dataclasses.dataclass(frozen=True)
 class CalibrationSettings(Settings):
     """Only the keys that change one method's ranges (the percentile does not touch the entropy ranges): others None."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Callable
 
@@ -85,3 +87,105 @@ def predictor(fam, runner, s) -> Callable:
         return fam.postprocess(outputs, metas, conf=s.conf, iou=s.iou, max_det=s.max_det)
 
     return detect
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def found(predicted: list[tuple[list[float], str, float]], truth: list[tuple[list[float], str]]) -> int:
+    """How many true boxes a prediction of the same class covers at IoU ≥ 0.5 (greedy, highest score first)."""
+    left = list(truth)
+    hits = 0
+    for box, name, _ in sorted(predicted, key=lambda p: -p[2]):
+        best = max(
+            (i for i, (tb, tn) in enumerate(left) if tn == name and _iou(box, tb) >= 0.5),
+            key=lambda i: _iou(box, left[i][0]),
+            default=None,
+        )
+        if best is not None:
+            left.pop(best)
+            hits += 1
+    return hits
+
+
+def picture(detect: Callable, dataset, checkpoint_info, images: int, batch: int, title: str):
+    """The first `images` val images in a grid: predicted boxes solid in their class's colour with 'class score',
+    true boxes dashed white; each panel says how many true boxes a prediction found. Returns the figure and
+    the counts over all panels: {found, true, extra}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import patheffects
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    split = load_split(dataset, "val")
+    records = split.images[:images]
+    names = read_json(checkpoint_info)["class_names"]
+    truth: dict[int, list[tuple[list[float], str]]] = {r["id"]: [] for r in records}
+    for a in json.loads(split.annotations.read_text())["annotations"]:
+        if a["image_id"] in truth:
+            x, y, w, h = a["bbox"]
+            truth[a["image_id"]].append(([x, y, x + w, y + h], split.categories[a["category_id"]]))
+    pixels = [read_image(split.image_path(r)) for r in records]
+    dets = [d for chunk in batches(pixels, batch) for d in detect(chunk)]
+
+    cols = math.ceil(math.sqrt(len(records)))
+    rows = math.ceil(len(records) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows + 0.6), squeeze=False, layout="constrained")
+    colours = plt.get_cmap("tab10")
+    counts = {"found": 0, "true": 0, "extra": 0}
+    outline = [patheffects.withStroke(linewidth=2.6, foreground="black")]
+    for ax in axes.flat[len(records) :]:
+        ax.axis("off")
+    for ax, rec, img, det in zip(axes.flat, records, pixels, dets):
+        ax.imshow(img)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for (x0, y0, x1, y1), _ in truth[rec["id"]]:
+            ax.add_patch(
+                Rectangle(
+                    (x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.4, ls=(0, (4, 3)), path_effects=outline
+                )
+            )
+        predicted, labels = [], []
+        for box, score, cls in zip(det["boxes"].tolist(), det["scores"].tolist(), det["classes"].tolist()):
+            name = names[cls] if 0 <= cls < len(names) else str(cls)
+            predicted.append((box, name, score))
+            colour = colours(cls % 10)
+            x0, y0, x1, y1 = box
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=2))
+            # above the box; inside its top edge at the image's top; below it where another label sits
+            line = img.shape[0] / 28
+            x, y, va = (x0, y0, "bottom") if y0 > line else (x0, y0, "top")
+            if any(abs(x - ux) < 4 * line and abs(y - uy) < line for ux, uy in labels):
+                x, y, va = x0, y1, "top"
+            labels.append((x, y))
+            ax.text(
+                x,
+                y,
+                f"{name} {score:.2f}",
+                fontsize=7,
+                color="white",
+                va=va,
+                clip_on=True,
+                bbox={"facecolor": colour, "edgecolor": "none", "pad": 1, "alpha": 0.85},
+            )
+        n_true = len(truth[rec["id"]])
+        hits = found(predicted, truth[rec["id"]])
+        extra = len(predicted) - hits
+        counts = {"found": counts["found"] + hits, "true": counts["true"] + n_true, "extra": counts["extra"] + extra}
+        ax.set_title(f"{rec['file_name']}: found {hits}/{n_true}, {extra} extra", fontsize=9)
+    handles = [
+        Line2D([], [], color="tab:blue", lw=2, label="predicted: class score (colour per class)"),
+        Line2D([], [], color="white", lw=1.4, ls=(0, (4, 3)), path_effects=outline, label="ground truth"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig, counts

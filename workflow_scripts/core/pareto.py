@@ -1,0 +1,23 @@
+"""The Pareto front of latency against accuracy: configurations no other one beats on both."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def pareto_front(points: pd.DataFrame, latency: str = "p50_ms", score: str = "score") -> pd.DataFrame:
+    """Rows not dominated in (`latency` ↓, `score` ↑), fastest first: for each latency budget, the front's
+    last row within it is the most accurate configuration that fits. A row is dominated when another is at
+    least as fast and at least as accurate, and strictly better in one; equal rows are both kept.
+    Rows without a latency or a score are left out."""
+    pts = points.dropna(subset=[latency, score])
+    keep = [
+        i
+        for i, r in pts.iterrows()
+        if not (
+            (pts[latency] <= r[latency])
+            & (pts[score] >= r[score])
+            & ((pts[latency] < r[latency]) | (pts[score] > r[score]))
+        ).any()
+    ]
+    return pts.loc[keep].sort_values([latency, score], ascending=[True, False])
