@@ -1,7 +1,7 @@
 """Does the harness add overhead? Re-time the pipeline's PyTorch GPU bench jobs with a bare loop.
 
-For every `results/<target>/bench/<model>/<backend>_<precision>_b<batch>.json` of the torch and
-torch-cudagraph backends, load the same artifact through the model family, put it on the GPU in the
+For every `results/<target>/bench/<model>/<backend>_<precision>_b<batch>.json` of the torch,
+torch-cudagraph and torch-compile-graph backends, load the same artifact through the model family, put it on the GPU in the
 same dtype and memory format, and time `iterations` forwards of a random batch with CUDA events and a
 synchronise per iteration — no runner, no sampler, no preprocessing — then compare its p50 with the
 pipeline's. Also profiles (torch.profiler) the smallest and largest batch of one configuration to show
@@ -23,9 +23,9 @@ import torch
 from workflow_scripts.core.io import run_cli, write_json
 from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.models import get_family
-from workflow_scripts.runners.torch_runner import capturable
+from workflow_scripts.runners.torch_runner import capturable, transformers_checks_off
 
-BACKENDS = ("torch", "torch-cudagraph")
+BACKENDS = ("torch", "torch-cudagraph", "torch-compile-graph")
 
 
 def _module(record: dict) -> tuple[torch.nn.Module, torch.Tensor, object]:
@@ -51,15 +51,30 @@ def _forward(record: dict):
 
     if record["backend"] == "torch":
         return eager
+    fn, around_capture = eager, capturable
+    if record["backend"] == "torch-compile-graph":
+        # torch.compile (inductor, the record's options), after one eager forward, captured in a plain graph;
+        # dynamo's cache is per code object, so each record starts from an empty one (no recompile limit)
+        torch._dynamo.reset()
+        eager()
+        options = json.loads(record["runner"].get("inductor_options", "{}"))
+        compiled = torch.compile(lambda t: output_fn(model(t)), backend="inductor", options=options, dynamic=False)
+
+        def fn():
+            with torch.inference_mode(), transformers_checks_off():
+                return compiled(x)
+
+        fn()  # compile outside the graph
+        around_capture = transformers_checks_off
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):
-            eager()
+            fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph), capturable():
-        eager()
+    with torch.inference_mode(), torch.cuda.graph(graph), around_capture():
+        fn()
     return graph.replay
 
 

@@ -12,9 +12,10 @@ rule prepare_checkpoint:
     params:
         family=family,
         src=lambda w: PLAN.models[w.model]["checkpoint"],
+        model_settings=settings(PLAN.model_settings),
     shell:
         "python -m workflow_scripts.prepare_checkpoint --family {params.family} --src {params.src:q}"
-        " --out {output.ckpt} --info {output.info} > {log} 2>&1"
+        " --model-settings {params.model_settings:q} --out {output.ckpt} --info {output.info} > {log} 2>&1"
 
 
 rule export_onnx:

@@ -15,7 +15,7 @@ import yaml
 
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS
-from workflow_scripts.models import FAMILIES, checkpoint_problem
+from workflow_scripts.models import FAMILIES, checkpoint_problem, settings_problem
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS
 
@@ -69,7 +69,8 @@ DATASET_DEFAULTS = {
     "image_size": [256, 416],
     "max_objects": 8,
 }
-MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": []}
+# num_queries (D-FINE): None keeps the checkpoint's own (workflow_scripts/models: FamilySpec.settings)
+MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": [], "num_queries": None}
 TENSORRT_DEFAULTS = {
     "workspace_mib": 4096,
     "batch_profile": "static",
@@ -145,6 +146,9 @@ def validate(config: dict, check_files: bool = True) -> dict:
             raise PlanforgeError(
                 f"config key models.{name}.dataset: {model['dataset']!r} is not one of {sorted(cfg['datasets'])}"
             )
+        wrong = settings_problem(model["family"], model)
+        if wrong:
+            raise PlanforgeError(f"config key models.{name}.{wrong[0]}: {wrong[1]}")
         problem = checkpoint_problem(model["family"], model["checkpoint"], cfg["downloads"]) if check_files else None
         if problem:
             raise PlanforgeError(f"config key models.{name}.checkpoint: {problem}")

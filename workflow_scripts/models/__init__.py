@@ -22,11 +22,30 @@ class FamilySpec:
     task: str  # a name in workflow_scripts.tasks.TASKS
     served: bool = False  # has Triton pre/post-processing models (workflow_scripts/serving/python_models.py)
     hub_ids: bool = False  # a checkpoint may be a Hugging Face id (needs `downloads: true`)
+    # model config keys (models.<m>.<key>) the family applies when it prepares the checkpoint
+    # (`fam.apply_settings`); another family's model refuses them. None in the config: the checkpoint's own.
+    settings: tuple[str, ...] = ()
 
 
 FAMILIES: Registry[FamilySpec] = Registry("model family")
 FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection", served=True))
-FAMILIES.register("dfine", FamilySpec("workflow_scripts.models.dfine", "detection", hub_ids=True))
+FAMILIES.register(
+    "dfine", FamilySpec("workflow_scripts.models.dfine", "detection", hub_ids=True, settings=("num_queries",))
+)
+
+
+def family_settings(family: str, model_cfg: dict) -> dict:
+    """The family settings a model's config sets (None values left out): what its prepared checkpoint applies."""
+    return {k: model_cfg[k] for k in FAMILIES[family].settings if model_cfg.get(k) is not None}
+
+
+def settings_problem(family: str, model_cfg: dict) -> tuple[str, str] | None:
+    """(key, why) for a key the model's config sets that its family does not apply (another family's setting)."""
+    for name, spec in FAMILIES.items():
+        for key in spec.settings:
+            if model_cfg.get(key) is not None and key not in FAMILIES[family].settings:
+                return key, f"the {family} family has no {key} setting (only {name} models take it); remove it"
+    return None
 
 
 def get_family(name: str) -> ModuleType:

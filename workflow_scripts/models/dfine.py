@@ -357,6 +357,38 @@ def load_torch(checkpoint: str | Path, device: str = "cpu"):
     return model
 
 
+def apply_settings(model, settings: dict):
+    """The model with its config's settings (`num_queries`) changed and its own weights: what prepare saves.
+
+    num_queries is how many encoder proposals (top-k of the encoder's class scores, over every anchor)
+    the decoder refines: it sizes a topk at inference time and no weight, unless the checkpoint learned its
+    initial queries (`learn_initial_query`, an embedding per query). The model is rebuilt from the changed
+    config and loads the weights strictly, so such a checkpoint is refused instead of half-loaded.
+    """
+    import copy
+
+    from transformers import DFineForObjectDetection
+
+    n = settings.get("num_queries")
+    if n is None or int(n) == model.config.num_queries:
+        return model
+    config = copy.deepcopy(model.config)
+    config.num_queries = int(n)
+    _quiet()
+    rebuilt = DFineForObjectDetection(config)
+    try:
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise PlanforgeError(
+            f"num_queries {n}: this checkpoint's weights depend on its {model.config.num_queries} queries "
+            f"({exception_line(exc)[:200]}); remove num_queries from its config entry"
+        ) from None
+    rebuilt = rebuilt.eval()
+    for p in rebuilt.parameters():
+        p.requires_grad_(False)
+    return rebuilt
+
+
 def checkpoint_inputs(checkpoint: str) -> list[str]:
     """Local files the checkpoint is read from (Snakemake inputs): a directory's files, a file, or none."""
     p = Path(checkpoint)

@@ -15,7 +15,7 @@ from workflow_scripts.core.deps import code_files
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import CALIBRATION_METHODS
 from workflow_scripts.core.precisions import parse as parse_precision
-from workflow_scripts.models import FAMILIES, checkpoint_inputs, family_file, get_family
+from workflow_scripts.models import FAMILIES, checkpoint_inputs, family_file, family_settings, get_family
 from workflow_scripts.plan import settings as S
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS, backend_available, runner_file
@@ -110,6 +110,13 @@ class Plan:
         """The configured checkpoint's local files (none for an architecture name or a hub id)."""
         m = self.models[model]
         return checkpoint_inputs(m["family"], m["checkpoint"])
+
+    def model_settings(self, model: str, **_) -> dict:
+        """What the prepared checkpoint applies beyond its source (D-FINE's num_queries); {} for none.
+
+        In the prepare rule's params: a change remakes that model's checkpoint, and so everything downstream of it.
+        """
+        return family_settings(self.family(model), self.models[model])
 
     def input_name(self, model: str) -> str:
         """The model's input tensor name (ONNX and engines), as its family declares it."""

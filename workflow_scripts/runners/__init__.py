@@ -85,6 +85,16 @@ for _name, _spec in {
         "torch_runner", "TorchCompileMaxRunner", "checkpoint", ("fp32", "fp16"), ("torch",),
         cuda_precisions=("fp16",), options=TORCH_OPTIONS,
     ),
+    # inductor's kernels captured in a plain CUDA graph (runners/torch_runner.py: TorchCompileGraphRunner)
+    "torch-compile-graph": BackendSpec(
+        "torch_runner", "TorchCompileGraphRunner", "checkpoint", ("fp32", "fp16"), ("torch",), devices=("cuda",),
+        options={
+            "channels_last": None,  # None: on (cuda)
+            "compile_mode": "default",  # or "max-autotune" (bounded: torch_runner.GRAPH_COMPILE_MODES)
+            "inductor_config": {},  # more torch._inductor.config settings, e.g. {max_autotune_conv_backends: ATEN,TRITON}
+            "cache_dir": "artifacts/inductor_cache",  # inductor's FX-graph / kernel / autotune caches; null: /tmp
+        },
+    ),
     "onnxruntime": BackendSpec(
         "ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_QDQ), ("onnxruntime",),
         options={"graph_optimization": "all", "providers": ["CPUExecutionProvider"]},
