@@ -120,3 +120,85 @@ def test_a_loop_disturbed_in_every_attempt_is_marked_unstable(onnx_model, tmp_pa
     assert r["stable"] is False and len(r["stability"]["attempts"]) == 2
     assert r["stability"]["reason"].startswith("disturbed in each of 2 timed loops")
     assert "UNSTABLE" in proc.stdout
+
+
+def _record(backend: str, batch: int, p50: float, stable: bool | None) -> dict:
+    lat = {"mean": p50, "std": p50 * 0.05, "p50": p50, "p90": p50, "p95": p50, "p99": p50 * 1.2, "min": p50, "max": p50}
+    rec = {
+        "target": "cpu",
+        "model": "m",
+        "backend": backend,
+        "precision": "fp32",
+        "batch": batch,
+        "latency_ms": lat,
+        "throughput_items_per_s": 1000 * batch / p50,
+        "preprocess_ms": lat,
+        "postprocess_ms": lat,
+        "environment": {"cpu": "x86", "libraries": {}, "git_commit": "x", "timestamp": "t"},
+        "runner": {},
+        "iterations": 100,
+        "warmup": 10,
+        "threads": 2,
+    }
+    if stable is not None:  # None: a JSON written before rows recorded their stability
+        reason = (
+            None
+            if stable
+            else "disturbed in each of 3 timed loops (reported: the least disturbed, attempt 2: cv 0.41 > 0.25)"
+        )
+        rec |= {
+            "stable": stable,
+            "dispersion": {
+                "timer": "latency_ms",
+                "cv": 0.05 if stable else 0.41,
+                "p99_over_p50": 1.2 if stable else 3.1,
+            },
+            "stability": {"reason": reason},
+        }
+    return rec
+
+
+def _summary(tmp_path: Path, rows: list[tuple[str, int, float, bool | None]]) -> str:
+    from workflow_scripts import summary
+
+    files, accs = [], []
+    for backend, batch, p50, stable in rows:
+        f = tmp_path / f"{backend}_b{batch}.json"
+        f.write_text(json.dumps(_record(backend, batch, p50, stable)))
+        files.append(f)
+    for backend in sorted({r[0] for r in rows}):
+        a = tmp_path / f"{backend}_acc.json"
+        a.write_text(
+            json.dumps(
+                {"target": "cpu", "model": "m", "backend": backend, "precision": "fp32", "map50_95": 0.5}
+                | {"map50": 0.7, "images": 6, "ratio_to_baseline": 1.0, "gate": {"passed": True}, "baseline": None}
+            )
+        )
+        accs.append(a)
+    return summary.summarise(files, accs, [], 0.95, "torch_fp32", tmp_path / "summary.md", [])
+
+
+def test_the_summary_marks_an_unstable_row_and_never_picks_it_as_fastest(tmp_path):
+    text = _summary(
+        tmp_path,
+        [
+            ("torch", 1, 5.0, False),
+            ("torch", 4, 10.0, False),
+            ("onnxruntime", 1, 8.0, True),
+            ("onnxruntime", 4, 20.0, None),
+        ],
+    )
+    assert "| m | torch | fp32 | 1 | 5.00† |" in text and "| m | onnxruntime | fp32 | 1 | 8.00 |" in text
+    assert "| m | onnxruntime | fp32 | 4 | 20.00 |" in text  # an older JSON, without the key: not marked
+    assert "† m torch fp32 b1: unstable, disturbed in each of 3 timed loops" in text
+    assert "Fastest at batch 1 that passes the gate: **m onnxruntime fp32 b1**, p50 8.00 ms" in text
+    assert "Highest throughput that passes the gate: **m onnxruntime fp32 b4**" in text
+    skipped = [line for line in text.splitlines() if line.startswith("- Skipped as unstable")]
+    assert len(skipped) == 1  # one line naming both rows it skipped, with the spread that disqualified them
+    assert "m torch fp32 b1 (p50 5.00 ms, cv 0.41, p99/p50 3.10)" in skipped[0] and "m torch fp32 b4" in skipped[0]
+
+
+def test_with_every_candidate_unstable_the_summary_says_no_stable_row_exists(tmp_path):
+    text = _summary(tmp_path, [("torch", 1, 5.0, False), ("onnxruntime", 1, 8.0, False)])
+    assert "Fastest at batch 1" not in text and "Highest throughput" not in text
+    assert "- **No stable row exists** among these candidates, so none is named fastest:" in text
