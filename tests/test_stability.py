@@ -80,7 +80,7 @@ def _bench(p: dict, out: Path, stability: Stability, disturbed_calls: int) -> su
         **os.environ,
         "PLANFORGE_PLUGINS": "tests.plugins.ort_disturbed",
         "PLANFORGE_TEST_DISTURBED_CALLS": str(disturbed_calls),
-        "PLANFORGE_TEST_DISTURBED_SLEEP": "0.1",
+        "PLANFORGE_TEST_DISTURBED_FACTOR": "50",
     }
     args = ["--model", "m", "--family", "yolo", "--artifact", str(p["onnx"]), "--backend", "onnxruntime-disturbed"]
     args += ["--precision", "fp32", "--batch", "1", "--dataset", str(p["dataset"]), "--target", "cpu"]
@@ -91,28 +91,29 @@ def _bench(p: dict, out: Path, stability: Stability, disturbed_calls: int) -> su
 
 
 def test_a_disturbed_loop_is_measured_again_and_the_quiet_one_reported(onnx_model, tmp_path):
-    # limits loose enough for a shared machine's quiet loop, far below a 100 ms sleep in every 4th call
-    limits = Stability(max_cv=1.0, max_p99_over_p50=8.0, attempts=3)
+    # every 4th call 51 times as long is p99/p50 near 51; a shared machine's undisturbed loop stays far below 25
+    limits = Stability(max_cv=100.0, max_p99_over_p50=25.0, attempts=4)
     out = tmp_path / "b.json"
     proc = _bench(onnx_model, out, limits, disturbed_calls=12)  # the first timed loop only
     assert proc.returncode == 0, proc.stderr
-    assert "attempt 1/3 disturbed" in proc.stderr
+    assert "attempt 1/4 disturbed" in proc.stderr
     r = json.loads(out.read_text())
     s = r["stability"]
+    attempts = s["attempts"]
+    first, reported = attempts[0], attempts[-1]
     assert r["stable"] is True and s["reason"] is None
-    assert [a["attempt"] for a in s["attempts"]] == [1, 2] and s["reported_attempt"] == 2
-    first, second = s["attempts"]
-    assert not first["stable"] and "p99/p50" in first["reason"] and first["latency_ms"]["max"] >= 100
-    assert second["stable"] and r["latency_ms"] == second["latency_ms"] and r["latency_ms"]["max"] < 100
-    assert r["dispersion"] == second["dispersion"] and r["dispersion"]["timer"] == "latency_ms"
-    assert s["criteria"] == {"max_cv": 1.0, "max_p99_over_p50": 8.0, "attempts": 3}
+    assert len(attempts) >= 2 and s["reported_attempt"] == reported["attempt"] == len(attempts)
+    assert not first["stable"] and first["reason"].startswith("p99/p50 ") and first["dispersion"]["p99_over_p50"] > 40
+    assert reported["stable"] and r["latency_ms"] == reported["latency_ms"] and r["dispersion"]["p99_over_p50"] < 25
+    assert r["dispersion"] == reported["dispersion"] and r["dispersion"]["timer"] == "latency_ms"
+    assert s["criteria"] == {"max_cv": 100.0, "max_p99_over_p50": 25.0, "attempts": 4}
     load = r["load"]
-    assert load == second["load"] and load["cpus"] >= 1 and load["wall_s"] > 0
+    assert load == reported["load"] and load["cpus"] >= 1 and load["wall_s"] > 0
     assert {"loadavg_1min_before", "loadavg_1min_after", "other_cpu_s", "other_cpus_busy"} <= set(load)
 
 
 def test_a_loop_disturbed_in_every_attempt_is_marked_unstable(onnx_model, tmp_path):
-    limits = Stability(max_cv=1.0, max_p99_over_p50=8.0, attempts=2)
+    limits = Stability(max_cv=100.0, max_p99_over_p50=25.0, attempts=2)
     out = tmp_path / "b.json"
     proc = _bench(onnx_model, out, limits, disturbed_calls=10_000)
     assert proc.returncode == 0, proc.stderr

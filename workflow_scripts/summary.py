@@ -121,6 +121,8 @@ def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
             "to 16 bits and the added Quantize/Dequantize work is not paid back"
         )
         verdict = "faster" if speedup > 1 else "slower"
+        if _unstable(pd.DataFrame([r, fp32.iloc[0]])).any():
+            why += " († a row of the two is unstable: this ratio is not to be trusted)"
         notes.append(f"- INT8 {_label(r)}: {speedup:.2f}× the speed of FP32 ({verdict}, measured); {why}.")
     return notes
 

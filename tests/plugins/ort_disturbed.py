@@ -1,8 +1,8 @@
 """A test-only backend: the real ONNX Runtime runner, with a disturbance planted in its first timed calls.
 
 $PLANFORGE_TEST_DISTURBED_CALLS=N: of the first N `timed_infer` calls, every fourth sleeps
-$PLANFORGE_TEST_DISTURBED_SLEEP seconds (default 0.1) on top of the inference, as if another process had
-taken the core. Warm-up calls (`infer`) are never disturbed. tests/test_stability.py uses it to see a
+$PLANFORGE_TEST_DISTURBED_FACTOR (default 50) times its own inference time on top of it, as if another
+process had taken the core: p99/p50 near FACTOR + 1 on a fast machine or a slow one. Warm-up calls (`infer`) are never disturbed. tests/test_stability.py uses it to see a
 disturbed timed loop measured again, through the real bench step.
 """
 
@@ -27,7 +27,7 @@ class DisturbedOrtRunner(OrtRunner):
         t0 = time.perf_counter()
         out = self.infer(prepared)
         if n < int(os.environ.get("PLANFORGE_TEST_DISTURBED_CALLS", "0")) and n % 4 == 0:
-            time.sleep(float(os.environ.get("PLANFORGE_TEST_DISTURBED_SLEEP", "0.1")))
+            time.sleep(float(os.environ.get("PLANFORGE_TEST_DISTURBED_FACTOR", "50")) * (time.perf_counter() - t0))
         return out, time.perf_counter() - t0
 
 
