@@ -77,7 +77,7 @@ def fastest(rows: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
 
 
 def _unstable_text(row: pd.Series) -> str:
-    return f"{_label(row)} (p50 {row['p50_ms']:.2f} ms, cv {row['cv']:.2f}, p99/p50 {row['p99_over_p50']:.2f})"
+    return f"{_label(row)} (p50 {row['p50_ms']:.2f} ms, cv {_fmt(row['cv'])}, p99/p50 {_fmt(row['p99_over_p50'])})"
 
 
 def skipped_line(rows: pd.DataFrame, lowest: pd.Series | None, best: pd.Series | None) -> list[str]:
