@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_workflow_copy, snakemake
-from workflow_scripts.plan.settings import AccuracySettings, BenchSettings
+from workflow_scripts.plan.settings import AccuracySettings, BenchSettings, Stability
 
 
 def _run_step(step: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -74,6 +74,7 @@ def prepared(tmp_path) -> dict[str, Path]:
 
 
 TARGET = {"device": "cpu", "threads": 1, "backend_options": {}, "power": "none", "gpu": None}
+STABILITY = Stability(max_cv=0.25, max_p99_over_p50=2.0, attempts=1)
 
 
 def _accuracy(p: dict[str, Path], out: Path) -> subprocess.CompletedProcess:
@@ -144,7 +145,7 @@ def test_a_corrupt_onnx_model_stops_the_bench_with_one_line(prepared, tmp_path):
     onnx = tmp_path / "fp32.onnx"
     onnx.write_bytes(b"\x08\x07garbage")
     out = tmp_path / "bench.json"
-    settings = BenchSettings(**TARGET, imgsz=128, warmup=1, iterations=2, min_seconds=0, conf=0.25)
+    settings = BenchSettings(**TARGET, imgsz=128, warmup=1, iterations=2, min_seconds=0, conf=0.25, stability=STABILITY)
     proc = _run_step(
         "bench",
         "--model",

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY_CONFIG, make_workflow_copy, planned_outputs, snakemake, write_config
-from workflow_scripts.plan.settings import BenchSettings
+from workflow_scripts.plan.settings import BenchSettings, Stability
 from workflow_scripts.tensorrt import engines
 
 pytestmark = pytest.mark.workflow
@@ -157,7 +157,15 @@ def test_fake_trtexec_an_engine_from_another_gpu_is_refused_with_the_one_line_re
     engine = "artifacts/engines/gpu-a/a/fp16_b1.plan"
     monkeypatch.setenv("PLANFORGE_GPU_NAME", "Fake GPU B")  # the engines were copied to another machine
     target = {"device": "cuda", "threads": None, "backend_options": {}, "power": "none", "gpu": None}
-    settings = BenchSettings(**target, imgsz=160, warmup=1, iterations=2, min_seconds=0, conf=0.25).to_json()
+    settings = BenchSettings(
+        **target,
+        imgsz=160,
+        warmup=1,
+        iterations=2,
+        min_seconds=0,
+        conf=0.25,
+        stability=Stability(max_cv=0.25, max_p99_over_p50=2.0, attempts=1),
+    ).to_json()
     proc = subprocess.run(
         [sys.executable, "-m", "workflow_scripts.bench", "--model", "a", "--family", "yolo", "--artifact", engine]
         + ["--backend", "tensorrt", "--precision", "fp16", "--batch", "1"]

@@ -8,16 +8,19 @@ and postprocessing (raw outputs → final detections in image coordinates).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 import time
 from pathlib import Path
 
 from workflow_scripts.core.data import load_split
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
-from workflow_scripts.core.metrics import latency_stats
+from workflow_scripts.core.load import LoadProbe
+from workflow_scripts.core.metrics import latency_stats, stability_verdict
 from workflow_scripts.core.pipeline import load_images, make_runner
 from workflow_scripts.models import FAMILIES, get_family, raw_outputs
-from workflow_scripts.plan.settings import BenchSettings
+from workflow_scripts.plan.settings import BenchSettings, Stability
 from workflow_scripts.power import get_sampler
 from workflow_scripts.tasks import TASKS
 
@@ -32,6 +35,13 @@ TIMERS = {
     "preprocess": "letterbox/resize + normalise + NCHW stacking of decoded RGB images (image decoding excluded)",
     "postprocess": "raw model outputs on the host → final detections in original image coordinates",
     "host_timers": "pre/postprocess timed over host_timer_iterations batches (about HOST_ITEMS images, at least 3)",
+    "stability": "dispersion = cv (std/mean) and p99/p50 of the reported timed loop, on the device timer where the "
+    "runner has one; a loop over stability.criteria is disturbed and is warmed up and timed again, up to "
+    "criteria.attempts loops; the least disturbed (lowest worse-ratio-to-its-limit) is reported; `stable` is false "
+    "when none passed",
+    "load": "the machine during the reported timed loop: 1-minute load average before/after, CPU counts, and "
+    "other_cpu_s = busy CPU-seconds of all CPUs in /proc/stat minus this process's own (os.times) "
+    "(workflow_scripts/core/load.py)",
 }
 
 
@@ -44,6 +54,73 @@ def _timed(fn, iterations: int, warmup: int = 2) -> list[float]:
         fn()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def _attempt(
+    runner,
+    prepared,
+    warmup: int,
+    iterations: int,
+    min_seconds: float,
+    power: str,
+    device: str,
+    batch: int,
+    stability: Stability,
+) -> dict:
+    """One warm-up and one timed loop, with its statistics, spread, verdict and the machine's load."""
+    t_warm = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - t_warm < min_seconds / 2:
+        runner.infer(prepared)
+        done += 1
+    if runner.device_times_ms is not None:
+        runner.device_times_ms.clear()  # warmup does not count on the device timer either
+    sampler = get_sampler(power, device=device)
+    probe = LoadProbe().start()
+    sampler.start()
+    t_start = time.perf_counter()
+    model_times = []
+    while len(model_times) < iterations or time.perf_counter() - t_start < min_seconds:
+        out, seconds = runner.timed_infer(prepared)
+        model_times.append(seconds)
+    wall = time.perf_counter() - t_start
+    sampler.stop()
+    load = probe.stop()
+    n = len(model_times)
+    stats = latency_stats(model_times)
+    device_ms = list(runner.device_times_ms or [])
+    device_stats = latency_stats([t / 1e3 for t in device_ms]) if device_ms else None
+    # the verdict reads the device timer where the runner has one: the GPU's own spread
+    timer = "device_latency_ms" if device_stats else "latency_ms"
+    verdict = stability_verdict(device_stats or stats, stability.max_cv, stability.max_p99_over_p50)
+    return {
+        "attempt": None,  # numbered by the caller's list position below
+        "warmup_done": done,
+        "iterations": n,
+        "latency_ms": stats,
+        "device_latency_ms": device_stats,
+        "throughput_items_per_s": round(batch * n / sum(model_times), 3),
+        "throughput_wall_items_per_s": round(batch * n / wall, 3),
+        "dispersion": {"timer": timer, "cv": verdict["cv"], "p99_over_p50": verdict["p99_over_p50"]},
+        "verdict": verdict,
+        "load": load,
+        "power": sampler.result(batch * n),
+        "model_times": model_times,
+        "out": out,
+    }
+
+
+def _attempt_summary(a: dict) -> dict:
+    v = a["verdict"]
+    keep = ("attempt", "warmup_done", "iterations", "latency_ms", "device_latency_ms", "throughput_items_per_s")
+    return {
+        **{k: a[k] for k in keep},
+        "stable": v["stable"],
+        "reason": v["reason"],
+        "score": v["score"],
+        "dispersion": a["dispersion"],
+        "load": a["load"],
+    }
 
 
 def bench(
@@ -66,6 +143,8 @@ def bench(
     config_hash: str,
     gpu: str | None = None,
     min_seconds: float = 0.0,
+    *,
+    stability: Stability,
 ) -> dict:
     """Run the three timers and return the bench record (the measurement contract)."""
     fam = get_family(family)
@@ -82,28 +161,28 @@ def bench(
     inputs, metas = fam.preprocess(images, imgsz)
     prepared = runner.prepare(inputs)
     runner.setup(prepared)
-    t_warm = time.perf_counter()
-    done = 0
-    while done < warmup or time.perf_counter() - t_warm < min_seconds / 2:
-        runner.infer(prepared)
-        done += 1
-    if runner.device_times_ms is not None:
-        runner.device_times_ms.clear()  # warmup does not count on the device timer either
-    sampler = get_sampler(power, device=device)
-    sampler.start()
-    t_start = time.perf_counter()
-    model_times = []
-    while len(model_times) < iterations or time.perf_counter() - t_start < min_seconds:
-        out, seconds = runner.timed_infer(prepared)
-        model_times.append(seconds)
-    iterations = len(model_times)
-    wall = time.perf_counter() - t_start
-    sampler.stop()
-    outputs = runner.to_numpy(out)
+    attempts: list[dict] = []
+    for n in range(1, stability.attempts + 1):
+        attempt = _attempt(runner, prepared, warmup, iterations, min_seconds, power, device, batch, stability)
+        attempt["attempt"] = n
+        attempts.append(attempt)
+        v = attempt["verdict"]
+        if v["stable"]:
+            break
+        more = "measuring again" if n < stability.attempts else "no attempts left"
+        print(f"bench: attempt {n}/{stability.attempts} disturbed ({v['reason']}); {more}", file=sys.stderr)
+    best = min(attempts, key=lambda a: a["verdict"]["score"])  # the stable one, else the least disturbed
+    outputs = runner.to_numpy(best["out"])
     post_times = _timed(lambda: fam.postprocess(raw_outputs(fam, outputs), metas, conf=conf), host_iterations)
-
-    stats = latency_stats(model_times)
-    device_ms = list(runner.device_times_ms or [])
+    verdict = best["verdict"]
+    stable = verdict["stable"]
+    reason = None
+    if not stable:
+        reason = (
+            f"disturbed in each of {len(attempts)} timed loops (reported: the least disturbed, attempt "
+            f"{best['attempt']}: {verdict['reason']})"
+        )
+    iterations = best["iterations"]
     return {
         "status": "ok",
         "model": model,
@@ -117,20 +196,32 @@ def bench(
         "target": target,
         "artifact": str(artifact),
         "warmup": warmup,
-        "warmup_done": done,
+        "warmup_done": best["warmup_done"],
         "iterations": iterations,
         "min_seconds": min_seconds,
         "host_timer_iterations": host_iterations,
         "timer": TIMERS,
-        "latency_ms": stats,
+        "latency_ms": best["latency_ms"],
         # CUDA events around the enqueue on the runner's stream (runners that have them); None otherwise
-        "device_latency_ms": latency_stats([t / 1e3 for t in device_ms]) if device_ms else None,
-        "throughput_items_per_s": round(batch * iterations / sum(model_times), 3),
-        "throughput_wall_items_per_s": round(batch * iterations / wall, 3),
+        "device_latency_ms": best["device_latency_ms"],
+        "throughput_items_per_s": best["throughput_items_per_s"],
+        "throughput_wall_items_per_s": best["throughput_wall_items_per_s"],
+        # the measurement contract's dispersion and load, of the reported timed loop
+        "stable": stable,
+        "dispersion": best["dispersion"],
+        "load": best["load"],
+        "stability": {
+            "reason": reason,
+            "criteria": dataclasses.asdict(stability),
+            "timer": best["dispersion"]["timer"],
+            "reported_attempt": best["attempt"],
+            # every timed loop's summary (not its per-call times, not its power reading)
+            "attempts": [_attempt_summary(a) for a in attempts],
+        },
         "preprocess_ms": latency_stats(pre_times),
         "postprocess_ms": latency_stats(post_times),
         "postprocess_conf": conf,
-        "power": sampler.result(batch * iterations),
+        "power": best["power"],
         "setup_seconds": runner.setup_seconds,
         "memory": runner.memory(),
         "runner": runner.versions(),
@@ -177,11 +268,14 @@ def main(argv: list[str] | None = None) -> None:
         s.config_hash,
         gpu=s.gpu,
         min_seconds=float(s.min_seconds),
+        stability=s.stability,
     )
     write_json(a.out, r)
+    d = r["dispersion"]
     print(
         f"{a.out}: p50 {r['latency_ms']['p50']:.2f} ms, p99 {r['latency_ms']['p99']:.2f} ms, "
-        f"{r['throughput_items_per_s']:.1f} items/s"
+        f"{r['throughput_items_per_s']:.1f} items/s; cv {d['cv']}, p99/p50 {d['p99_over_p50']}, "
+        f"{'stable' if r['stable'] else 'UNSTABLE: ' + r['stability']['reason']}"
     )
 
 

@@ -30,7 +30,17 @@ DEFAULTS: dict[str, Any] = {
         "reduce_range": False,
         "trt_version": 100300,
     },
-    "bench": {"warmup": 10, "iterations": 100, "min_seconds": 0, "conf": 0.25},
+    "bench": {
+        "warmup": 10,
+        "iterations": 100,
+        "min_seconds": 0,
+        "conf": 0.25,
+        # a timed loop whose spread exceeds either limit was disturbed: measured again, up to `attempts` loops
+        # in all, the least disturbed reported; still disturbed after the last, the row says "stable": false.
+        # On a quiet 16-core host, 100-call loops of CPU ONNX Runtime at batch 1 (1-2 threads) stayed at cv <= 0.20
+        # and p99/p50 <= 2.01 (79 of 80 loops passed), CUDA-event loops of eager torch at cv <= 0.25 (159 of 160)
+        "stability": {"max_cv": 0.25, "max_p99_over_p50": 2.0, "attempts": 3},
+    },
     "accuracy": {
         "gate": 0.95,
         "strict": False,

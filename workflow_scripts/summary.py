@@ -60,14 +60,45 @@ def markdown_table(df: pd.DataFrame, columns: dict[str, tuple[str, int]]) -> str
 
 
 def fastest_passing(merged: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
-    """Lowest batch-1 p50 and highest throughput among configurations whose accuracy passes the gate."""
-    ok = merged[merged["gate_passed"] == True]  # noqa: E712 (NaN-safe comparison)
-    if ok.empty:
-        return None, None
+    """Lowest batch-1 p50 and highest throughput among stable configurations that pass the accuracy gate."""
+    return fastest(merged[merged["gate_passed"] == True])  # noqa: E712 (NaN-safe comparison)
+
+
+def _unstable(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose JSON says "stable": false (older JSONs, without the key, are not marked)."""
+    return rows["stable"] == False if "stable" in rows else pd.Series(False, index=rows.index)  # noqa: E712
+
+
+def fastest(rows: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
+    """Lowest batch-1 p50 and highest throughput among `rows`, never an unstable one (None where none is left)."""
+    ok = rows[~_unstable(rows)]
     b1 = ok[ok["batch"] == 1]
     lowest = b1.loc[b1["p50_ms"].idxmin()] if not b1.empty else None
-    best = ok.loc[ok["throughput"].idxmax()]
+    best = ok.loc[ok["throughput"].idxmax()] if not ok.empty else None
     return lowest, best
+
+
+def _unstable_text(row: pd.Series) -> str:
+    return f"{_label(row)} (p50 {row['p50_ms']:.2f} ms, cv {_fmt(row['cv'])}, p99/p50 {_fmt(row['p99_over_p50'])})"
+
+
+def skipped_line(rows: pd.DataFrame, lowest: pd.Series | None, best: pd.Series | None) -> list[str]:
+    """One line naming the unstable rows the picks above skipped (ones that would have won), or saying that
+    no stable row exists among `rows` (the candidates) rather than picking one."""
+    unstable = rows[_unstable(rows)]
+    if unstable.empty:
+        return []
+    names = ", ".join(_unstable_text(r) for _, r in unstable.iterrows())
+    if len(unstable) == len(rows):
+        return [f"- **No stable row exists** among these candidates, so none is named fastest: {names} †."]
+    u1 = unstable[unstable["batch"] == 1]
+    faster = u1 if lowest is None else u1[u1["p50_ms"] < lowest["p50_ms"]]
+    more = unstable if best is None else unstable[unstable["throughput"] > best["throughput"]]
+    skipped = pd.concat([faster, more]).drop_duplicates(subset=["backend", "precision", "batch", "model"])
+    if skipped.empty:
+        return []
+    texts = ", ".join(_unstable_text(r) for _, r in skipped.iterrows())
+    return [f"- Skipped as unstable †, faster on paper but disturbed in every timed loop: {texts}."]
 
 
 def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
@@ -92,6 +123,8 @@ def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
             "to 16 bits and the added Quantize/Dequantize work is not paid back"
         )
         verdict = "faster" if speedup > 1 else "slower"
+        if _unstable(pd.DataFrame([r, fp32.iloc[0]])).any():
+            why += " († a row of the two is unstable: this ratio is not to be trusted)"
         notes.append(f"- INT8 {_label(r)}: {speedup:.2f}× the speed of FP32 ({verdict}, measured); {why}.")
     return notes
 
@@ -269,7 +302,7 @@ def render(
                 "backend": ("backend", 0),
                 "precision": ("precision", 0),
                 "batch": ("batch", 0),
-                "p50_ms": ("p50 ms", 2),
+                "p50_cell": ("p50 ms", 2),  # † marks an unstable row
                 "p99_ms": ("p99 ms", 2),
                 "throughput": ("throughput img/s", 1),
                 "pre_ms": ("pre ms/batch", 2),
@@ -280,11 +313,22 @@ def render(
             }
             if "power_w" in joined and joined["power_w"].notna().any():  # a power sampler ran
                 columns = {**columns, "power_w": ("mean W", 2), "inf_per_j": ("inferences/J", 1)}
+            unstable = _unstable(joined)
+            joined = joined.assign(
+                p50_cell=[f"{p:.2f}" + ("†" if u else "") for p, u in zip(joined["p50_ms"], unstable)]
+            )
             lines += [markdown_table(joined, columns), ""]
+            for _, r in joined[unstable].iterrows():  # footnotes: what † means, row by row
+                lines += [
+                    f"† {_label(r)}: unstable, {r['unstable_reason']}; its figures are that loop's, and it is "
+                    "never picked as fastest.",
+                    "",
+                ]
             unscored = sorted(set(tb["model"]) - (set(ta["model"]) if not ta.empty else set()))
             scored = joined[~joined["model"].isin(unscored)]
             lowest, best = fastest_passing(scored) if not scored.empty else (None, None)
-            if not scored.empty and lowest is None and best is None:
+            passing = scored[scored["gate_passed"] == True] if not scored.empty else scored  # noqa: E712
+            if not scored.empty and passing.empty:
                 lines += ["**No configuration passes the accuracy gate on this target.**", ""]
             else:
                 if lowest is not None:
@@ -298,17 +342,18 @@ def render(
                         f"- Highest throughput that passes the gate: **{_label(best)}**, "
                         f"{best['throughput']:.1f} img/s (model only)."
                     )
-            lines += pareto_lines(scored) if not scored.empty else []
+                lines += skipped_line(passing, lowest, best)
+            lines += pareto_lines(scored[~_unstable(scored)]) if not scored.empty else []  # stable rows only
             for model in unscored:  # random weights (accuracy: false): latency only, no gate
                 rows = joined[joined["model"] == model]
-                b1 = rows[rows["batch"] == 1]
-                fast = b1.loc[b1["p50_ms"].idxmin()] if not b1.empty else None
-                peak = rows.loc[rows["throughput"].idxmax()]
+                fast, peak = fastest(rows)
                 text = f"- {model}: accuracy not measured (random weights or `accuracy: false`), so no gate."
                 if fast is not None:
                     text += f" Fastest at batch 1: **{_label(fast)}**, p50 {fast['p50_ms']:.3f} ms;"
-                text += f" highest throughput: **{_label(peak)}**, {peak['throughput']:.1f} img/s."
+                if peak is not None:
+                    text += f" highest throughput: **{_label(peak)}**, {peak['throughput']:.1f} img/s."
                 lines.append(text)
+                lines += skipped_line(rows, fast, peak)
             lines.append("")
             notes = int8_speed_notes(joined)
             if notes:

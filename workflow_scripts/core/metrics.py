@@ -21,6 +21,31 @@ def latency_stats(seconds: list[float] | np.ndarray) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in zip(STAT_KEYS, values)}
 
 
+def dispersion(stats: dict[str, float]) -> dict[str, float | None]:
+    """Spread of one latency_stats dict: coefficient of variation (std/mean) and p99/p50."""
+    return {
+        "cv": round(stats["std"] / stats["mean"], 4) if stats["mean"] > 0 else None,
+        "p99_over_p50": round(stats["p99"] / stats["p50"], 4) if stats["p50"] > 0 else None,
+    }
+
+
+def stability_verdict(stats: dict[str, float], max_cv: float, max_p99_over_p50: float) -> dict:
+    """Whether a timed loop's spread says it was disturbed.
+
+    stable: cv <= max_cv and p99/p50 <= max_p99_over_p50; reason: the limits it broke (None when stable);
+    score: the worse of the two ratios to their limits (<= 1 is stable; the least disturbed attempt has the
+    lowest score).
+    """
+    d = dispersion(stats)
+    broken = []
+    if d["cv"] is not None and d["cv"] > max_cv:
+        broken.append(f"cv {d['cv']:.2f} > {max_cv:g}")
+    if d["p99_over_p50"] is not None and d["p99_over_p50"] > max_p99_over_p50:
+        broken.append(f"p99/p50 {d['p99_over_p50']:.2f} > {max_p99_over_p50:g}")
+    score = max((d["cv"] or 0.0) / max_cv, (d["p99_over_p50"] or 0.0) / max_p99_over_p50)
+    return {**d, "stable": not broken, "reason": "; ".join(broken) or None, "score": round(score, 4)}
+
+
 COCO_STATS = (
     "map50_95",
     "map50",

@@ -44,6 +44,11 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 "warmup": r["warmup"],
                 "min_seconds": r.get("min_seconds", 0),
                 "threads": r.get("threads"),
+                # False: disturbed in every timed loop (the JSON's stability.reason); None: written before rows said
+                "stable": r.get("stable"),
+                "cv": (r.get("dispersion") or {}).get("cv"),
+                "p99_over_p50": (r.get("dispersion") or {}).get("p99_over_p50"),
+                "unstable_reason": (r.get("stability") or {}).get("reason"),
             }
         )
     acc = []

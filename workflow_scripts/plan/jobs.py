@@ -299,6 +299,7 @@ class Plan:
             iterations=b["iterations"],
             min_seconds=b["min_seconds"],
             conf=b["conf"],
+            stability=S.Stability(**b["stability"]),
         )
 
     def accuracy_settings(self, target: str, model: str, backend: str, **_) -> S.AccuracySettings:

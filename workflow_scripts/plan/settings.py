@@ -67,6 +67,15 @@ class TargetSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class Stability:
+    """When a timed loop counts as disturbed (config `bench.stability`), and how often it is measured."""
+
+    max_cv: float
+    max_p99_over_p50: float
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchSettings(TargetSettings):
     hashed: ClassVar[bool] = True
     imgsz: int
@@ -74,6 +83,16 @@ class BenchSettings(TargetSettings):
     iterations: int
     min_seconds: float
     conf: float
+    stability: Stability
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stability, dict):  # from --settings JSON
+            keys = {f.name for f in dataclasses.fields(Stability)}
+            if set(self.stability) != keys:
+                raise PlanforgeError(
+                    f"--settings: stability needs exactly {sorted(keys)}, got {sorted(self.stability)}"
+                )
+            object.__setattr__(self, "stability", Stability(**self.stability))
 
 
 @dataclasses.dataclass(frozen=True)
