@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.core.io import PlanforgeError, exception_line
+from workflow_scripts.models import check_image
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("logits", "pred_boxes")
@@ -59,6 +60,8 @@ class ResizeMeta:
     orig_h: int
     orig_w: int
 
+
+META = ResizeMeta  # what preprocess returns per image (the Triton pre → post models pass it along)
 
 def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -396,22 +399,71 @@ def forward_output(raw):
     return raw[0], raw[1]
 
 
+def _aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Source indices, int16-range fixed-point weights and their precision for one axis of an antialiased
+    bilinear resize: PyTorch's uint8 kernel (`_upsample_bilinear2d_aa`, itself PIL's ImagingResample)."""
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0  # the triangle filter's half-width, stretched when shrinking
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    max_taps = int(np.ceil(support)) * 2 + 1
+    rows, wt_max = [], 0.0
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        n = min(max(min(int(center + support + 0.5), in_size) - lo, 0), max_taps)
+        w = np.clip(1.0 - np.abs((np.arange(n) + lo - center + 0.5) * invscale), 0.0, None)
+        if w.sum() != 0:
+            w = w / w.sum()
+            wt_max = max(wt_max, float(w.max()))
+        rows.append((lo, w))
+    precision = 0
+    while precision < 22 and int(0.5 + wt_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    taps = max(len(w) for _, w in rows)
+    index = np.zeros((out_size, taps), np.int64)
+    weight = np.zeros((out_size, taps), np.int64)
+    for i, (lo, w) in enumerate(rows):
+        index[i] = lo
+        index[i, : len(w)] += np.arange(len(w))
+        weight[i, : len(w)] = (0.5 + w * (1 << precision)).astype(np.int64)  # weights are >= 0: C's rounding
+    return index, weight, precision
+
+
+def _aa_pass(image: np.ndarray, axis: int, out_size: int) -> np.ndarray:
+    index, weight, precision = _aa_weights(image.shape[axis], out_size)
+    src = np.moveaxis(image, axis, 0).astype(np.int64)[index]  # [out, taps, ...]
+    acc = np.einsum("ot,ot...->o...", weight, src) + (1 << (precision - 1))
+    return np.moveaxis(np.clip(acc >> precision, 0, 255).astype(np.uint8), 0, axis)
+
+
+def resize_aa(image: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 → size×size×3 uint8, bilinear with antialiasing, equal to the checkpoint's image processor.
+
+    Bit for bit what transformers' default (torchvision) backend does on the uint8 image
+    (`tvf.resize(..., BILINEAR, antialias=True)`: horizontal pass, then vertical, each in fixed point with
+    uint8 rounding between them), in numpy so that the Triton python backend needs no torch.
+    """
+    if image.shape[1] != size:
+        image = _aa_pass(image, 1, size)
+    if image.shape[0] != size:
+        image = _aa_pass(image, 0, size)
+    return image
+
+
 def preprocess(images: list[np.ndarray], size: int) -> tuple[np.ndarray, list[ResizeMeta]]:
     """RGB uint8 HxWx3 images → float32 NCHW batch in [0, 1]: a plain size×size resize, no normalisation.
 
     The resize is the checkpoint's image processor's (transformers' default torchvision backend:
-    bilinear with antialiasing on the uint8 image), so the pixels are the ones the model was trained on.
+    bilinear with antialiasing on the uint8 image; `resize_aa` equals it bit for bit), so the pixels are
+    the ones the model was trained on.
     """
-    import torch
-    from torchvision.transforms.v2 import functional as tvf
-
+    for im in images:
+        check_image(im)
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
     metas = []
     for i, im in enumerate(images):
         h, w = im.shape[:2]
-        chw = torch.from_numpy(np.require(im, requirements=["C", "W"])).permute(2, 0, 1)
-        resized = tvf.resize(chw, [size, size], interpolation=tvf.InterpolationMode.BILINEAR, antialias=True)
-        out[i] = resized.numpy().astype(np.float32) * np.float32(1 / 255)
+        out[i] = resize_aa(im, size).transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255)
         metas.append(ResizeMeta(h, w))
     return out, metas
 

@@ -392,7 +392,7 @@ class Plan:
 
     def triton_settings(self, target: str, **_) -> S.TritonRepositorySettings:
         t, acc, srv = self.targets[target], self.cfg["accuracy"], self.serving_cfg
-        keys = ("max_batch_size", "max_queue_delay_us", "instances", "onnx_backend")
+        keys = ("max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "instances", "onnx_backend")
         thresholds = {k: acc[k] for k in ("conf", "iou", "max_det")}
         return S.TritonRepositorySettings(
             device=t["device"],
