@@ -342,6 +342,20 @@ def test_bad_images_get_a_clear_client_error_and_the_server_keeps_serving(served
                 assert err.value.status() == "400", (model, label, err.value.status(), err.value.message())
                 r = _infer(client, httpclient, model, good)  # the server is still up and serving
                 assert r.as_numpy("DETECTIONS").shape[-1] == 6 and r.as_numpy("NUM_DETECTIONS").shape == (1, 1)
+        # sent together, so the python models may get them in one batch: only the bad one fails
+        many = httpclient.InferenceServerClient(server.http_url, concurrency=6)
+        images = [good, np.zeros((0, 0, 3), np.uint8), good, good, np.zeros((0, 4, 3), np.uint8), good]
+        pending = []
+        for im in images:
+            inp = httpclient.InferInput("IMAGE", [1, *im.shape], "UINT8")
+            inp.set_data_from_numpy(im[None])
+            pending.append(many.async_infer("d", [inp]))
+        for im, req in zip(images, pending):
+            if im.size:
+                assert req.get_result().as_numpy("NUM_DETECTIONS").shape == (1, 1)
+            else:
+                with pytest.raises(InferenceServerException, match="IMAGE: expected HxWx3 uint8 RGB"):
+                    req.get_result()
         assert server.alive()
     # the zero-sized images reach the python preprocessing model, which names the expected form
     for model in ("a", "d"):
