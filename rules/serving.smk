@@ -17,6 +17,7 @@ rule triton_env:
 rule triton_repository:
     input:
         onnx=w(PLAN.triton_onnx),
+        engines=w(PLAN.triton_engine_files),
         code=PLAN.triton_code(),
     output:
         directory("artifacts/triton/{target}"),

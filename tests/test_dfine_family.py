@@ -287,3 +287,19 @@ def test_dfine_captures_in_a_cuda_graph_and_replays_the_eager_outputs():
     want = eager.to_numpy(eager.infer(eager.prepare(batch)))
     for g, w in zip(got, want):
         assert np.allclose(g, w, atol=2e-2)
+
+
+def test_the_numpy_resize_is_torchvisions_antialiased_bilinear_bit_for_bit():
+    """dfine.resize_aa (numpy, so the Triton python backend needs no torch) equals the image processor's resize."""
+    import torch
+    from torchvision.transforms.v2 import functional as tvf
+
+    rng = np.random.default_rng(5)
+    for _ in range(25):
+        h, w = (int(v) for v in rng.integers(1, 400, 2))
+        size = int(rng.choice([32, 160, 320, 640]))
+        im = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ref = tvf.resize(
+            torch.from_numpy(im).permute(2, 0, 1), [size, size], interpolation=tvf.InterpolationMode.BILINEAR, antialias=True
+        )
+        assert np.array_equal(dfine.resize_aa(im, size), ref.permute(1, 2, 0).numpy()), (h, w, size)

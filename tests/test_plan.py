@@ -181,3 +181,30 @@ def test_each_run_of_a_scored_model_gets_a_picture_with_its_own_settings():
     assert "workflow_scripts/tasks/detection.py" in code and not any("torch_runner" in c for c in code)
     config["pictures"] = {"images": 0}
     assert _plan(config).picture_outputs() == []
+
+
+def test_a_full_triton_build_on_a_cuda_target_serves_its_engines_natively():
+    config = _gpu_config()
+    config["targets"]["h200"]["backends"]["onnxruntime"] = ["fp32"]
+    config["serving"] = {"enabled": True, "onnx_backend": "onnxruntime"}
+    plan = Plan(
+        validate(config, check_files=False),
+        available=lambda b: (True, ""),
+        gpu_name=lambda: "NVIDIA H200",
+        trt_builder=lambda: "trtexec",
+    )
+    models = plan.triton_models("h200")
+    assert models["dfine-demo"]["engines"] == {
+        p: {"path": f"artifacts/engines/h200/dfine-demo/{p}_b1.plan", "max_batch": 1} for p in ("fp16", "int8")
+    }
+    assert "artifacts/engines/h200/yolo-demo/fp16_b1.plan" in plan.triton_engine_files("h200")
+    config["targets"]["h200"]["tensorrt"]["batch_profile"] = "dynamic"
+    plan = Plan(
+        validate(config, check_files=False),
+        available=lambda b: (True, ""),
+        gpu_name=lambda: "NVIDIA H200",
+        trt_builder=lambda: "trtexec",
+    )
+    assert plan.triton_models("h200")["yolo-demo"]["engines"]["fp16"]["max_batch"] == 8
+    config["serving"]["onnx_backend"] = "python"  # the pytriton server: no tensorrt backend, so no engines
+    assert "engines" not in _plan(config).triton_models("h200")["yolo-demo"]

@@ -31,7 +31,11 @@ from workflow_scripts.serving.server import serve
 pytestmark = pytest.mark.workflow
 
 SERVING_CONFIG = copy.deepcopy(TINY_CONFIG)
-SERVING_CONFIG["models"] = {"a": SERVING_CONFIG["models"]["a"]}
+# "d": the trained dfine-demo (weights/dfine-demo, a save_pretrained directory) through its own ensemble
+SERVING_CONFIG["models"] = {
+    "a": SERVING_CONFIG["models"]["a"],
+    "d": {"family": "dfine", "checkpoint": "ckpt/d", "dataset": "tiny", "imgsz": 320},
+}
 SERVING_CONFIG["targets"] = {"cpu": {**SERVING_CONFIG["targets"]["cpu"], "batch_sizes": [1]}}
 SERVING_CONFIG["serving"] = {
     "enabled": True,
@@ -54,6 +58,7 @@ def triton_env_dir():
 def served_workflow(tmp_path_factory, triton_env_dir) -> Path:
     """The tiny workflow with serving on, run end to end by snakemake (server started by the jobs)."""
     work = make_workflow_copy(tmp_path_factory.mktemp("serving") / "wf", SERVING_CONFIG)
+    shutil.copytree(REPO / "weights" / "dfine-demo", work / "ckpt" / "d")
     snakemake(work, "results/summary.md")
     return work
 
@@ -107,9 +112,10 @@ def test_serving_jobs_write_the_sweep_the_served_map_the_plot_and_summary_rows(s
     assert not _tritonservers_of(wf), "a tritonserver outlived its job"
 
 
-def test_map_through_the_served_ensemble_matches_in_process_onnxruntime(served_workflow: Path):
-    served = read_json(served_workflow / "results/cpu/serving/a_accuracy.json")
-    local = read_json(served_workflow / "results/cpu/accuracy/a/onnxruntime_fp32.json")
+@pytest.mark.parametrize("model", ["a", "d"])
+def test_map_through_the_served_ensemble_matches_in_process_onnxruntime(served_workflow: Path, model: str):
+    served = read_json(served_workflow / f"results/cpu/serving/{model}_accuracy.json")
+    local = read_json(served_workflow / f"results/cpu/accuracy/{model}/onnxruntime_fp32.json")
     assert served["images"] == local["images"] == SERVING_CONFIG["datasets"]["tiny"]["splits"]["val"]
     assert served["detections"] > 0
     assert abs(served["map50_95"] - local["map50_95"]) <= 0.001
@@ -120,7 +126,7 @@ def test_repository_configs_come_from_the_config(served_workflow: Path):
     repo = served_workflow / "artifacts/triton/cpu"
     infer = (repo / "a_onnxruntime_fp32/config.pbtxt").read_text()
     assert "max_batch_size: 8" in infer and "kind: KIND_CPU" in infer
-    assert "dynamic_batching { max_queue_delay_microseconds: 1000 }" in infer
+    assert "dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 1000 }" in infer
     assert (repo / "a_onnxruntime_fp32/1/model.onnx").is_file()
     ensemble = (repo / "a/config.pbtxt").read_text()
     assert 'platform: "ensemble"' in ensemble
@@ -278,3 +284,211 @@ def test_a_full_triton_build_can_run_the_onnx_model_with_its_onnxruntime_backend
     assert not (tmp_path / "repo/a_onnxruntime_fp32/1/model.py").exists()
     assert "kind: KIND_CPU" in (tmp_path / "repo/a_pre/config.pbtxt").read_text()  # pre/post stay on the CPU
     assert index["models"]["a"]["ensembles"]["eval"]["conf"] == 0.001
+
+
+def test_dfine_is_served_through_its_own_ensemble_with_batching_on_and_off(served_workflow: Path):
+    repo = served_workflow / "artifacts/triton/cpu"
+    ensemble = (repo / "d/config.pbtxt").read_text()
+    assert ensemble.index('"d_pre"') < ensemble.index('"d_onnxruntime_fp32"') < ensemble.index('"d_post"')
+    for name in ("logits", "pred_boxes"):  # the two-output export, each mapped from the model to the post model
+        assert f'key: "{name}" value: "raw_{name}"' in ensemble
+    assert 'key: "pixel_values" value: "preprocessed"' in ensemble
+    post = (repo / "d_post/config.pbtxt").read_text()
+    assert 'name: "logits"' in post and 'name: "pred_boxes"' in post and 'name: "META" data_type: TYPE_FP32 dims: [ 2 ]' in post
+    rec = read_json(served_workflow / "results/cpu/serving/d.json")
+    assert rec["ensemble"] == "d" and rec["inference_model"] == "d_onnxruntime_fp32"
+    combos = {(r["batching"], r["protocol"], r["concurrency"]) for r in rec["sweep"]}
+    assert combos == {(b, p, c) for b in ("on", "off") for p in ("http", "grpc") for c in (1, 2)}
+    assert all(r["throughput_infer_per_s"] > 0 for r in rec["sweep"])
+
+
+def _triton_http():
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    return httpclient, InferenceServerException
+
+
+def _infer(client, httpclient, model: str, image, dtype: str = "UINT8"):
+    inp = httpclient.InferInput("IMAGE", [1, *image.shape], dtype)
+    inp.set_data_from_numpy(image[None])
+    return client.infer(model, [inp])
+
+
+BAD_IMAGES = {
+    "0x0x3": ((0, 0, 3), "uint8"),
+    "0x7x3": ((0, 7, 3), "uint8"),
+    "HxWx1": ((8, 8, 1), "uint8"),
+    "HxWx4": ((8, 8, 4), "uint8"),
+    "float32": ((8, 8, 3), "float32"),
+}
+
+
+def test_bad_images_get_a_clear_client_error_and_the_server_keeps_serving(served_workflow, tmp_path):
+    """Empty, wrong channel count, wrong dtype: one error naming IMAGE and the expected form; then a good image works."""
+    import numpy as np
+
+    httpclient, InferenceServerException = _triton_http()
+    good = np.random.default_rng(0).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    seen = {}
+    with serve(ensure(), served_workflow / "artifacts/triton/cpu", tmp_path / "server.log", timeout=60) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        for model in ("a", "d"):
+            for label, (shape, dtype) in BAD_IMAGES.items():
+                with pytest.raises(InferenceServerException) as err:
+                    _infer(client, httpclient, model, np.zeros(shape, dtype), "FP32" if dtype == "float32" else "UINT8")
+                seen[model, label] = (err.value.status(), err.value.message())
+                assert "IMAGE" in err.value.message(), (model, label, err.value.message())
+                assert err.value.status() == "400", (model, label, err.value.status(), err.value.message())
+                r = _infer(client, httpclient, model, good)  # the server is still up and serving
+                assert r.as_numpy("DETECTIONS").shape[-1] == 6 and r.as_numpy("NUM_DETECTIONS").shape == (1, 1)
+        # sent together, so the python models may get them in one batch: only the bad one fails
+        many = httpclient.InferenceServerClient(server.http_url, concurrency=6)
+        images = [good, np.zeros((0, 0, 3), np.uint8), good, good, np.zeros((0, 4, 3), np.uint8), good]
+        pending = []
+        for im in images:
+            inp = httpclient.InferInput("IMAGE", [1, *im.shape], "UINT8")
+            inp.set_data_from_numpy(im[None])
+            pending.append(many.async_infer("d", [inp]))
+        for im, req in zip(images, pending):
+            if im.size:
+                assert req.get_result().as_numpy("NUM_DETECTIONS").shape == (1, 1)
+            else:
+                with pytest.raises(InferenceServerException, match="IMAGE: expected HxWx3 uint8 RGB"):
+                    req.get_result()
+        assert server.alive()
+    # the zero-sized images reach the python preprocessing model, which names the expected form
+    for model in ("a", "d"):
+        for label in ("0x0x3", "0x7x3"):
+            msg = seen[model, label][1]
+            assert f"IMAGE: expected HxWx3 uint8 RGB with H,W ≥ 1; got {label} uint8" in msg, msg
+
+
+class _FakePb:
+    """The slice of triton_python_backend_utils the python models use, for a test without a server."""
+
+    class TritonError:
+        INVALID_ARG = 3
+
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self.outputs, self.error = {t.name: t.array for t in output_tensors}, error
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return _FakePb.Tensor(name, request[name])
+
+
+@pytest.mark.parametrize("family", ["yolo", "dfine"])
+def test_one_bad_image_fails_only_its_own_request_in_a_batch(family):
+    import numpy as np
+
+    from workflow_scripts.models import get_family
+    from workflow_scripts.serving.python_models import PreprocessModel
+
+    model = PreprocessModel()
+    model.pb, model.params, model.family, model.imgsz = _FakePb, {}, get_family(family), 64
+    good = {"IMAGE": np.full((1, 30, 40, 3), 7, np.uint8)}
+    bad = {"IMAGE": np.zeros((1, 0, 0, 3), np.uint8)}
+    four = {"IMAGE": np.zeros((1, 5, 5, 4), np.uint8)}
+    responses = model.execute([good, bad, good, four])
+    assert [r.error is None for r in responses] == [True, False, True, False]
+    assert responses[1].error.code == _FakePb.TritonError.INVALID_ARG
+    assert responses[1].error.message == "IMAGE: expected HxWx3 uint8 RGB with H,W ≥ 1; got 0x0x3 uint8"
+    assert "got 5x5x4 uint8" in responses[3].error.message
+    assert responses[0].outputs["INPUT"].shape == (1, 3, 64, 64)
+    assert responses[0].outputs["META"].shape == (1, len(get_family(family).META.__dataclass_fields__))
+
+
+def _model_config_pb2():
+    """Triton's ModelConfig message (model_config.proto), as generated code shipped in tritonclient's wheel.
+
+    tritonclient/grpc/model_config_pb2.py is in the wheel whether or not the grpc extra is installed; it is
+    loaded by path because importing `tritonclient.grpc` needs grpcio. The workflow's venv has it; the
+    serving environment's tritonclient[grpc] is the fallback.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("tritonclient")
+    places = [Path(p) / "grpc" / "model_config_pb2.py" for p in (spec.submodule_search_locations if spec else [])]
+    places += sorted(ensure().site_packages.glob("tritonclient/grpc/model_config_pb2.py"))
+    path = next((p for p in places if p.is_file()), None)
+    if path is None:
+        pytest.skip("no tritonclient model_config_pb2.py found")
+    mod_spec = importlib.util.spec_from_file_location("planforge_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
+def test_native_onnxruntime_and_tensorrt_plan_configs_parse_as_triton_model_configs(served_workflow, tmp_path):
+    """What a full Triton build on a GPU server would load; this server has neither backend, so they are
+    checked as text against Triton's own ModelConfig schema (unknown fields or enum values fail the parse)."""
+    from google.protobuf import text_format
+
+    from workflow_scripts.serving.repository import build_repository
+
+    pb2 = _model_config_pb2()
+    serving = {
+        "max_batch_size": 8,
+        "max_queue_delay_us": 250,
+        "preferred_batch_sizes": [4, 8],
+        "instances": 1,
+        "onnx_backend": "onnxruntime",
+        "conf": 0.25,
+        "iou": 0.7,
+        "max_det": 300,
+    }
+    engine = tmp_path / "fp16_b4.plan"
+    engine.write_bytes(b"engine bytes")
+    models = {
+        m: {
+            "family": fam,
+            "imgsz": imgsz,
+            "onnx": {"fp32": served_workflow / f"artifacts/onnx/{m}/fp32.onnx"},
+            "engines": {"fp16": {"path": str(engine), "max_batch": 4}},
+        }
+        for m, fam, imgsz in (("a", "yolo", 160), ("d", "dfine", 320))
+    }
+    index = build_repository(tmp_path / "repo", "gpu", "cuda:0", None, models, serving, {"conf": 0.001, "iou": 0.7, "max_det": 300})
+    configs = {}
+    for cfg in sorted((tmp_path / "repo").glob("*/config.pbtxt")):
+        configs[cfg.parent.name] = text_format.Parse(cfg.read_text(), pb2.ModelConfig())
+    assert set(configs) >= {"a", "a_eval", "a_pre", "a_post", "a_onnxruntime_fp32", "a_tensorrt_fp16", "d_tensorrt_fp16"}
+    for m, outputs in (("a", ["output0"]), ("d", ["logits", "pred_boxes"])):
+        ort, trt = configs[f"{m}_onnxruntime_fp32"], configs[f"{m}_tensorrt_fp16"]
+        assert ort.backend == "onnxruntime" and ort.default_model_filename == "model.onnx"
+        assert list(ort.dynamic_batching.preferred_batch_size) == [4, 8] and ort.max_batch_size == 8
+        assert ort.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU
+        assert trt.platform == "tensorrt_plan" and trt.default_model_filename == "fp16_b4.plan"
+        assert trt.max_batch_size == 4 and list(trt.dynamic_batching.preferred_batch_size) == [4]
+        assert trt.dynamic_batching.max_queue_delay_microseconds == 250
+        assert [o.name for o in trt.output] == [o.name for o in ort.output] == outputs
+        assert (tmp_path / f"repo/{m}_tensorrt_fp16/1/fp16_b4.plan").is_file()
+        assert index["models"][m]["tensorrt_models"] == {"fp16": f"{m}_tensorrt_fp16"}
+    assert configs["d_onnxruntime_fp32"].input[0].name == "pixel_values"
+    assert not (tmp_path / "repo/a_onnxruntime_fp32/1/model.py").exists()
+    # the check has teeth: a misspelt field or an unknown enum value does not parse
+    good = (tmp_path / "repo/a_tensorrt_fp16/config.pbtxt").read_text()
+    for broken in (good.replace("preferred_batch_size", "preferred_batch_sizes"), good.replace("KIND_GPU", "KIND_TPU")):
+        with pytest.raises(text_format.ParseError):
+            text_format.Parse(broken, pb2.ModelConfig())
+
+
+def test_preferred_batch_sizes_above_the_max_batch_size_are_a_config_error():
+    config = copy.deepcopy(SERVING_CONFIG)
+    config["serving"] = {**config["serving"], "max_batch_size": 4, "preferred_batch_sizes": [2, 8]}
+    with pytest.raises(PlanforgeError, match=r"serving.preferred_batch_sizes: 8 is above serving.max_batch_size \(4\)"):
+        validate(config, check_files=False)
+    config["serving"]["preferred_batch_sizes"] = [2, 4]
+    assert Plan(validate(config, check_files=False)).triton_settings("cpu").serving["preferred_batch_sizes"] == [2, 4]

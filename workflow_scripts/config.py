@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "enabled": False,
         "max_batch_size": 8,
         "max_queue_delay_us": 1000,
+        "preferred_batch_sizes": [4, 8],  # dynamic_batching of the inference models (sizes > max_batch_size: error)
         "instances": 1,
         "onnx_backend": "python",  # python: ORT inside a python-backend model (the CPU server has no onnxruntime backend)
         "concurrency": [1, 2, 3, 4, 5, 6, 7, 8],
@@ -180,6 +181,13 @@ def validate(config: dict, check_files: bool = True) -> dict:
             raise PlanforgeError(
                 f"config key references.{i}.model: {ref['model']!r} is not one of {sorted(cfg['models'])}"
             )
+    srv = cfg["serving"]
+    too_big = [b for b in srv["preferred_batch_sizes"] if b > srv["max_batch_size"]]
+    if too_big:
+        raise PlanforgeError(
+            f"config key serving.preferred_batch_sizes: {too_big[0]} is above serving.max_batch_size "
+            f"({srv['max_batch_size']}); Triton refuses such a model"
+        )
     base = cfg["accuracy"]["baseline"]
     if base["precision"] not in BACKENDS[base["backend"]].precisions:
         raise PlanforgeError(

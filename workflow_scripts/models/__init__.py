@@ -1,7 +1,9 @@
 """Model families: each turns a task's inputs into arrays and arrays into the task's outputs.
 
 A family module provides `load_torch`, `class_names`, `preprocess`, `postprocess`, `export_onnx`,
-`forward_output` and `INPUT_NAME` / `OUTPUT_NAMES` (the ONNX and engine tensor names). Its registry
+`forward_output`, `INPUT_NAME` / `OUTPUT_NAMES` (the ONNX and engine tensor names) and `META` (the
+per-image dataclass `preprocess` returns beside the batch, numeric fields only: it travels between the
+Triton pre and post models as a float32 row). `preprocess` checks each image with `check_image`. Its registry
 entry says which task it serves and whether Triton pre/post models exist for it. Families never import
 a runner; workflow_scripts/core/pipeline.py joins the two.
 """
@@ -30,7 +32,7 @@ class FamilySpec:
 FAMILIES: Registry[FamilySpec] = Registry("model family")
 FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection", served=True))
 FAMILIES.register(
-    "dfine", FamilySpec("workflow_scripts.models.dfine", "detection", hub_ids=True, settings=("num_queries",))
+    "dfine", FamilySpec("workflow_scripts.models.dfine", "detection", served=True, hub_ids=True, settings=("num_queries",))
 )
 
 
@@ -46,6 +48,19 @@ def settings_problem(family: str, model_cfg: dict) -> tuple[str, str] | None:
             if model_cfg.get(key) is not None and key not in FAMILIES[family].settings:
                 return key, f"the {family} family has no {key} setting (only {name} models take it); remove it"
     return None
+
+
+class BadImage(ValueError):
+    """An image a family cannot preprocess; its message names the input and the expected form."""
+
+
+def check_image(image, name: str = "IMAGE") -> None:
+    """Raise BadImage unless `image` is an HxWx3 uint8 RGB array with H, W >= 1 (every family's preprocess input)."""
+    shape = getattr(image, "shape", None)
+    dtype = getattr(image, "dtype", type(image).__name__)
+    if shape is None or len(shape) != 3 or shape[2] != 3 or min(shape[:2]) < 1 or str(dtype) != "uint8":
+        got = "x".join(str(d) for d in shape) if shape is not None else "no array"
+        raise BadImage(f"{name}: expected HxWx3 uint8 RGB with H,W ≥ 1; got {got or 'a scalar'} {dtype}")
 
 
 def get_family(name: str) -> ModuleType:

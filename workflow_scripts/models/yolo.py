@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.core.io import PlanforgeError, exception_line
-from workflow_scripts.models import is_architecture
+from workflow_scripts.models import check_image, is_architecture
 
 PAD_VALUE = 114
 INPUT_NAME = "images"
@@ -40,6 +40,8 @@ class LetterboxMeta:
     pad_x: float
     pad_y: float
 
+
+META = LetterboxMeta  # what preprocess returns per image (the Triton pre → post models pass it along)
 
 def _offline_env() -> None:
     # ultralytics phones home and auto-installs by default; the pipeline must work offline
@@ -125,6 +127,8 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, LetterboxMeta]:
 
 def preprocess(images: list[np.ndarray], size: int) -> tuple[np.ndarray, list[LetterboxMeta]]:
     """RGB uint8 HxWx3 images → float32 NCHW batch in [0, 1], plus per-image letterbox metadata."""
+    for im in images:
+        check_image(im)
     boxed, metas = zip(*(letterbox(im, size) for im in images))
     batch = np.stack(boxed).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
     return np.ascontiguousarray(batch), list(metas)

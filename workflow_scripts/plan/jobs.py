@@ -417,12 +417,38 @@ class Plan:
     def triton_onnx(self, target: str, **_) -> list[str]:
         return [onnx_path(m, p) for m in self.served_models() for p in self._served_precisions(target)]
 
+    def triton_engines(self, target: str) -> dict[str, dict[str, dict]]:
+        """{model: {precision: {"path", "max_batch"}}}: the TensorRT engines the repository serves natively.
+
+        Only for a full Triton build (`serving.onnx_backend: onnxruntime`) on a CUDA target whose engines
+        are planned here: the pytriton CPU server has no tensorrt backend and would refuse to start. A
+        dynamic batch profile serves the engine of the largest batch (max_batch_size = that batch); a
+        static one the batch-1 engine (no batching in the engine).
+        """
+        t = self.targets[target]
+        if self.serving_cfg["onnx_backend"] != "onnxruntime" or not t["device"].startswith("cuda"):
+            return {}
+        planned = set(self.engine_outputs([target]))
+        batch = max(t["batch_sizes"]) if t["tensorrt"]["batch_profile"] == "dynamic" else 1
+        out: dict[str, dict[str, dict]] = {}
+        for m in self.served_models():
+            for p in t["backends"].get("tensorrt", []):
+                path = engine_path(target, m, p, batch)
+                if path in planned:
+                    out.setdefault(m, {})[p] = {"path": path, "max_batch": batch}
+        return out
+
+    def triton_engine_files(self, target: str, **_) -> list[str]:
+        return [e["path"] for engines in self.triton_engines(target).values() for e in engines.values()]
+
     def triton_models(self, target: str, **_) -> dict:
+        engines = self.triton_engines(target)
         return {
             m: {
                 "family": self.family(m),
                 "imgsz": self.imgsz(m),
                 "onnx": {p: onnx_path(m, p) for p in self._served_precisions(target)},
+                **({"engines": engines[m]} if m in engines else {}),
             }
             for m in self.served_models()
         }
@@ -433,7 +459,7 @@ class Plan:
 
     def triton_settings(self, target: str, **_) -> S.TritonRepositorySettings:
         t, acc, srv = self.targets[target], self.cfg["accuracy"], self.serving_cfg
-        keys = ("max_batch_size", "max_queue_delay_us", "instances", "onnx_backend")
+        keys = ("max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "instances", "onnx_backend")
         thresholds = {k: acc[k] for k in ("conf", "iou", "max_det")}
         return S.TritonRepositorySettings(
             device=t["device"],

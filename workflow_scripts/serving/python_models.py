@@ -14,18 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.models import get_family
+from workflow_scripts.models import BadImage, get_family, raw_outputs
 
-# Letterbox metadata travels between the models as float32 [orig_h, orig_w, gain, pad_x, pad_y].
-META_FIELDS = 5
+# The family's per-image preprocessing metadata (`family.META`: YOLO's letterbox, D-FINE's original size)
+# travels from the pre to the post model as one float32 row of its fields, in declaration order.
 
 
-def meta_to_array(metas) -> np.ndarray:
-    return np.asarray([dataclasses.astuple(m) for m in metas], dtype=np.float32).reshape(-1, META_FIELDS)
+def meta_fields(family) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(family.META))
+
+
+def meta_to_array(family, metas) -> np.ndarray:
+    n = len(meta_fields(family))
+    return np.asarray([dataclasses.astuple(m) for m in metas], dtype=np.float32).reshape(-1, n)
 
 
 def meta_from_array(family, rows: np.ndarray) -> list:
-    return [family.LetterboxMeta(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4])) for r in rows]
+    fields = meta_fields(family)
+    cast = [int if f.type in (int, "int") else float for f in fields]
+    return [family.META(*(c(v) for c, v in zip(cast, r))) for r in rows]
 
 
 def pack_detections(dets: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,16 +89,28 @@ class _Model:
         for request in requests:
             try:
                 responses.append(self.respond(self.run(request)))
+            except BadImage as exc:  # the client's fault: its message names the input and the expected form
+                responses.append(self.error(str(exc), invalid_argument=True))
             except Exception as exc:  # one bad request must not fail the batch it shares
-                responses.append(self.pb.InferenceResponse(error=self.pb.TritonError(f"{type(exc).__name__}: {exc}")))
+                responses.append(self.error(f"{type(exc).__name__}: {exc}"))
         return responses
+
+    def error(self, message: str, invalid_argument: bool = False):
+        """An error response for one request; a client error carries INVALID_ARG (HTTP 400) where the stub has codes."""
+        code = getattr(self.pb.TritonError, "INVALID_ARG", None) if invalid_argument else None
+        err = self.pb.TritonError(message, code) if code is not None else self.pb.TritonError(message)
+        return self.pb.InferenceResponse(error=err)
 
     def finalize(self) -> None:
         pass
 
 
 class PreprocessModel(_Model):
-    """IMAGE uint8 [b, H, W, 3] RGB → INPUT float32 [b, 3, S, S] and LETTERBOX [b, 5], via the family's preprocess."""
+    """IMAGE uint8 [b, H, W, 3] RGB → INPUT float32 [b, 3, S, S] and META float32 [b, fields], via the family's preprocess.
+
+    A bad image (empty, 0×0, not 3 channels, not uint8) fails its own request with the family's
+    `check_image` message; the other requests of the batch go on.
+    """
 
     def setup(self) -> None:
         self.imgsz = int(self.params["imgsz"])
@@ -99,21 +118,27 @@ class PreprocessModel(_Model):
     def run(self, request) -> dict[str, np.ndarray]:
         (images,) = self.inputs(request, "IMAGE")
         batch, metas = self.family.preprocess(list(images), self.imgsz)
-        return {"INPUT": batch, "LETTERBOX": meta_to_array(metas)}
+        return {"INPUT": batch, "META": meta_to_array(self.family, metas)}
 
 
 class PostprocessModel(_Model):
-    """RAW model output + LETTERBOX → final detections, via the family's postprocess (NMS for YOLO)."""
+    """The model's outputs (inputs named as the family's OUTPUT_NAMES) + META → final detections, via the
+    family's postprocess (NMS for YOLO; top-k over queries×classes for D-FINE)."""
 
     def setup(self) -> None:
+        self.output_names = tuple(getattr(self.family, "OUTPUT_NAMES", ("output0",)))
         self.conf = float(self.params["conf"])
         self.iou = float(self.params["iou"])
         self.max_det = int(self.params["max_det"])
 
     def run(self, request) -> dict[str, np.ndarray]:
-        raw, meta = self.inputs(request, "RAW", "LETTERBOX")
+        *raw, meta = self.inputs(request, *self.output_names, "META")
         dets = self.family.postprocess(
-            raw, meta_from_array(self.family, meta), conf=self.conf, iou=self.iou, max_det=self.max_det
+            raw_outputs(self.family, raw),
+            meta_from_array(self.family, meta),
+            conf=self.conf,
+            iou=self.iou,
+            max_det=self.max_det,
         )
         packed, counts = pack_detections(dets)
         return {"DETECTIONS": packed, "NUM_DETECTIONS": counts}
@@ -136,8 +161,8 @@ class OnnxModel(_Model):
         so.log_severity_level = 3
         providers = (self.params.get("providers") or "CPUExecutionProvider").split(",")
         self.session = ort.InferenceSession(str(self.model_dir / "model.onnx"), so, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_name = getattr(self.family, "INPUT_NAME", self.session.get_inputs()[0].name)
+        self.output_names = list(getattr(self.family, "OUTPUT_NAMES", [o.name for o in self.session.get_outputs()]))
 
     def execute(self, requests):
         try:

@@ -23,7 +23,7 @@ from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, atomic_path, read_json, run_cli, write_json
 from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.core.pipeline import make_runner
-from workflow_scripts.models import get_family
+from workflow_scripts.models import get_family, raw_outputs
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.repository import without_dynamic_batching
@@ -171,7 +171,7 @@ def in_process_reference(repository: Path, index: dict, model: str, image, itera
 
     def pipeline():
         x, m = fam.preprocess([image], entry["imgsz"])
-        fam.postprocess(runner(x)[0], m, conf=conf)
+        fam.postprocess(raw_outputs(fam, runner(x)), m, conf=conf)
 
     for _ in range(5):
         pipeline()
