@@ -25,7 +25,7 @@ from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.models import get_family
 from workflow_scripts.runners.torch_runner import capturable, transformers_checks_off
 
-BACKENDS = ("torch", "torch-cudagraph", "torch-compile-graph")
+BACKENDS = ("torch", "torch-cudagraph", "torch-compile", "torch-compile-graph")
 
 
 def _module(record: dict) -> tuple[torch.nn.Module, torch.Tensor, object]:
@@ -51,6 +51,21 @@ def _forward(record: dict):
 
     if record["backend"] == "torch":
         return eager
+    if record["backend"] == "torch-compile":
+        # torch.compile in the record's mode (reduce-overhead: inductor's own CUDA graphs), after one eager
+        # forward (the model's first forward must not be the compiled one: it would trace its setup code)
+        torch._dynamo.reset()
+        eager()
+        mode = record["runner"].get("compile_mode") or "reduce-overhead"
+        compiled = torch.compile(lambda t: output_fn(model(t)), mode=mode, dynamic=False)
+
+        def run():
+            with torch.inference_mode(), transformers_checks_off():
+                return compiled(x)
+
+        for _ in range(3):
+            run()
+        return run
     fn, around_capture = eager, capturable
     if record["backend"] == "torch-compile-graph":
         # torch.compile (inductor, the record's options), after one eager forward, captured in a plain graph;

@@ -27,10 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
+from benchmarks.gpu_bare_loop import BACKENDS as BARE_BACKENDS  # noqa: E402
 from benchmarks.gpu_bare_loop import bare_p50  # noqa: E402
 from workflow_scripts.bench import bench  # noqa: E402
+from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import exception_line, run_cli, write_json  # noqa: E402
 from workflow_scripts.make_dataset import make_dataset  # noqa: E402
+from workflow_scripts.plan.settings import Stability  # noqa: E402
 from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
 from workflow_scripts.runners import BACKENDS  # noqa: E402
 
@@ -91,10 +94,12 @@ class Run:
         options = {**BACKENDS[backend].options}
         if backend == "torch-compile-graph":
             options["cache_dir"] = self.a.cache_dir
+        if backend.startswith("torch-compile"):
             torch._dynamo.reset()  # a fresh dynamo cache per runner: no recompile limit across rows
         record = bench(
             model, MODELS[model][0], artifact, backend, "fp16", batch, self.a.imgsz, self.dataset, "h200", "cuda",
             None, options, self.a.warmup, self.a.iterations, 0.25, "none", "gpu_compile_graph",
+            stability=Stability(**DEFAULTS["bench"]["stability"]),
         )  # fmt: skip
         torch.cuda.empty_cache()
         return record
@@ -116,7 +121,7 @@ class Run:
         return what
 
     def compare(self, model: str, artifact: Path, batch: int) -> None:
-        for backend in GRAPH_BACKENDS:
+        for backend in self.a.backends:
             record: dict = {}
 
             def measure(backend=backend, record=record):
@@ -128,7 +133,7 @@ class Run:
                 continue
 
             def bare(record=record):
-                if record["backend"] == "torch-compile-graph":
+                if record["backend"].startswith("torch-compile"):
                     torch._dynamo.reset()
                 p50 = bare_p50(record, self.a.warmup, self.a.iterations)
                 pipe = record["latency_ms"]["p50"]
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--num-queries", type=int, nargs="*", default=[300, 150, 100], help="D-FINE-X rows at b1 (none: skip)"
     )
+    p.add_argument("--backends", nargs="+", choices=BARE_BACKENDS, default=list(GRAPH_BACKENDS))
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iterations", type=int, default=100)
