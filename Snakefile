@@ -1,4 +1,4 @@
-# planforge: detection checkpoints → ONNX, engines, benchmarks, mAP and one summary per target.
+# planforge: model checkpoints → ONNX, engines, benchmarks, accuracy, pictures and one summary per target (see ARCHITECTURE.md).
 import sys
 
 from snakemake.utils import min_version

@@ -16,19 +16,22 @@ from workflow_scripts.core.io import PlanforgeError, atomic_dir, atomic_path, ru
 
 
 def synthetic_spec(settings: dict) -> SyntheticSpec:
-    """SyntheticSpec from a dataset's config entry."""
-    splits = settings.get("splits", {})
-    lo, hi = settings.get("image_size", [256, 416])
+    """SyntheticSpec from a dataset's config entry; keys it leaves out take the config's defaults (config.py)."""
+    from workflow_scripts.config import DATASET_DEFAULTS
+
+    s = {**DATASET_DEFAULTS, **settings}
+    splits = {**DATASET_DEFAULTS["splits"], **settings.get("splits", {})}
+    lo, hi = s["image_size"]
     if lo > hi:
         raise PlanforgeError(f"dataset image_size {lo}..{hi}: the first value must not exceed the second")
     return SyntheticSpec(
-        seed=settings.get("seed", 0),
-        train=splits.get("train", 0),
-        val=splits.get("val", 200),
-        calib=splits.get("calib", 128),
+        seed=s["seed"],
+        train=splits["train"],
+        val=splits["val"],
+        calib=splits["calib"],
         min_size=lo,
         max_size=hi,
-        max_objects=settings.get("max_objects", 8),
+        max_objects=s["max_objects"],
     )
 
 
