@@ -10,6 +10,8 @@ def pareto_front(points: pd.DataFrame, latency: str = "p50_ms", score: str = "sc
     last row within it is the most accurate configuration that fits. A row is dominated when another is at
     least as fast and at least as accurate, and strictly better in one; equal rows are both kept.
     Rows without a latency or a score are left out."""
+    if points.empty or latency not in points or score not in points:  # nothing measured (or scored) here
+        return points.iloc[0:0]
     pts = points.dropna(subset=[latency, score])
     keep = [
         i
