@@ -183,9 +183,12 @@ def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_onl
     (work / "results" / "summary.md").unlink()
     log = "logs/bench/cpu/a/onnxruntime_fp32_b1.log"
     # a long timing job (many iterations), cancelled by Slurm while it runs
+    long = copy.deepcopy(SLURM_CONFIG)
+    long["bench"] = {"warmup": 1, "iterations": 100_000_000}
+    write_config(work, long)
     before = set(cluster.jobs())
     proc = subprocess.Popen(
-        [*snakemake_cmd(), victim, "--config", "bench={warmup: 1, iterations: 100000000}", *SLURM_ARGS],
+        [*snakemake_cmd(), victim, *SLURM_ARGS],
         cwd=work,
         env={**cluster.env, "PYTHONPATH": str(work), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
@@ -193,7 +196,7 @@ def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_onl
         text=True,
     )
     try:
-        job_id = wait_for_running(cluster, before, timeout=120)
+        job_id = wait_for_running(cluster, before, proc, timeout=120)
         time.sleep(5)  # well into its timed loop
         cluster.run("scancel", job_id)
         out, _ = proc.communicate(timeout=180)
@@ -201,10 +204,12 @@ def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_onl
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
+    print("\n".join(ln for ln in out.splitlines() if job_id in ln or log in ln or "Error in rule" in ln))
     assert job_id in out and log in out, out[-3000:]
     assert cluster.jobs()[job_id]["JobState"] == "CANCELLED"
     assert not (work / victim).exists()
     assert not list((work / "results" / "cpu" / "bench").rglob("*.tmp*"))  # nothing half-written
+    write_config(work, SLURM_CONFIG)
     # the rerun submits exactly what is missing: the cancelled job and what reads it
     dry = slurm_snakemake(cluster, work, "-n", "results/summary.md")
     expected = sorted(r for r in re.findall(r"^rule (\w+):", dry.stdout, re.M) if r != "all")
@@ -225,9 +230,13 @@ def snakemake_cmd() -> list[str]:
     return [sys.executable, "-m", "snakemake", "--cores", "2"]
 
 
-def wait_for_running(cluster: Cluster, before: set[str], timeout: float) -> str:
+def wait_for_running(cluster: Cluster, before: set[str], proc: subprocess.Popen, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"snakemake ended ({proc.returncode}) before its job ran:\n{proc.stdout.read()[-3000:]}"
+            )
         running = [i for i, j in cluster.jobs().items() if i not in before and j["JobState"] == "RUNNING"]
         if running:
             return running[0]
@@ -263,4 +272,21 @@ def test_an_unknown_partition_is_one_clear_line(slurm_run, cluster: Cluster, tmp
     assert proc.returncode != 0
     lines = [ln for ln in text.splitlines() if "nope" in ln]
     print("\n".join(lines))
-    assert any("Invalid partition" in ln and "nope" in ln for ln in lines), text[-3000:]
+    assert any("invalid partition specified: nope" in ln.lower() for ln in lines), text[-3000:]
+    assert not (work / "results" / "summary.md").exists()
+
+
+def test_an_account_is_named_in_one_line(slurm_run, cluster: Cluster, tmp_path):
+    """With slurmdbd, the plugin refuses an unknown account: "The given account nope appears to be invalid.
+    Available accounts: ...". This cluster has no slurmdbd, so Slurm knows no accounts and accepts any: the
+    plugin says in one line that it could not check it, and the job runs."""
+    work = tmp_path / "wf"
+    shutil.copytree(slurm_run[0], work, symlinks=True)
+    (work / "results" / "summary.md").unlink()
+    proc = slurm_snakemake(
+        cluster, work, "results/summary.md", "--set-resources", "summary:slurm_account=nope", check=False
+    )
+    text = proc.stdout + proc.stderr
+    lines = [ln for ln in text.splitlines() if "'nope'" in ln]
+    print("\n".join(lines))
+    assert any("account" in ln for ln in lines), text[-3000:]
