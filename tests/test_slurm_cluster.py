@@ -290,3 +290,14 @@ def test_an_account_is_named_in_one_line(slurm_run, cluster: Cluster, tmp_path):
     lines = [ln for ln in text.splitlines() if "'nope'" in ln]
     print("\n".join(lines))
     assert any("account" in ln for ln in lines), text[-3000:]
+
+
+def test_without_slurm_the_cluster_says_why(monkeypatch, tmp_path):
+    """What the skip says on a machine without the packages (the cluster fixture skips with this reason)."""
+    import tests.slurm_cluster as sc
+
+    monkeypatch.setattr(sc, "which", lambda name: None)
+    assert "slurmctld" in sc.missing_binaries()
+    monkeypatch.setattr(sc, "node_facts", lambda: ("vm", 2, 1024))
+    with pytest.raises(ClusterUnavailable, match=r"Slurm binaries not installed .*apt-get install slurm-wlm munge"):
+        sc.Cluster(tmp_path).start()
