@@ -140,14 +140,17 @@ def test_timing_jobs_never_share_the_node(slurm_run, cluster: Cluster):
     _, _, jobs, _, _ = slurm_run
     rows = {r["jobid"]: r for r in cluster.completed_jobs()}
     timeline = sorted(
-        (when(rows[i]["start"]), when(rows[i]["end"]), i, rule_of(j), rows[i]["nodelist"]) for i, j in jobs.items()
+        (when(rows[i]["start"]), when(rows[i]["end"]), i, rule_of(j), rows[i]["nodelist"], when(j["SubmitTime"]))
+        for i, j in jobs.items()
     )
-    print("sacct --completion (start, end, job, rule, node):")
-    for start, end, i, rule, node in timeline:
-        print(f"  {start.time()} {end.time()} {i:>4} {rule:<18} {node}")
+    print("sacct --completion (start, end, job, rule, node; submitted, from scontrol):")
+    for start, end, i, rule, node, submitted in timeline:
+        print(f"  {start.time()} {end.time()} {i:>4} {rule:<18} {node}  submitted {submitted.time()}")
     timing = [t for t in timeline if t[3] in TIMING_RULES]
     assert len(timing) >= 4
-    for start, end, i, rule, node in timing:
+    # Slurm, not snakemake, kept them apart: some timing job was submitted while another was still running
+    assert any(b[5] < a[1] and a[2] != b[2] and b[0] >= a[1] for a in timing for b in timing), timing
+    for start, end, i, rule, node, _ in timing:
         # nothing else ran on the node while a timing job ran (end times are to the second: touching is fine)
         overlapping = [o for o in timeline if o[2] != i and o[4] == node and o[0] < end and start < o[1]]
         assert not overlapping, f"timing job {i} ({rule}) {start}..{end} overlapped {overlapping}"
@@ -207,6 +210,7 @@ def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_onl
     print("\n".join(ln for ln in out.splitlines() if job_id in ln or log in ln or "Error in rule" in ln))
     assert job_id in out and log in out, out[-3000:]
     assert cluster.jobs()[job_id]["JobState"] == "CANCELLED"
+    assert (work / ".snakemake" / "slurm_logs" / "rule_bench" / "cpu_a_onnxruntime_fp32_1" / f"{job_id}.log").is_file()
     assert not (work / victim).exists()
     assert not list((work / "results" / "cpu" / "bench").rglob("*.tmp*"))  # nothing half-written
     write_config(work, SLURM_CONFIG)
@@ -301,3 +305,23 @@ def test_without_slurm_the_cluster_says_why(monkeypatch, tmp_path):
     monkeypatch.setattr(sc, "node_facts", lambda: ("vm", 2, 1024))
     with pytest.raises(ClusterUnavailable, match=r"Slurm binaries not installed .*apt-get install slurm-wlm munge"):
         sc.Cluster(tmp_path).start()
+
+
+def test_a_job_stopped_at_its_time_limit_is_reported(slurm_run, cluster: Cluster, tmp_path):
+    work = tmp_path / "wf"
+    shutil.copytree(slurm_run[0], work, symlinks=True)
+    victim = "results/cpu/bench/a/torch_fp32_b1.json"
+    (work / victim).unlink()
+    long = copy.deepcopy(SLURM_CONFIG)
+    long["bench"] = {"warmup": 1, "iterations": 100_000_000}
+    write_config(work, long)
+    before = set(cluster.jobs())
+    proc = slurm_snakemake(cluster, work, victim, "--set-resources", "bench:runtime=1", check=False)
+    out = proc.stdout + proc.stderr
+    (job_id,) = [i for i in cluster.jobs() if i not in before]
+    print("\n".join(ln for ln in out.splitlines() if job_id in ln and "SLURM" in ln))
+    assert proc.returncode != 0
+    assert cluster.jobs()[job_id]["JobState"] == "TIMEOUT"
+    assert f"SLURM-job '{job_id}' failed, SLURM status is: 'TIMEOUT'" in out
+    assert "logs/bench/cpu/a/torch_fp32_b1.log" in out
+    assert not (work / victim).exists()
