@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "bench": {"warmup": 10, "iterations": 100, "min_seconds": 0, "conf": 0.25},
     "accuracy": {
         "gate": 0.95,
+        "error_tolerance": 0.01,
         "strict": False,
         "baseline": {"backend": "torch", "precision": "fp32"},
         "batch": 8,
@@ -66,7 +67,7 @@ DATASET_DEFAULTS = {
     "splits": {"train": 0, "val": 200, "calib": 128},
     "image_size": [256, 416],
     "max_objects": 8,
-}
+}  # kind episodes: its own keys' defaults are workflow_scripts.tasks.vla.EPISODE_DEFAULTS
 MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": []}
 TENSORRT_DEFAULTS = {
     "workspace_mib": 4096,

@@ -189,6 +189,25 @@ def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def _scores(acc: pd.DataFrame) -> pd.DataFrame:
+    """The rows of tasks gated by a ratio (scores, not errors)."""
+    if acc.empty or "task" not in acc:
+        return acc
+    return acc[[TASKS[t].higher_is_better for t in acc["task"]]]
+
+
+def _error_gate_text(acc: pd.DataFrame) -> str:
+    """Error metrics (vla) are gated absolutely, against the baseline's own outputs: say so where there are any."""
+    if acc.empty or "task" not in acc:
+        return ""
+    errors = [t for t in sorted(set(acc["task"])) if not TASKS[t].higher_is_better]
+    if not errors:
+        return ""
+    tol = sorted({float(v) for v in acc["tolerance"].dropna()}) if "tolerance" in acc else []
+    parts = [f"{TASKS[t].metric_label} ≤ {', '.join(f'{v:g}' for v in tol) or 'its tolerance'}" for t in errors]
+    return "; error metrics against the baseline's outputs, same inputs and noise: " + ", ".join(parts)
+
+
 def render(
     bench: pd.DataFrame,
     acc: pd.DataFrame,
@@ -206,8 +225,9 @@ def render(
         commits = sorted({c for c in bench["git_commit"] if c})
         lines += [
             f"Measured {bench['timestamp'].min()} … {bench['timestamp'].max()} (UTC) from git "
-            f"{', '.join(commits) or 'unknown'}. Accuracy gate: {_metric_label(acc)} ≥ {gate:g} × the "
-            f"{baseline.replace('_', ' ')} baseline of the same target (each task's own metric).",
+            f"{', '.join(commits) or 'unknown'}. Accuracy gate: {_metric_label(_scores(acc))} ≥ {gate:g} × the "
+            f"{baseline.replace('_', ' ')} baseline of the same target (each task's own metric)"
+            f"{_error_gate_text(acc)}.",
             "",
         ]
     serving = serving or []
@@ -244,6 +264,8 @@ def render(
                 "ratio": ("ratio to baseline", 3),
                 "gate_passed": ("gate", 0),
             }
+            if "prefix_ms" in joined and joined["prefix_ms"].notna().any():  # the model timed its phases (Pi0)
+                columns = {**columns, "prefix_ms": ("prefix ms", 2), "denoise_ms": ("denoise ms", 2)}
             if "power_w" in joined and joined["power_w"].notna().any():  # a power sampler ran
                 columns = {**columns, "power_w": ("mean W", 2), "inf_per_j": ("inferences/J", 1)}
             lines += [markdown_table(joined, columns), ""]
@@ -298,6 +320,12 @@ def render(
         if not ta.empty:
             failed = ta[ta["gate_passed"] == False]  # noqa: E712
             for _, r in failed.iterrows():
+                if not TASKS[r["task"]].higher_is_better:
+                    lines.append(
+                        f"> **ACCURACY GATE FAILED**: {r['model']} {r['backend']} {r['precision']}: "
+                        f"{r['metric_label']} {r['score']:.6g} > tolerance {r['tolerance']:g}."
+                    )
+                    continue
                 lines.append(
                     f"> **ACCURACY GATE FAILED**: {r['model']} {r['backend']} {r['precision']} keeps "
                     f"{_fmt(r['ratio'], 3)} of the baseline's {r['metric_label']} (gate {gate:g})."

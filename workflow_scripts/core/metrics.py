@@ -21,6 +21,20 @@ def latency_stats(seconds: list[float] | np.ndarray) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in zip(STAT_KEYS, values)}
 
 
+def timed_calls(fn, iterations: int, warmup: int = 2) -> list[float]:
+    """Seconds of `iterations` calls of `fn` after `warmup` untimed ones (host clock)."""
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 COCO_STATS = (
     "map50_95",
     "map50",

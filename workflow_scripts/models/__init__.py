@@ -27,6 +27,7 @@ class FamilySpec:
 FAMILIES: Registry[FamilySpec] = Registry("model family")
 FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection", served=True))
 FAMILIES.register("dfine", FamilySpec("workflow_scripts.models.dfine", "detection", hub_ids=True))
+FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla"))
 
 
 def get_family(name: str) -> ModuleType:

@@ -32,6 +32,11 @@ def accuracy_path(target: str, model: str, backend: str, precision: str) -> str:
     return f"results/{target}/accuracy/{model}/{backend}_{precision}.json"
 
 
+def outputs_path(target: str, model: str, backend: str, precision: str) -> str:
+    """An accuracy job's saved outputs, beside its JSON (vla: the action chunks; the baseline's are the reference)."""
+    return f"results/{target}/accuracy/{model}/{backend}_{precision}.actions.npz"
+
+
 def engine_path(target: str, model: str, precision: str, batch: int | str) -> str:
     return f"artifacts/engines/{target}/{model}/{precision}_b{batch}.plan"
 
@@ -93,8 +98,23 @@ class Plan:
     def dataset_dir(self, model: str) -> str:
         return f"artifacts/data/{self.models[model]['dataset']}"
 
+    def dataset_kind(self, model: str) -> str:
+        return self.datasets[self.models[model]["dataset"]]["kind"]
+
     def val_annotations(self, model: str) -> str:
+        """The val split's index: COCO annotations, or the episodes index (kind episodes)."""
+        if self.dataset_kind(model) == "episodes":
+            return f"{self.dataset_dir(model)}/episodes_val.json"
         return f"{self.dataset_dir(model)}/instances_val.json"
+
+    def task(self, model: str) -> str:
+        return FAMILIES[self.family(model)].task
+
+    def models_of_task(self, task: str) -> list[str]:
+        return [m for m in self.models if self.task(m) == task]
+
+    def other_models(self, task: str) -> list[str]:
+        return [m for m in self.models if self.task(m) != task]
 
     def calib_annotations(self, model: str) -> str:
         return f"{self.dataset_dir(model)}/instances_calib.json"
@@ -218,10 +238,16 @@ class Plan:
     def is_baseline(self, backend: str, precision: str) -> bool:
         return (backend, precision) == (self.baseline["backend"], self.baseline["precision"])
 
-    def baseline_accuracy(self, target: str, model: str, backend: str, precision: str) -> list[str]:
+    def baseline_accuracy(self, target: str, model: str, backend: str, precision: str, **_) -> list[str]:
         if self.is_baseline(backend, precision):
             return []
         return [accuracy_path(target, model, self.baseline["backend"], self.baseline["precision"])]
+
+    def reference_outputs(self, target: str, model: str, backend: str, precision: str, **_) -> list[str]:
+        """The baseline's saved outputs a vla accuracy job compares with (none for the baseline itself)."""
+        if self.is_baseline(backend, precision):
+            return []
+        return [outputs_path(target, model, self.baseline["backend"], self.baseline["precision"])]
 
     def baseline_label(self) -> str:
         return f"{self.baseline['backend']}_{self.baseline['precision']}"
@@ -278,7 +304,7 @@ class Plan:
         return S.AccuracySettings(
             **self.target_settings(target, backend),
             imgsz=self.imgsz(model),
-            **{k: a[k] for k in ("gate", "strict", "batch", "max_images", "conf", "iou", "max_det")},
+            **{k: a[k] for k in ("gate", "error_tolerance", "strict", "batch", "max_images", "conf", "iou", "max_det")},
         )
 
     def calibration_settings(self, calib: str, **_) -> S.CalibrationSettings:
@@ -300,6 +326,19 @@ class Plan:
         ds = self.datasets[dataset]
         return {**ds, "splits": {split: ds["splits"][split]}}
 
+    def episodes_settings(self, dataset: str, split: str, **_) -> dict:
+        """What makes one episodes split: the seed, the episode shape and only this split's size."""
+        from workflow_scripts.tasks.vla import EPISODE_DEFAULTS
+
+        ds = self.datasets[dataset]
+        keys = ("cameras", "camera_size", "state_dim", "prompt_tokens")
+        return {
+            "kind": "episodes",
+            "seed": ds["seed"],
+            "splits": {split: ds["splits"][split]},
+            **{k: ds.get(k, EPISODE_DEFAULTS[k]) for k in keys},
+        }
+
     def coco_settings(self, dataset: str, split: str, **_) -> dict:
         """What makes one COCO split: the seed and the val size (calib is drawn after val), and its own size."""
         ds = self.datasets[dataset]
@@ -312,9 +351,7 @@ class Plan:
     # -- TensorRT engines -----------------------------------------------------------------------------
     def trt_config(self, target: str, precision: str) -> dict:
         if "tensorrt" not in self.targets[target]["backends"]:
-            raise PlanforgeError(
-                f"target {target} has no tensorrt backend; add it to targets.{target}.backends"
-            )
+            raise PlanforgeError(f"target {target} has no tensorrt backend; add it to targets.{target}.backends")
         if precision not in BACKENDS["tensorrt"].precisions:
             raise PlanforgeError(
                 f"engine precision {precision!r} is not one of {list(BACKENDS['tensorrt'].precisions)}"

@@ -124,10 +124,28 @@ class TorchRunner(Runner):
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
 
-    def _eager(self, x: torch.Tensor) -> Any:
-        return self.output_fn(self.model(x))
+    def _eager(self, x: torch.Tensor | dict[str, torch.Tensor]) -> Any:
+        return self.output_fn(self.model(**x) if isinstance(x, dict) else self.model(x))
 
-    def prepare(self, batch: np.ndarray) -> torch.Tensor:
+    def _named(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Named inputs (Pi0): floats in the runner's dtype, integers and masks as they are."""
+        out = {}
+        for k, a in arrays.items():
+            t = torch.from_numpy(np.ascontiguousarray(a)).to(self.torch_device)
+            out[k] = t.to(self.dtype) if t.is_floating_point() else t
+        return out
+
+    def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> torch.Tensor | dict[str, torch.Tensor]:
+        if isinstance(batch, dict):
+            x = self._named(batch)
+            if self.mode == "compile" and _shape(x) != self.primed_shape:
+                self._prime(x)
+            if self.mode == "cudagraph":
+                graph = self.graphs.get(_shape(x)) or self._capture(x)
+                for k, v in x.items():
+                    graph[1][k].copy_(v)
+                return graph[1]
+            return x
         x = torch.from_numpy(batch).to(self.torch_device, self.dtype).contiguous(memory_format=self.memory_format)
         if self.input_size_fn is not None and tuple(x.shape[-2:]) != self.input_size:
             self.input_size = tuple(x.shape[-2:])
@@ -153,22 +171,25 @@ class TorchRunner(Runner):
         """
         with torch.inference_mode():
             self._eager(x)
-        self.primed_shape = tuple(x.shape)
+        self.primed_shape = _shape(x)
 
     def setup(self, prepared: torch.Tensor) -> None:
-        if self.mode == "compile" and tuple(prepared.shape) not in self.compiled:
+        if self.mode == "compile" and _shape(prepared) not in self.compiled:
             t0 = time.perf_counter()
             # dynamo reads the switch while it traces (it keeps no guard on it): the checks stay out of the graph
             with torch.inference_mode(), transformers_checks_off():
                 for _ in range(3):  # reduce-overhead records its graphs on the later calls
                     self.forward(prepared)
             self._sync()
-            self.compiled.add(tuple(prepared.shape))
-            self.setup_seconds[str(tuple(prepared.shape))] = round(time.perf_counter() - t0, 3)
+            self.compiled.add(_shape(prepared))
+            self.setup_seconds[str(_shape(prepared))] = round(time.perf_counter() - t0, 3)
 
     def _capture(self, x: torch.Tensor):
         t0 = time.perf_counter()
-        static_in = torch.empty_like(x).copy_(x)
+        if isinstance(x, dict):
+            static_in = {k: torch.empty_like(v).copy_(v) for k, v in x.items()}
+        else:
+            static_in = torch.empty_like(x).copy_(x)
         stream = torch.cuda.Stream(self.torch_device)
         stream.wait_stream(torch.cuda.current_stream(self.torch_device))
         with torch.inference_mode(), torch.cuda.stream(stream):
@@ -178,9 +199,9 @@ class TorchRunner(Runner):
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph), capturable():
             static_out = self._eager(static_in)
-        self.graphs[tuple(x.shape)] = (graph, static_in, static_out)
-        self.setup_seconds[f"capture {tuple(x.shape)}"] = round(time.perf_counter() - t0, 3)
-        return self.graphs[tuple(x.shape)]
+        self.graphs[_shape(x)] = (graph, static_in, static_out)
+        self.setup_seconds[f"capture {_shape(x)}"] = round(time.perf_counter() - t0, 3)
+        return self.graphs[_shape(x)]
 
     def _sync(self) -> None:
         if self.cuda:
@@ -188,10 +209,10 @@ class TorchRunner(Runner):
 
     def _run(self, prepared: torch.Tensor) -> Any:
         if self.mode == "cudagraph":
-            graph, _, static_out = self.graphs[tuple(prepared.shape)]
+            graph, _, static_out = self.graphs[_shape(prepared)]
             graph.replay()
             return static_out
-        if self.mode == "compile" and tuple(prepared.shape) not in self.compiled:
+        if self.mode == "compile" and _shape(prepared) not in self.compiled:
             self.setup(prepared)  # callers that skip setup (the accuracy loop) still compile under its conditions
         with torch.inference_mode():
             return self.forward(prepared)
@@ -214,6 +235,9 @@ class TorchRunner(Runner):
         outs = outputs if isinstance(outputs, (tuple, list)) else [outputs]
         return [o.detach().float().cpu().numpy() for o in outs]
 
+    def phase_times_ms(self) -> dict[str, list[float]] | None:
+        return getattr(self.model, "phase_times_ms", None)
+
     def memory(self) -> dict[str, int | None]:
         mem = super().memory()
         if self.cuda:
@@ -235,6 +259,13 @@ class TorchRunner(Runner):
             v["cuda"] = str(torch.version.cuda)
             v["cudnn"] = str(torch.backends.cudnn.version())
         return v
+
+
+def _shape(x: torch.Tensor | dict[str, torch.Tensor]) -> tuple:
+    """What a compiled forward or a captured graph is keyed by: the input's shape, or each named input's."""
+    if isinstance(x, dict):
+        return tuple((k, *v.shape) for k, v in x.items())
+    return tuple(x.shape)
 
 
 class TorchCudaGraphRunner(TorchRunner):
