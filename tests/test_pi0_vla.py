@@ -22,14 +22,14 @@ def episodes(tmp_path_factory):
     return out
 
 
-def _run(out, episodes, precision, reference=None):
+def _run(out, episodes, precision, reference=None, backend="torch"):
     task = get_task("vla")
     fam = get_family("pi0")
-    runner = make_runner("torch", "pi0-tiny.yaml", "pi0", precision, "cpu", 2)
+    runner = make_runner(backend, "pi0-tiny.yaml", "pi0", precision, "cpu", 2)
     predict = task.predictor(fam, runner, None)
     save = out / f"{precision}.npz"
     rec = task.evaluate(predict, episodes, None, 2, None, precision, reference=reference, save=save)
-    return {**rec, "backend": "torch", "precision": precision}, save
+    return {**rec, "backend": backend, "precision": precision}, save
 
 
 def test_the_family_builds_offline_and_the_same_noise_gives_identical_actions(episodes, monkeypatch):
@@ -76,6 +76,28 @@ def test_fp32_against_itself_has_zero_error_and_passes_and_bf16_is_small_but_non
     assert 0 < bf16["action_mse"] < 0.01 and bf16["gate"]["passed"], bf16["action_mse"]
     assert len(bf16["per_dim_mse"]) == 32 and bf16["ratio_to_baseline"] is None
     assert not gate(dict(bf16), base, 0.95, bf16["action_mse"] / 2)["gate"]["passed"]
+
+
+def test_int8_weight_only_is_parsed_once_and_torchao_is_reported_unavailable_when_missing(monkeypatch):
+    import importlib.util
+
+    from workflow_scripts.core.precisions import parse
+    from workflow_scripts.runners import backend_available
+
+    p = parse("int8_weight")
+    assert (p.kind, p.weight_only, p.calibration, p.int8_engine) == ("int8", True, None, False)
+    assert (parse("int4_weight").kind, parse("int4_weight").weight_only) == ("int4", True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    ok, why = backend_available("torchao")
+    assert not ok and "torchao" in why
+
+
+def test_int8_weight_only_actions_stay_close_to_fp32(tmp_path, episodes):
+    pytest.importorskip("torchao")
+    _, ref = _run(tmp_path, episodes, "fp32")
+    rec, _ = _run(tmp_path, episodes, "int8_weight", reference=ref, backend="torchao")
+    assert 0 < rec["action_mse"] < 1e-4, rec["action_mse"]
 
 
 VLA_CONFIG = {

@@ -105,6 +105,16 @@ for _name, _spec in {
         cuda_precisions=("fp16",),
         options=TORCH_OPTIONS,
     ),
+    # weight-only quantization of the family's torch module (torchao's quantize_); pip install planforge[torchao]
+    "torchao": BackendSpec(
+        "torch_runner",
+        "TorchAoRunner",
+        "checkpoint",
+        ("int8_weight", "int4_weight"),
+        ("torch", "torchao"),
+        cuda_precisions=("int4_weight",),
+        options={"channels_last": None, "group_size": 128},
+    ),
     "onnxruntime": BackendSpec(
         "ort_runner",
         "OrtRunner",

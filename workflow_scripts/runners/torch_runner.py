@@ -95,7 +95,7 @@ class TorchRunner(Runner):
         problem = BACKENDS[self.backend].device_problem(device, precision)  # the registry's device rule
         if problem:
             raise PlanforgeError(f"{self.backend}: {problem}")
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[parse(precision).kind]
+        self.dtype = self.compute_dtype(precision)
         chosen = self.options["channels_last"]
         self.channels_last = self.cuda if chosen is None else bool(chosen)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -123,6 +123,10 @@ class TorchRunner(Runner):
             torch.cuda.reset_peak_memory_stats(self.torch_device)
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
+
+    def compute_dtype(self, precision: str) -> torch.dtype:
+        """The float type of the activations (and, for a float precision, of the weights)."""
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[parse(precision).kind]
 
     def _eager(self, x: torch.Tensor | dict[str, torch.Tensor]) -> Any:
         return self.output_fn(self.model(**x) if isinstance(x, dict) else self.model(x))
@@ -289,3 +293,31 @@ class TorchCompileMaxRunner(TorchRunner):
     backend = "torch-compile-max"
     mode = "compile"
     compile_mode = "max-autotune-no-cudagraphs"
+
+
+class TorchAoRunner(TorchRunner):
+    """Weight-only quantization with torchao's `quantize_`: int8 weights with fp32 activations
+    (Int8WeightOnlyConfig), or int4 weights in groups of `group_size` with bf16 activations
+    (Int4WeightOnlyConfig, CUDA). Only linear layers are quantized (torchao's default filter)."""
+
+    backend = "torchao"
+
+    def __init__(self, model, precision: str, *args, **kwargs) -> None:
+        super().__init__(model, precision, *args, **kwargs)
+        import torchao
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+        t0 = time.perf_counter()
+        if parse(precision).kind == "int4":
+            config = Int4WeightOnlyConfig(group_size=int(self.options["group_size"]))
+        else:
+            config = Int8WeightOnlyConfig()
+        quantize_(self.model, config)
+        self.setup_seconds["quantize"] = round(time.perf_counter() - t0, 3)
+        self.torchao_version = torchao.__version__
+
+    def compute_dtype(self, precision: str) -> torch.dtype:
+        return torch.bfloat16 if parse(precision).kind == "int4" else torch.float32
+
+    def versions(self) -> dict[str, str]:
+        return {**super().versions(), "torchao": self.torchao_version, "weights": self.precision}
