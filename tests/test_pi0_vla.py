@@ -100,6 +100,28 @@ def test_int8_weight_only_actions_stay_close_to_fp32(tmp_path, episodes):
     assert 0 < rec["action_mse"] < 1e-4, rec["action_mse"]
 
 
+def test_pi0_is_planned_only_on_backends_that_run_its_torch_module_and_the_summary_says_why():
+    from workflow_scripts.config import validate
+    from workflow_scripts.plan.jobs import Plan
+
+    cfg = {
+        **VLA_CONFIG,
+        "targets": {
+            "cpu": {"device": "cpu", "backends": {"torch": ["fp32"], "onnxruntime": ["fp32"]}, "batch_sizes": [1]}
+        },
+    }
+    plan = Plan(
+        validate(cfg, check_files=False), available=lambda b: (True, ""), gpu_name=lambda: "", trt_builder=lambda: None
+    )
+    assert plan.bench_outputs() == ["results/cpu/bench/pi0-tiny/torch_fp32_b1.json"]
+    assert plan.accuracy_outputs() == ["results/cpu/accuracy/pi0-tiny/torch_fp32.json"]
+    assert plan.val_annotations("pi0-tiny") == "artifacts/data/eps/episodes_val.json"
+    assert any("onnxruntime: pi0-tiny not run" in line for line in plan.unavailable_lines())
+    assert plan.reference_outputs("cpu", "pi0-tiny", "torch", "bf16") == [
+        "results/cpu/accuracy/pi0-tiny/torch_fp32.actions.npz"
+    ]
+
+
 VLA_CONFIG = {
     "datasets": {"eps": {"kind": "episodes", "seed": 0, "splits": {"val": 2}, "camera_size": 64}},
     "models": {"pi0-tiny": {"family": "pi0", "checkpoint": "pi0-tiny.yaml", "dataset": "eps"}},

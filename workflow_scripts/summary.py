@@ -271,20 +271,25 @@ def render(
             lines += [markdown_table(joined, columns), ""]
             unscored = sorted(set(tb["model"]) - (set(ta["model"]) if not ta.empty else set()))
             scored = joined[~joined["model"].isin(unscored)]
-            lowest, best = fastest_passing(scored) if not scored.empty else (None, None)
-            if not scored.empty and lowest is None and best is None:
-                lines += ["**No configuration passes the accuracy gate on this target.**", ""]
-            else:
+            # the fastest passing configuration per task: a detector's images/s and a chunk's chunks/s do not compare
+            groups = list(scored.groupby("task")) if not scored.empty and "task" in scored else []
+            for task_name, group in groups:
+                lowest, best = fastest_passing(group)
+                what = f" ({task_name})" if len(groups) > 1 else ""
+                unit = "chunks/s" if task_name == "vla" else "img/s"
+                if lowest is None and best is None:
+                    lines += [f"**No configuration{what} passes the accuracy gate on this target.**", ""]
+                    continue
                 if lowest is not None:
                     lines.append(
-                        f"- Fastest at batch 1 that passes the gate: **{_label(lowest)}**, "
+                        f"- Fastest at batch 1 that passes the gate{what}: **{_label(lowest)}**, "
                         f"p50 {lowest['p50_ms']:.2f} ms, p99 {lowest['p99_ms']:.2f} ms, {lowest['metric_label']} "
-                        f"{lowest['score']:.4f}."
+                        f"{lowest['score']:{'.4f' if TASKS[task_name].higher_is_better else '.4g'}}."
                     )
                 if best is not None:
                     lines.append(
-                        f"- Highest throughput that passes the gate: **{_label(best)}**, "
-                        f"{best['throughput']:.1f} img/s (model only)."
+                        f"- Highest throughput that passes the gate{what}: **{_label(best)}**, "
+                        f"{best['throughput']:.1f} {unit} (model only)."
                     )
             for model in unscored:  # random weights (accuracy: false): latency only, no gate
                 rows = joined[joined["model"] == model]

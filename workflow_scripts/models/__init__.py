@@ -22,12 +22,20 @@ class FamilySpec:
     task: str  # a name in workflow_scripts.tasks.TASKS
     served: bool = False  # has Triton pre/post-processing models (workflow_scripts/serving/python_models.py)
     hub_ids: bool = False  # a checkpoint may be a Hugging Face id (needs `downloads: true`)
+    # the backend artifact kinds it makes (runners.BackendSpec.artifact): its torch module, an ONNX export, engines
+    artifacts: tuple[str, ...] = ("checkpoint", "onnx", "engine")
+
+    def backend_problem(self, name: str, artifact: str) -> str | None:
+        """Why this family cannot run on a backend that reads `artifact`, or None."""
+        if artifact in self.artifacts:
+            return None
+        return f"family {name} runs only on backends that read its {' / '.join(self.artifacts)} (no {artifact} yet)"
 
 
 FAMILIES: Registry[FamilySpec] = Registry("model family")
 FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection", served=True))
 FAMILIES.register("dfine", FamilySpec("workflow_scripts.models.dfine", "detection", hub_ids=True))
-FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla"))
+FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla", artifacts=("checkpoint",)))
 
 
 def get_family(name: str) -> ModuleType:

@@ -139,9 +139,13 @@ class Plan:
         """(model, backend, precision) triples a target measures, available backends only."""
         for model in self.models if self.here(target) else ():
             for backend, precisions in self.targets[target]["backends"].items():
-                if self.available(backend)[0]:
+                if self.available(backend)[0] and self.runs_on(model, backend):
                     for precision in precisions:
                         yield model, backend, precision
+
+    def runs_on(self, model: str, backend: str) -> bool:
+        """Whether the model's family makes the artifact the backend reads (Pi0: its torch module only)."""
+        return FAMILIES[self.family(model)].backend_problem(self.family(model), BACKENDS[backend].artifact) is None
 
     def bench_outputs(self, targets: list[str] | None = None) -> list[str]:
         return [
@@ -158,7 +162,7 @@ class Plan:
             triples = [r for r in self.runs(t) if self.scored(r[0])]
             # a target with nothing to measure here (e.g. only TensorRT, not installed) gets no baseline job
             for m in self.models if triples else ():
-                if self.scored(m) and self.available(base[0])[0]:
+                if self.scored(m) and self.available(base[0])[0] and self.runs_on(m, base[0]):
                     triples.append((m, *base))
             out += [accuracy_path(t, m, b, p) for m, b, p in dict.fromkeys(triples)]
         return out
@@ -172,6 +176,7 @@ class Plan:
             for t in targets or self.trt_targets
             if t in self.trt_targets
             for m in self.models
+            if self.runs_on(m, "tensorrt")
             for p in self.targets[t]["backends"]["tensorrt"]
             for n in self.targets[t]["batch_sizes"]
         ]
@@ -211,7 +216,11 @@ class Plan:
                 continue
             for b in spec["backends"]:
                 ok, why = self.available(b)
-                if ok:
+                if ok:  # installed: say which models it still does not run (their family has no such artifact)
+                    for m in self.models:
+                        why_not = FAMILIES[self.family(m)].backend_problem(self.family(m), BACKENDS[b].artifact)
+                        if why_not:
+                            lines.append(f"{t}: {b}: {m} not run: {why_not}")
                     continue
                 if b == "tensorrt" and self.trt_builder:
                     lines.append(f"{t}: tensorrt: engines built here with {self.trt_builder} but not timed: {why}")
