@@ -78,7 +78,7 @@ TARGET = {"device": "cpu", "threads": 1, "backend_options": {}, "power": "none",
 
 def _accuracy(p: dict[str, Path], out: Path) -> subprocess.CompletedProcess:
     settings = AccuracySettings(
-        **TARGET, imgsz=128, batch=2, max_images=None, conf=0.001, iou=0.7, max_det=100, gate=0.95, strict=False
+        **TARGET, imgsz=128, batch=2, max_images=None, conf=0.001, iou=0.7, max_det=100, gate=0.95, error_tolerance=0.01, strict=False
     )
     return _run_step(
         "accuracy",
