@@ -9,6 +9,8 @@ rule accuracy:
         "results/{target}/accuracy/{model}/{backend}_{precision}.json",
     log:
         "logs/accuracy/{target}/{model}/{backend}_{precision}.log",
+    wildcard_constraints:
+        model=_one_of(PLAN.other_models("vla")),
     conda:
         "../envs/bench.yaml"
     container:
@@ -25,3 +27,39 @@ rule accuracy:
         " --artifact {input.artifact} --checkpoint-info {input.info} --backend {wildcards.backend}"
         " --precision {wildcards.precision} --dataset {params.dataset} --target {wildcards.target}"
         " {params.baseline} --settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule accuracy_vla:
+    """vla models: also save the actions; the baseline's are the reference the others are scored against."""
+    input:
+        artifact=w(PLAN.model_artifact),
+        info="artifacts/checkpoints/{model}.json",
+        val=val_annotations,
+        baseline=w(PLAN.baseline_accuracy),
+        reference=w(PLAN.reference_outputs),
+        code=measure_code("accuracy"),
+    output:
+        json="results/{target}/accuracy/{model}/{backend}_{precision}.json",
+        actions="results/{target}/accuracy/{model}/{backend}_{precision}.actions.npz",
+    log:
+        "logs/accuracy/{target}/{model}/{backend}_{precision}.log",
+    wildcard_constraints:
+        model=_one_of(PLAN.models_of_task("vla")),
+    conda:
+        "../envs/bench.yaml"
+    container:
+        target_container
+    resources:
+        gpu=gpus,
+    params:
+        family=family,
+        dataset=dataset_dir,
+        settings=settings(PLAN.accuracy_settings),
+        baseline=optional_arg("--baseline", "baseline"),
+        reference=optional_arg("--reference", "reference"),
+    shell:
+        "python -m workflow_scripts.accuracy --model {wildcards.model} --family {params.family}"
+        " --artifact {input.artifact} --checkpoint-info {input.info} --backend {wildcards.backend}"
+        " --precision {wildcards.precision} --dataset {params.dataset} --target {wildcards.target}"
+        " {params.baseline} {params.reference} --save-outputs {output.actions}"
+        " --settings {params.settings:q} --out {output.json} > {log} 2>&1"

@@ -67,3 +67,24 @@ rule download_weights:
         "../envs/export.yaml"
     shell:
         "python -m workflow_scripts.coco weights --name {wildcards.name}.pt --out {output} > {log} 2>&1"
+
+
+rule episodes_dataset:
+    """The vla task's episodes (kind episodes): index JSON + arrays, from the seed (workflow_scripts/tasks/vla.py)."""
+    input:
+        code=PLAN.step_code("make_episodes"),
+    output:
+        index="artifacts/data/{dataset}/episodes_{split}.json",
+        arrays="artifacts/data/{dataset}/episodes_{split}.npz",
+    log:
+        "logs/data/{dataset}_episodes_{split}.log",
+    wildcard_constraints:
+        dataset=_one_of(PLAN.datasets_of_kind("episodes")),
+    conda:
+        "../envs/data.yaml"
+    params:
+        settings=settings(PLAN.episodes_settings),
+        folder=lambda w: f"artifacts/data/{w.dataset}",
+    shell:
+        "python -m workflow_scripts.make_episodes --settings {params.settings:q} --out {params.folder}"
+        " --split {wildcards.split} > {log} 2>&1"

@@ -31,7 +31,7 @@ def _mutated(fn) -> dict:
         ),
         (
             lambda c: c["targets"]["cpu"]["backends"].update(torch=["int8_entropy"]),
-            "config key targets.cpu.backends.torch: 'int8_entropy' is not one of ['fp32', 'fp16']",
+            "config key targets.cpu.backends.torch: 'int8_entropy' is not one of ['fp32', 'fp16', 'bf16']",
         ),
         (
             lambda c: c.update(quantize={"calibration": {"method": "kl"}}),

@@ -24,6 +24,8 @@ def evaluate(
     dataset: Path,
     target: str,
     s: AccuracySettings,
+    reference: Path | None = None,
+    save_outputs: Path | None = None,
 ) -> dict:
     """Run the backend over the val split through the family's pre/post and score it by the task's metric."""
     fam = get_family(family)
@@ -33,7 +35,11 @@ def evaluate(
         backend, artifact, family, precision, s.device, s.threads, s.backend_options, target=target, gpu=s.gpu
     )
     predict = task.predictor(fam, runner, s)
-    scored = task.evaluate(predict, dataset, checkpoint_info, s.batch, s.max_images, f"{model} {backend} {precision}")
+    # tasks scored against the baseline's outputs (vla) read the reference and save their own outputs
+    io = {k: v for k, v in (("reference", reference), ("save", save_outputs)) if v is not None}
+    scored = task.evaluate(
+        predict, dataset, checkpoint_info, s.batch, s.max_images, f"{model} {backend} {precision}", **io
+    )
     return {
         "status": "ok",
         "model": model,
@@ -74,22 +80,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--baseline", type=Path, default=None, help="the baseline's accuracy JSON (absent: this is it)")
+    p.add_argument("--reference", type=Path, default=None, help="the baseline's saved outputs (vla: actions .npz)")
+    p.add_argument("--save-outputs", type=Path, default=None, help="save this run's outputs here (vla: actions .npz)")
     p.add_argument("--settings", required=True, help="JSON: workflow_scripts.plan.settings.AccuracySettings")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     s = AccuracySettings.from_json(a.settings)
     r = evaluate(
-        a.model, a.family, a.artifact, a.checkpoint_info, a.backend, a.precision, a.dataset, a.target, s
+        a.model,
+        a.family,
+        a.artifact,
+        a.checkpoint_info,
+        a.backend,
+        a.precision,
+        a.dataset,
+        a.target,
+        s,
+        reference=a.reference,
+        save_outputs=a.save_outputs,
     )
-    r = gate(r, read_json(a.baseline) if a.baseline else None, s.gate)
+    r = gate(r, read_json(a.baseline) if a.baseline else None, s.gate, s.error_tolerance)
     write_json(a.out, r)
     verdict = "pass" if r["gate"]["passed"] else "FAIL"
-    print(f"{a.out}: {r['metric_label']} {r[r['metric']]:.4f}, ratio {r['ratio_to_baseline']} ({verdict})")
+    print(f"{a.out}: {r['metric_label']} {r[r['metric']]:.6g}, ratio {r['ratio_to_baseline']} ({verdict})")
     if s.strict and not r["gate"]["passed"]:
         a.out.unlink()
         raise PlanforgeError(
-            f"{a.out}: {r['metric_label']} ratio {r['ratio_to_baseline']} is below the gate {s.gate} "
-            "(accuracy.strict is on)"
+            f"{a.out}: {r['metric_label']} {r[r['metric']]:.6g} fails the gate {r['gate']} (accuracy.strict is on)"
         )
 
 

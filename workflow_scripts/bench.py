@@ -1,8 +1,11 @@
 """Time one (model, backend, precision, batch) on one target and write the bench JSON.
 
-Three timers, never mixed: preprocessing (decoded RGB images → model input batch),
-the model (`Runner.infer` on a batch already in the backend's layout, device synchronised)
-and postprocessing (raw outputs → final detections in image coordinates).
+The model timer (`Runner.infer` on inputs already in the backend's layout, device synchronised) runs
+the task's timed unit (`task.bench_unit`: detection an image batch, vla one action chunk); the task's
+host timers (detection: preprocessing and postprocessing) are never mixed into it. Where the model
+records its phases (Pi0: prefix and denoising), they are reported apart in `phase_latency_ms`.
+A disturbed timed loop is measured again (bench.stability); every loop's spread and the machine's
+load are recorded.
 """
 
 from __future__ import annotations
@@ -13,16 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-from workflow_scripts.core.data import load_split
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
 from workflow_scripts.core.load import LoadProbe
 from workflow_scripts.core.metrics import latency_stats, stability_verdict
-from workflow_scripts.core.pipeline import load_images, make_runner
-from workflow_scripts.models import FAMILIES, get_family, raw_outputs
+from workflow_scripts.core.pipeline import make_runner
+from workflow_scripts.models import FAMILIES, get_family
 from workflow_scripts.plan.settings import BenchSettings, Stability
 from workflow_scripts.power import get_sampler
-from workflow_scripts.tasks import TASKS
+from workflow_scripts.tasks import TASKS, get_task
 
 HOST_ITEMS = 1000  # images the preprocess / postprocess timers see per job (at least 3 batches)
 
@@ -32,9 +34,6 @@ TIMERS = {
     "copies; one-off compilation / graph capture excluded (see setup_seconds)",
     "model_loop": "at least `iterations` timed calls and at least `min_seconds` of them, after at least `warmup` "
     "calls and min_seconds/2 of warm-up; the power sampler covers the timed calls",
-    "preprocess": "letterbox/resize + normalise + NCHW stacking of decoded RGB images (image decoding excluded)",
-    "postprocess": "raw model outputs on the host → final detections in original image coordinates",
-    "host_timers": "pre/postprocess timed over host_timer_iterations batches (about HOST_ITEMS images, at least 3)",
     "stability": "dispersion = cv (std/mean) and p99/p50 of the reported timed loop, on the device timer where the "
     "runner has one; a loop over stability.criteria is disturbed and is warmed up and timed again, up to "
     "criteria.attempts loops; the least disturbed (lowest worse-ratio-to-its-limit) is reported; `stable` is false "
@@ -44,16 +43,6 @@ TIMERS = {
     "(workflow_scripts/core/load.py)",
 }
 
-
-def _timed(fn, iterations: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _attempt(
@@ -75,6 +64,9 @@ def _attempt(
         done += 1
     if runner.device_times_ms is not None:
         runner.device_times_ms.clear()  # warmup does not count on the device timer either
+    phases = runner.phase_times_ms()
+    for times in (phases or {}).values():
+        times.clear()  # nor on the model's phase timers
     sampler = get_sampler(power, device=device)
     probe = LoadProbe().start()
     sampler.start()
@@ -105,6 +97,10 @@ def _attempt(
         "verdict": verdict,
         "load": load,
         "power": sampler.result(batch * n),
+        # the model's own phases (Pi0: prefix, denoise) over this loop's timed calls, where it records them
+        "phase_latency_ms": {k: latency_stats([t / 1e3 for t in v]) for k, v in phases.items() if v}
+        if phases
+        else None,
         "model_times": model_times,
         "out": out,
     }
@@ -148,18 +144,14 @@ def bench(
 ) -> dict:
     """Run the three timers and return the bench record (the measurement contract)."""
     fam = get_family(family)
-    split = load_split(dataset, "val")
-    images = [im for _, im in load_images(split, batch)]
-    if len(images) < batch:  # a small val split still fills the batch by repeating images
-        images = (images * (batch // len(images) + 1))[:batch]
+    task_name = FAMILIES[family].task
     runner = make_runner(backend, artifact, family, precision, device, threads, options, target=target, gpu=gpu)
 
-    # the host-side timers see about HOST_ITEMS images (at least 3 batches): enough for a stable p50
+    # the host-side timers see about HOST_ITEMS items (at least 3 batches): enough for a stable p50
     # without spending minutes letterboxing batch 256 a hundred times
     host_iterations = max(3, min(iterations, -(-HOST_ITEMS // batch)))
-    pre_times = _timed(lambda: fam.preprocess(images, imgsz), host_iterations)
-    inputs, metas = fam.preprocess(images, imgsz)
-    prepared = runner.prepare(inputs)
+    unit = get_task(task_name).bench_unit(fam, runner, dataset, batch, imgsz, host_iterations, conf)
+    prepared = runner.prepare(unit["inputs"])
     runner.setup(prepared)
     attempts: list[dict] = []
     for n in range(1, stability.attempts + 1):
@@ -172,8 +164,7 @@ def bench(
         more = "measuring again" if n < stability.attempts else "no attempts left"
         print(f"bench: attempt {n}/{stability.attempts} disturbed ({v['reason']}); {more}", file=sys.stderr)
     best = min(attempts, key=lambda a: a["verdict"]["score"])  # the stable one, else the least disturbed
-    outputs = runner.to_numpy(best["out"])
-    post_times = _timed(lambda: fam.postprocess(raw_outputs(fam, outputs), metas, conf=conf), host_iterations)
+    after = unit["after"](runner.to_numpy(best["out"]))
     verdict = best["verdict"]
     stable = verdict["stable"]
     reason = None
@@ -187,8 +178,8 @@ def bench(
         "status": "ok",
         "model": model,
         "family": family,
-        "task": FAMILIES[family].task,
-        "unit": TASKS[FAMILIES[family].task].unit,
+        "task": task_name,
+        "unit": TASKS[task_name].unit,
         "backend": backend,
         "precision": precision,
         "batch": batch,
@@ -199,9 +190,9 @@ def bench(
         "warmup_done": best["warmup_done"],
         "iterations": iterations,
         "min_seconds": min_seconds,
-        "host_timer_iterations": host_iterations,
-        "timer": TIMERS,
+        "timer": {**TIMERS, **unit["timers"]},
         "latency_ms": best["latency_ms"],
+        "phase_latency_ms": best["phase_latency_ms"],
         # CUDA events around the enqueue on the runner's stream (runners that have them); None otherwise
         "device_latency_ms": best["device_latency_ms"],
         "throughput_items_per_s": best["throughput_items_per_s"],
@@ -218,9 +209,8 @@ def bench(
             # every timed loop's summary (not its per-call times, not its power reading)
             "attempts": [_attempt_summary(a) for a in attempts],
         },
-        "preprocess_ms": latency_stats(pre_times),
-        "postprocess_ms": latency_stats(post_times),
-        "postprocess_conf": conf,
+        **unit["record"],
+        **after,
         "power": best["power"],
         "setup_seconds": runner.setup_seconds,
         "memory": runner.memory(),

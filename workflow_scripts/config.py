@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "accuracy": {
         "gate": 0.95,
+        "error_tolerance": 0.01,
         "strict": False,
         "baseline": {"backend": "torch", "precision": "fp32"},
         "batch": 8,
@@ -79,7 +80,7 @@ DATASET_DEFAULTS = {
     "splits": {"train": 0, "val": 200, "calib": 128},
     "image_size": [256, 416],
     "max_objects": 8,
-}
+}  # kind episodes: its own keys' defaults are workflow_scripts.tasks.vla.EPISODE_DEFAULTS
 # num_queries (D-FINE): None keeps the checkpoint's own (workflow_scripts/models: FamilySpec.settings)
 MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": [], "num_queries": None}
 TENSORRT_DEFAULTS = {

@@ -255,6 +255,25 @@ def picture_lines(pictures: list[Path], target: str, out: Path) -> list[str]:
     return lines + [""]
 
 
+def _scores(acc: pd.DataFrame) -> pd.DataFrame:
+    """The rows of tasks gated by a ratio (scores, not errors)."""
+    if acc.empty or "task" not in acc:
+        return acc
+    return acc[[TASKS[t].higher_is_better for t in acc["task"]]]
+
+
+def _error_gate_text(acc: pd.DataFrame) -> str:
+    """Error metrics (vla) are gated absolutely, against the baseline's own outputs: say so where there are any."""
+    if acc.empty or "task" not in acc:
+        return ""
+    errors = [t for t in sorted(set(acc["task"])) if not TASKS[t].higher_is_better]
+    if not errors:
+        return ""
+    tol = sorted({float(v) for v in acc["tolerance"].dropna()}) if "tolerance" in acc else []
+    parts = [f"{TASKS[t].metric_label} ≤ {', '.join(f'{v:g}' for v in tol) or 'its tolerance'}" for t in errors]
+    return "; error metrics against the baseline's outputs, same inputs and noise: " + ", ".join(parts)
+
+
 def render(
     bench: pd.DataFrame,
     acc: pd.DataFrame,
@@ -273,8 +292,9 @@ def render(
         commits = sorted({c for c in bench["git_commit"] if c})
         lines += [
             f"Measured {bench['timestamp'].min()} … {bench['timestamp'].max()} (UTC) from git "
-            f"{', '.join(commits) or 'unknown'}. Accuracy gate: {_metric_label(acc)} ≥ {gate:g} × the "
-            f"{baseline.replace('_', ' ')} baseline of the same target (each task's own metric).",
+            f"{', '.join(commits) or 'unknown'}. Accuracy gate: {_metric_label(_scores(acc))} ≥ {gate:g} × the "
+            f"{baseline.replace('_', ' ')} baseline of the same target (each task's own metric)"
+            f"{_error_gate_text(acc)}.",
             "",
         ]
     serving = serving or []
@@ -311,6 +331,8 @@ def render(
                 "ratio": ("ratio to baseline", 3),
                 "gate_passed": ("gate", 0),
             }
+            if "prefix_ms" in joined and joined["prefix_ms"].notna().any():  # the model timed its phases (Pi0)
+                columns = {**columns, "prefix_ms": ("prefix ms", 2), "denoise_ms": ("denoise ms", 2)}
             if "power_w" in joined and joined["power_w"].notna().any():  # a power sampler ran
                 columns = {**columns, "power_w": ("mean W", 2), "inf_per_j": ("inferences/J", 1)}
             unstable = _unstable(joined)
@@ -326,24 +348,30 @@ def render(
                 ]
             unscored = sorted(set(tb["model"]) - (set(ta["model"]) if not ta.empty else set()))
             scored = joined[~joined["model"].isin(unscored)]
-            lowest, best = fastest_passing(scored) if not scored.empty else (None, None)
-            passing = scored[scored["gate_passed"] == True] if not scored.empty else scored  # noqa: E712
-            if not scored.empty and passing.empty:
-                lines += ["**No configuration passes the accuracy gate on this target.**", ""]
-            else:
+            # the fastest passing configuration per task: a detector's images/s and a chunk's chunks/s do not compare
+            groups = list(scored.groupby("task")) if not scored.empty and "task" in scored else []
+            for task_name, group in groups:
+                what = f" ({task_name})" if len(groups) > 1 else ""
+                unit = "chunks/s" if task_name == "vla" else "img/s"
+                passing = group[group["gate_passed"] == True]  # noqa: E712
+                if passing.empty:
+                    lines += [f"**No configuration{what} passes the accuracy gate on this target.**", ""]
+                    continue
+                lowest, best = fastest_passing(group)
                 if lowest is not None:
                     lines.append(
-                        f"- Fastest at batch 1 that passes the gate: **{_label(lowest)}**, "
+                        f"- Fastest at batch 1 that passes the gate{what}: **{_label(lowest)}**, "
                         f"p50 {lowest['p50_ms']:.2f} ms, p99 {lowest['p99_ms']:.2f} ms, {lowest['metric_label']} "
-                        f"{lowest['score']:.4f}."
+                        f"{lowest['score']:{'.4f' if TASKS[task_name].higher_is_better else '.4g'}}."
                     )
                 if best is not None:
                     lines.append(
-                        f"- Highest throughput that passes the gate: **{_label(best)}**, "
-                        f"{best['throughput']:.1f} img/s (model only)."
+                        f"- Highest throughput that passes the gate{what}: **{_label(best)}**, "
+                        f"{best['throughput']:.1f} {unit} (model only)."
                     )
                 lines += skipped_line(passing, lowest, best)
-            lines += pareto_lines(scored[~_unstable(scored)]) if not scored.empty else []  # stable rows only
+            # stable rows of score-gated tasks only (an error metric has no "more accurate" direction to trade)
+            lines += pareto_lines(_scores(scored[~_unstable(scored)])) if not scored.empty else []
             for model in unscored:  # random weights (accuracy: false): latency only, no gate
                 rows = joined[joined["model"] == model]
                 fast, peak = fastest(rows)
@@ -378,6 +406,12 @@ def render(
         if not ta.empty:
             failed = ta[ta["gate_passed"] == False]  # noqa: E712
             for _, r in failed.iterrows():
+                if not TASKS[r["task"]].higher_is_better:
+                    lines.append(
+                        f"> **ACCURACY GATE FAILED**: {r['model']} {r['backend']} {r['precision']}: "
+                        f"{r['metric_label']} {r['score']:.6g} > tolerance {r['tolerance']:g}."
+                    )
+                    continue
                 lines.append(
                     f"> **ACCURACY GATE FAILED**: {r['model']} {r['backend']} {r['precision']} keeps "
                     f"{_fmt(r['ratio'], 3)} of the baseline's {r['metric_label']} (gate {gate:g})."

@@ -46,6 +46,20 @@ def stability_verdict(stats: dict[str, float], max_cv: float, max_p99_over_p50: 
     return {**d, "stable": not broken, "reason": "; ".join(broken) or None, "score": round(score, 4)}
 
 
+def timed_calls(fn, iterations: int, warmup: int = 2) -> list[float]:
+    """Seconds of `iterations` calls of `fn` after `warmup` untimed ones (host clock)."""
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 COCO_STATS = (
     "map50_95",
     "map50",

@@ -69,6 +69,8 @@ for _p in (
     Precision("int8", "int8"),  # TensorRT: explicit (QDQ) or implicit (cache), per target
     Precision("best", "int8", mixed=True),
     *(Precision(f"int8_{m}", "int8", calibration=m) for m in CALIBRATION_METHODS),
+    Precision("int8_weight", "int8", weight_only=True),  # torchao Int8WeightOnlyConfig: int8 weights, float compute
+    Precision("int4_weight", "int4", weight_only=True),  # torchao Int4WeightOnlyConfig: int4 weights, bf16 compute
 ):
     PRECISIONS.register(_p.name, _p)
 

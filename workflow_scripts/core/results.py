@@ -28,8 +28,11 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 "p99_ms": r["latency_ms"]["p99"],
                 "mean_ms": r["latency_ms"]["mean"],
                 "throughput": r["throughput_items_per_s"],
-                "pre_ms": r["preprocess_ms"]["p50"],
-                "post_ms": r["postprocess_ms"]["p50"],
+                "pre_ms": (r.get("preprocess_ms") or {}).get("p50"),
+                "post_ms": (r.get("postprocess_ms") or {}).get("p50"),  # none for vla (actions are the output)
+                # the model's phases where it records them (Pi0: prefix encoding, denoising loop)
+                "prefix_ms": ((r.get("phase_latency_ms") or {}).get("prefix") or {}).get("p50"),
+                "denoise_ms": ((r.get("phase_latency_ms") or {}).get("denoise") or {}).get("p50"),
                 "energy_j": (r.get("power") or {}).get("energy_per_inference_j"),
                 "power_w": (r.get("power") or {}).get("mean_power_w"),
                 "inf_per_j": (r.get("power") or {}).get("inferences_per_joule"),
@@ -67,12 +70,13 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 **{key: r.get(key) for key, _, _ in task.columns},
                 "ratio": r.get("ratio_to_baseline"),
                 "gate_passed": r.get("gate", {}).get("passed"),
+                "tolerance": r.get("gate", {}).get("tolerance"),  # error metrics: the absolute gate
                 "baseline": f"{r['baseline']['backend']} {r['baseline']['precision']}" if r.get("baseline") else None,
             }
         )
     bench_cols = ["target", "model", "backend", "precision", "batch"]
     # no accuracy files (every model `accuracy: false`): the columns still exist, empty, for the joins
-    acc_cols = [*KEYS, "task", "score", "metric_label", "ratio", "gate_passed", "baseline"]
+    acc_cols = [*KEYS, "task", "score", "metric_label", "ratio", "gate_passed", "tolerance", "baseline"]
     b = pd.DataFrame(bench, columns=None if bench else bench_cols)
     a = pd.DataFrame(acc, columns=None if acc else acc_cols)
     return b, a

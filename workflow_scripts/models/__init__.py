@@ -27,6 +27,14 @@ class FamilySpec:
     # model config keys (models.<m>.<key>) the family applies when it prepares the checkpoint
     # (`fam.apply_settings`); another family's model refuses them. None in the config: the checkpoint's own.
     settings: tuple[str, ...] = ()
+    # the backend artifact kinds it makes (runners.BackendSpec.artifact): its torch module, an ONNX export, engines
+    artifacts: tuple[str, ...] = ("checkpoint", "onnx", "engine")
+
+    def backend_problem(self, name: str, artifact: str) -> str | None:
+        """Why this family cannot run on a backend that reads `artifact`, or None."""
+        if artifact in self.artifacts:
+            return None
+        return f"family {name} runs only on backends that read its {' / '.join(self.artifacts)} (no {artifact} yet)"
 
 
 FAMILIES: Registry[FamilySpec] = Registry("model family")
@@ -34,6 +42,7 @@ FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection"
 FAMILIES.register(
     "dfine", FamilySpec("workflow_scripts.models.dfine", "detection", served=True, hub_ids=True, settings=("num_queries",))
 )
+FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla", artifacts=("checkpoint",)))
 
 
 def family_settings(family: str, model_cfg: dict) -> dict:

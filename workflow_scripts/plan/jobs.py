@@ -36,6 +36,12 @@ def picture_path(target: str, model: str, backend: str, precision: str) -> str:
     return f"results/{target}/pictures/{model}/{backend}_{precision}.png"
 
 
+
+def outputs_path(target: str, model: str, backend: str, precision: str) -> str:
+    """An accuracy job's saved outputs, beside its JSON (vla: the action chunks; the baseline's are the reference)."""
+    return f"results/{target}/accuracy/{model}/{backend}_{precision}.actions.npz"
+
+
 def engine_path(target: str, model: str, precision: str, batch: int | str) -> str:
     return f"artifacts/engines/{target}/{model}/{precision}_b{batch}.plan"
 
@@ -97,8 +103,23 @@ class Plan:
     def dataset_dir(self, model: str) -> str:
         return f"artifacts/data/{self.models[model]['dataset']}"
 
+    def dataset_kind(self, model: str) -> str:
+        return self.datasets[self.models[model]["dataset"]]["kind"]
+
     def val_annotations(self, model: str) -> str:
+        """The val split's index: COCO annotations, or the episodes index (kind episodes)."""
+        if self.dataset_kind(model) == "episodes":
+            return f"{self.dataset_dir(model)}/episodes_val.json"
         return f"{self.dataset_dir(model)}/instances_val.json"
+
+    def task(self, model: str) -> str:
+        return FAMILIES[self.family(model)].task
+
+    def models_of_task(self, task: str) -> list[str]:
+        return [m for m in self.models if self.task(m) == task]
+
+    def other_models(self, task: str) -> list[str]:
+        return [m for m in self.models if self.task(m) != task]
 
     def calib_annotations(self, model: str) -> str:
         return f"{self.dataset_dir(model)}/instances_calib.json"
@@ -130,9 +151,13 @@ class Plan:
         """(model, backend, precision) triples a target measures, available backends only."""
         for model in self.models if self.here(target) else ():
             for backend, precisions in self.targets[target]["backends"].items():
-                if self.available(backend)[0]:
+                if self.available(backend)[0] and self.runs_on(model, backend):
                     for precision in precisions:
                         yield model, backend, precision
+
+    def runs_on(self, model: str, backend: str) -> bool:
+        """Whether the model's family makes the artifact the backend reads (Pi0: its torch module only)."""
+        return FAMILIES[self.family(model)].backend_problem(self.family(model), BACKENDS[backend].artifact) is None
 
     def bench_outputs(self, targets: list[str] | None = None) -> list[str]:
         return [
@@ -149,7 +174,7 @@ class Plan:
             triples = [r for r in self.runs(t) if self.scored(r[0])]
             # a target with nothing to measure here (e.g. only TensorRT, not installed) gets no baseline job
             for m in self.models if triples else ():
-                if self.scored(m) and self.available(base[0])[0]:
+                if self.scored(m) and self.available(base[0])[0] and self.runs_on(m, base[0]):
                     triples.append((m, *base))
             out += [accuracy_path(t, m, b, p) for m, b, p in dict.fromkeys(triples)]
         return out
@@ -171,6 +196,7 @@ class Plan:
             for t in targets or self.trt_targets
             if t in self.trt_targets
             for m in self.models
+            if self.runs_on(m, "tensorrt")
             for p in self.targets[t]["backends"]["tensorrt"]
             for n in self.targets[t]["batch_sizes"]
         ]
@@ -210,7 +236,11 @@ class Plan:
                 continue
             for b in spec["backends"]:
                 ok, why = self.available(b)
-                if ok:
+                if ok:  # installed: say which models it still does not run (their family has no such artifact)
+                    for m in self.models:
+                        why_not = FAMILIES[self.family(m)].backend_problem(self.family(m), BACKENDS[b].artifact)
+                        if why_not:
+                            lines.append(f"{t}: {b}: {m} not run: {why_not}")
                     continue
                 if b == "tensorrt" and self.trt_builder:
                     lines.append(f"{t}: tensorrt: engines built here with {self.trt_builder} but not timed: {why}")
@@ -237,10 +267,16 @@ class Plan:
     def is_baseline(self, backend: str, precision: str) -> bool:
         return (backend, precision) == (self.baseline["backend"], self.baseline["precision"])
 
-    def baseline_accuracy(self, target: str, model: str, backend: str, precision: str) -> list[str]:
+    def baseline_accuracy(self, target: str, model: str, backend: str, precision: str, **_) -> list[str]:
         if self.is_baseline(backend, precision):
             return []
         return [accuracy_path(target, model, self.baseline["backend"], self.baseline["precision"])]
+
+    def reference_outputs(self, target: str, model: str, backend: str, precision: str, **_) -> list[str]:
+        """The baseline's saved outputs a vla accuracy job compares with (none for the baseline itself)."""
+        if self.is_baseline(backend, precision):
+            return []
+        return [outputs_path(target, model, self.baseline["backend"], self.baseline["precision"])]
 
     def baseline_label(self) -> str:
         return f"{self.baseline['backend']}_{self.baseline['precision']}"
@@ -307,7 +343,7 @@ class Plan:
         return S.AccuracySettings(
             **self.target_settings(target, backend),
             imgsz=self.imgsz(model),
-            **{k: a[k] for k in ("gate", "strict", "batch", "max_images", "conf", "iou", "max_det")},
+            **{k: a[k] for k in ("gate", "error_tolerance", "strict", "batch", "max_images", "conf", "iou", "max_det")},
         )
 
     def picture_settings(self, target: str, model: str, backend: str, **_) -> S.PictureSettings:
@@ -341,6 +377,19 @@ class Plan:
         ds = self.datasets[dataset]
         return {**ds, "splits": {split: ds["splits"][split]}}
 
+    def episodes_settings(self, dataset: str, split: str, **_) -> dict:
+        """What makes one episodes split: the seed, the episode shape and only this split's size."""
+        from workflow_scripts.tasks.vla import EPISODE_DEFAULTS
+
+        ds = self.datasets[dataset]
+        keys = ("cameras", "camera_size", "state_dim", "prompt_tokens")
+        return {
+            "kind": "episodes",
+            "seed": ds["seed"],
+            "splits": {split: ds["splits"][split]},
+            **{k: ds.get(k, EPISODE_DEFAULTS[k]) for k in keys},
+        }
+
     def coco_settings(self, dataset: str, split: str, **_) -> dict:
         """What makes one COCO split: the seed and the val size (calib is drawn after val), and its own size."""
         ds = self.datasets[dataset]
@@ -353,9 +402,7 @@ class Plan:
     # -- TensorRT engines -----------------------------------------------------------------------------
     def trt_config(self, target: str, precision: str) -> dict:
         if "tensorrt" not in self.targets[target]["backends"]:
-            raise PlanforgeError(
-                f"target {target} has no tensorrt backend; add it to targets.{target}.backends"
-            )
+            raise PlanforgeError(f"target {target} has no tensorrt backend; add it to targets.{target}.backends")
         if precision not in BACKENDS["tensorrt"].precisions:
             raise PlanforgeError(
                 f"engine precision {precision!r} is not one of {list(BACKENDS['tensorrt'].precisions)}"

@@ -100,6 +100,7 @@ class AccuracySettings(TargetSettings):
     hashed: ClassVar[bool] = True
     imgsz: int
     gate: float
+    error_tolerance: float
     strict: bool
     batch: int
     max_images: int | None

@@ -70,20 +70,50 @@ TORCH_OPTIONS = {
 BACKENDS: Registry[BackendSpec] = Registry("backend")
 for _name, _spec in {
     "torch": BackendSpec(
-        "torch_runner", "TorchRunner", "checkpoint", ("fp32", "fp16"), ("torch",), cuda_precisions=("fp16",),
+        "torch_runner",
+        "TorchRunner",
+        "checkpoint",
+        ("fp32", "fp16", "bf16"),
+        ("torch",),
+        cuda_precisions=("fp16",),
         options={"channels_last": None},
     ),
     "torch-cudagraph": BackendSpec(
-        "torch_runner", "TorchCudaGraphRunner", "checkpoint", ("fp32", "fp16"), ("torch",), devices=("cuda",),
+        "torch_runner",
+        "TorchCudaGraphRunner",
+        "checkpoint",
+        ("fp32", "fp16", "bf16"),
+        ("torch",),
+        devices=("cuda",),
         options={"channels_last": None},
     ),
     "torch-compile": BackendSpec(
-        "torch_runner", "TorchCompileRunner", "checkpoint", ("fp32", "fp16"), ("torch",), cuda_precisions=("fp16",),
+        "torch_runner",
+        "TorchCompileRunner",
+        "checkpoint",
+        ("fp32", "fp16"),
+        ("torch",),
+        cuda_precisions=("fp16",),
         options=TORCH_OPTIONS,
     ),
     "torch-compile-max": BackendSpec(
-        "torch_runner", "TorchCompileMaxRunner", "checkpoint", ("fp32", "fp16"), ("torch",),
-        cuda_precisions=("fp16",), options=TORCH_OPTIONS,
+        "torch_runner",
+        "TorchCompileMaxRunner",
+        "checkpoint",
+        ("fp32", "fp16"),
+        ("torch",),
+        cuda_precisions=("fp16",),
+        options=TORCH_OPTIONS,
+    ),
+    # weight-only quantization of the family's torch module (torchao's quantize_); pip install planforge[torchao]
+    "torchao": BackendSpec(
+        "torch_runner",
+        "TorchAoRunner",
+        "checkpoint",
+        ("int8_weight", "int4_weight"),
+        ("torch", "torchao"),
+        cuda_precisions=("int4_weight",),
+        options={"channels_last": None, "group_size": 128},
     ),
     # inductor's kernels captured in a plain CUDA graph (runners/torch_runner.py: TorchCompileGraphRunner)
     "torch-compile-graph": BackendSpec(
@@ -96,7 +126,11 @@ for _name, _spec in {
         },
     ),
     "onnxruntime": BackendSpec(
-        "ort_runner", "OrtRunner", "onnx", ("fp32", *INT8_QDQ), ("onnxruntime",),
+        "ort_runner",
+        "OrtRunner",
+        "onnx",
+        ("fp32", *INT8_QDQ),
+        ("onnxruntime",),
         options={"graph_optimization": "all", "providers": ["CPUExecutionProvider"]},
     ),
     "onnxruntime-gpu": BackendSpec(
@@ -116,7 +150,12 @@ for _name, _spec in {
         },
     ),
     "openvino": BackendSpec(
-        "openvino_runner", "OpenVinoRunner", "onnx", ("fp32", *INT8_QDQ), ("openvino",), devices=("cpu",),
+        "openvino_runner",
+        "OpenVinoRunner",
+        "onnx",
+        ("fp32", *INT8_QDQ),
+        ("openvino",),
+        devices=("cpu",),
         options={"performance_hint": "LATENCY", "num_streams": None},
     ),
     "tensorrt": BackendSpec(
@@ -181,8 +220,8 @@ class Runner:
         declared = BACKENDS[self.backend].options if self.backend in BACKENDS else {}
         self.options = {**declared, **(options or {})}
 
-    def prepare(self, batch: np.ndarray) -> Any:
-        """Put a float32 NCHW batch where `infer` reads it (not timed as model time)."""
+    def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> Any:
+        """Put a float32 NCHW batch (or named input arrays) where `infer` reads it (not timed as model time)."""
         raise NotImplementedError
 
     def infer(self, prepared: Any) -> Any:
@@ -215,6 +254,10 @@ class Runner:
     # Runners that time their work on the device (CUDA events) append one ms value per `infer` here;
     # the bench loop clears it after warmup and reports it beside the host timer.
     device_times_ms: list[float] | None = None
+
+    def phase_times_ms(self) -> dict[str, list[float]] | None:
+        """Per-phase ms of each call where the model records them (Pi0: prefix, denoise); the bench clears them."""
+        return None
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.to_numpy(self.infer(self.prepare(batch)))

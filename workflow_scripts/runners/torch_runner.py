@@ -165,7 +165,7 @@ class TorchRunner(Runner):
         problem = BACKENDS[self.backend].device_problem(device, precision)  # the registry's device rule
         if problem:
             raise PlanforgeError(f"{self.backend}: {problem}")
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[parse(precision).kind]
+        self.dtype = self.compute_dtype(precision)
         chosen = self.options["channels_last"]
         self.channels_last = self.cuda if chosen is None else bool(chosen)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -207,19 +207,38 @@ class TorchRunner(Runner):
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
 
-    def _eager(self, x: torch.Tensor) -> Any:
-        return self.output_fn(self.model(x))
+    def compute_dtype(self, precision: str) -> torch.dtype:
+        """The float type of the activations (and, for a float precision, of the weights)."""
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[parse(precision).kind]
 
-    def prepare(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(batch).to(self.torch_device, self.dtype).contiguous(memory_format=self.memory_format)
-        if self.input_size_fn is not None and tuple(x.shape[-2:]) != self.input_size:
-            self.input_size = tuple(x.shape[-2:])
-            self.input_size_fn(self.model, *self.input_size, self.torch_device, self.dtype)
-        if self.mode in ("compile", "compile-graph") and tuple(x.shape) != self.primed_shape:
+    def _eager(self, x: torch.Tensor | dict[str, torch.Tensor]) -> Any:
+        return self.output_fn(self.model(**x) if isinstance(x, dict) else self.model(x))
+
+    def _named(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Named inputs (Pi0): floats in the runner's dtype, integers and masks as they are."""
+        out = {}
+        for k, a in arrays.items():
+            t = torch.from_numpy(np.ascontiguousarray(a)).to(self.torch_device)
+            out[k] = t.to(self.dtype) if t.is_floating_point() else t
+        return out
+
+    def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> torch.Tensor | dict[str, torch.Tensor]:
+        if isinstance(batch, dict):
+            x = self._named(batch)
+        else:
+            x = torch.from_numpy(batch).to(self.torch_device, self.dtype).contiguous(memory_format=self.memory_format)
+            if self.input_size_fn is not None and tuple(x.shape[-2:]) != self.input_size:
+                self.input_size = tuple(x.shape[-2:])
+                self.input_size_fn(self.model, *self.input_size, self.torch_device, self.dtype)
+        if self.mode in ("compile", "compile-graph") and _shape(x) != self.primed_shape:
             self._prime(x)
         if self.graphed:
-            graph = self.graphs.get(tuple(x.shape)) or self._capture(x)
-            graph[1].copy_(x)
+            graph = self.graphs.get(_shape(x)) or self._capture(x)
+            if isinstance(x, dict):
+                for k, v in x.items():
+                    graph[1][k].copy_(v)
+            else:
+                graph[1].copy_(x)
             return graph[1]
         return x
 
@@ -236,18 +255,18 @@ class TorchRunner(Runner):
         """
         with torch.inference_mode():
             self._eager(x)
-        self.primed_shape = tuple(x.shape)
+        self.primed_shape = _shape(x)
 
     def setup(self, prepared: torch.Tensor) -> None:
-        if self.mode == "compile" and tuple(prepared.shape) not in self.compiled:
+        if self.mode == "compile" and _shape(prepared) not in self.compiled:
             t0 = time.perf_counter()
             # dynamo reads the switch while it traces (it keeps no guard on it): the checks stay out of the graph
             with torch.inference_mode(), transformers_checks_off():
                 for _ in range(3):  # reduce-overhead records its graphs on the later calls
                     self.forward(prepared)
             self._sync()
-            self.compiled.add(tuple(prepared.shape))
-            self.setup_seconds[str(tuple(prepared.shape))] = round(time.perf_counter() - t0, 3)
+            self.compiled.add(_shape(prepared))
+            self.setup_seconds[str(_shape(prepared))] = round(time.perf_counter() - t0, 3)
 
     def _capture(self, x: torch.Tensor):
         """Capture one forward at x's shape in a CUDA graph: the eager forward, or (compile-graph) the compiled one.
@@ -256,8 +275,11 @@ class TorchRunner(Runner):
         checks off while dynamo traces; then both modes warm up on a side stream and capture. Compile time
         (autotuning included) and capture time are recorded apart in setup_seconds.
         """
-        shape = tuple(x.shape)
-        static_in = torch.empty_like(x).copy_(x)
+        shape = _shape(x)
+        if isinstance(x, dict):
+            static_in = {k: torch.empty_like(v).copy_(v) for k, v in x.items()}
+        else:
+            static_in = torch.empty_like(x).copy_(x)
         fn, around_capture = self._eager, capturable
         if self.mode == "compile-graph":
             fn, around_capture = self.forward, transformers_checks_off
@@ -302,10 +324,10 @@ class TorchRunner(Runner):
 
     def _run(self, prepared: torch.Tensor) -> Any:
         if self.graphed:
-            graph, _, static_out = self.graphs[tuple(prepared.shape)]
+            graph, _, static_out = self.graphs[_shape(prepared)]
             graph.replay()
             return static_out
-        if self.mode == "compile" and tuple(prepared.shape) not in self.compiled:
+        if self.mode == "compile" and _shape(prepared) not in self.compiled:
             self.setup(prepared)  # callers that skip setup (the accuracy loop) still compile under its conditions
         with torch.inference_mode():
             return self.forward(prepared)
@@ -327,6 +349,9 @@ class TorchRunner(Runner):
     def to_numpy(self, outputs: Any) -> list[np.ndarray]:
         outs = outputs if isinstance(outputs, (tuple, list)) else [outputs]
         return [o.detach().float().cpu().numpy() for o in outs]
+
+    def phase_times_ms(self) -> dict[str, list[float]] | None:
+        return getattr(self.model, "phase_times_ms", None)
 
     def memory(self) -> dict[str, int | None]:
         mem = super().memory()
@@ -353,6 +378,13 @@ class TorchRunner(Runner):
             v["cuda"] = str(torch.version.cuda)
             v["cudnn"] = str(torch.backends.cudnn.version())
         return v
+
+
+def _shape(x: torch.Tensor | dict[str, torch.Tensor]) -> tuple:
+    """What a compiled forward or a captured graph is keyed by: the input's shape, or each named input's."""
+    if isinstance(x, dict):
+        return tuple((k, *v.shape) for k, v in x.items())
+    return tuple(x.shape)
 
 
 class TorchCudaGraphRunner(TorchRunner):
@@ -388,3 +420,31 @@ class TorchCompileGraphRunner(TorchRunner):
 
     backend = "torch-compile-graph"
     mode = "compile-graph"
+
+
+class TorchAoRunner(TorchRunner):
+    """Weight-only quantization with torchao's `quantize_`: int8 weights with fp32 activations
+    (Int8WeightOnlyConfig), or int4 weights in groups of `group_size` with bf16 activations
+    (Int4WeightOnlyConfig, CUDA). Only linear layers are quantized (torchao's default filter)."""
+
+    backend = "torchao"
+
+    def __init__(self, model, precision: str, *args, **kwargs) -> None:
+        super().__init__(model, precision, *args, **kwargs)
+        import torchao
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+        t0 = time.perf_counter()
+        if parse(precision).kind == "int4":
+            config = Int4WeightOnlyConfig(group_size=int(self.options["group_size"]))
+        else:
+            config = Int8WeightOnlyConfig()
+        quantize_(self.model, config)
+        self.setup_seconds["quantize"] = round(time.perf_counter() - t0, 3)
+        self.torchao_version = torchao.__version__
+
+    def compute_dtype(self, precision: str) -> torch.dtype:
+        return torch.bfloat16 if parse(precision).kind == "int4" else torch.float32
+
+    def versions(self) -> dict[str, str]:
+        return {**super().versions(), "torchao": self.torchao_version, "weights": self.precision}

@@ -25,10 +25,31 @@ class TaskSpec:
     serving: str  # how Triton serves it
     # accuracy table columns beyond model/backend/precision: JSON key → (title, digits)
     columns: tuple[tuple[str, str, int], ...] = ()
+    # True: a score, gated as a ratio to the baseline's (≥ accuracy.gate). False: an error measured against
+    # the baseline's own outputs (0 for the baseline itself), gated absolutely (≤ accuracy.error_tolerance)
     higher_is_better: bool = True
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
+TASKS.register(
+    "vla",
+    TaskSpec(
+        module="workflow_scripts.tasks.vla",
+        dataset="episodes: camera images, robot state, prompt token ids, noise",
+        dataset_kinds=("episodes",),
+        metric="action_mse",
+        metric_label="action MSE vs FP32",
+        unit="one action chunk (prefix + denoising steps)",
+        serving="python model, dynamic batching, ACTIONS [50, 32] (not built yet)",
+        columns=(
+            ("episodes", "episodes", 0),
+            ("action_mse", "action MSE", 6),
+            ("action_max_abs", "max abs", 5),
+            ("action_rel_mse", "MSE / var", 6),
+        ),
+        higher_is_better=False,
+    ),
+)
 TASKS.register(
     "detection",
     TaskSpec(
@@ -55,26 +76,40 @@ def get_task(name: str) -> ModuleType:
     return importlib.import_module(TASKS[name].module)
 
 
-def gate(record: dict, baseline: dict | None, threshold: float) -> dict:
-    """Add the baseline, the ratio of the task's metric to the baseline's, and the verdict (ratio ≥ threshold)."""
+def gate(record: dict, baseline: dict | None, threshold: float, tolerance: float | None = None) -> dict:
+    """Add the baseline and the verdict.
+
+    A score (higher_is_better): the ratio of this metric to the baseline's, passed when ≥ `threshold`.
+    An error (vla's action MSE against the baseline's own actions): the baseline's value is 0 by
+    construction, so a ratio to it means nothing (0/x fails every other run, x/0 is undefined); the gate is
+    absolute instead: passed when the error ≤ `tolerance` (accuracy.error_tolerance), recorded in the JSON.
+    """
     spec = TASKS[record["task"]]
     base = record if baseline is None else baseline
     value, base_value = record[spec.metric], base[spec.metric]
-    if spec.higher_is_better:
-        ratio = value / base_value if base_value else None
-    else:  # an error: the baseline's over this one's (1.0 = as good as the baseline)
-        ratio = base_value / value if value else (1.0 if not base_value else None)
     record["baseline"] = {
         "backend": base["backend"],
         "precision": base["precision"],
         spec.metric: base_value,
         "is_self": baseline is None,
     }
-    record["ratio_to_baseline"] = round(ratio, 5) if ratio is not None else None
+    if spec.higher_is_better:
+        ratio = value / base_value if base_value else None
+        record["ratio_to_baseline"] = round(ratio, 5) if ratio is not None else None
+        record["gate"] = {
+            "metric": spec.metric,
+            "threshold": threshold,
+            "passed": bool(ratio is not None and ratio >= threshold),
+        }
+        return record
+    if tolerance is None:
+        raise ValueError(f"task {record['task']}: an error metric needs a tolerance")
+    record["ratio_to_baseline"] = None
     record["gate"] = {
         "metric": spec.metric,
-        "threshold": threshold,
-        "passed": bool(ratio is not None and ratio >= threshold),
+        "rule": f"{spec.metric} <= tolerance (absolute, against the baseline's outputs)",
+        "tolerance": tolerance,
+        "passed": bool(value is not None and value <= tolerance),
     }
     return record
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from workflow_scripts.core.data import CocoSplit, load_split, read_image
 from workflow_scripts.core.io import PlanforgeError, read_json
-from workflow_scripts.core.metrics import coco_evaluate
-from workflow_scripts.core.pipeline import batches
+from workflow_scripts.core.metrics import coco_evaluate, latency_stats, timed_calls
+from workflow_scripts.core.pipeline import batches, load_images
 
 NAME = "detection"
 
@@ -57,9 +57,7 @@ def coco_detections(
     return detections, time.perf_counter() - t0
 
 
-def evaluate(
-    detect: Callable, dataset, checkpoint_info, batch: int, max_images: int | None, desc: str
-) -> dict:
+def evaluate(detect: Callable, dataset, checkpoint_info, batch: int, max_images: int | None, desc: str) -> dict:
     """Score `detect` over the val split: the task's part of an accuracy JSON (metric, its value, the APs)."""
     split = load_split(dataset, "val")
     records = split.images[:max_images] if max_images else split.images
@@ -189,3 +187,33 @@ def picture(detect: Callable, dataset, checkpoint_info, images: int, batch: int,
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     return fig, counts
+
+
+TIMERS = {
+    "preprocess": "letterbox/resize + normalise + NCHW stacking of decoded RGB images (image decoding excluded)",
+    "postprocess": "raw model outputs on the host → final detections in original image coordinates",
+    "host_timers": "pre/postprocess timed over host_timer_iterations batches (about HOST_ITEMS images, at least 3)",
+}
+
+
+def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: int, conf: float) -> dict:
+    """The timed unit: a preprocessed image batch; the host timers around it (pre- and postprocessing)."""
+    from workflow_scripts.models import raw_outputs
+
+    split = load_split(dataset, "val")
+    images = [im for _, im in load_images(split, batch)]
+    if len(images) < batch:  # a small val split still fills the batch by repeating images
+        images = (images * (batch // len(images) + 1))[:batch]
+    pre_times = timed_calls(lambda: fam.preprocess(images, imgsz), host_iterations)
+    inputs, metas = fam.preprocess(images, imgsz)
+
+    def after(outputs) -> dict:
+        post = timed_calls(lambda: fam.postprocess(raw_outputs(fam, outputs), metas, conf=conf), host_iterations)
+        return {"postprocess_ms": latency_stats(post), "postprocess_conf": conf}
+
+    return {
+        "inputs": inputs,
+        "timers": TIMERS,
+        "record": {"host_timer_iterations": host_iterations, "preprocess_ms": latency_stats(pre_times)},
+        "after": after,
+    }
