@@ -19,6 +19,7 @@ from workflow_scripts.models import FAMILIES, checkpoint_inputs, family_file, fa
 from workflow_scripts.plan import settings as S
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS, backend_available, runner_file
+from workflow_scripts.tasks import TASKS
 from workflow_scripts.tensorrt import engines as trt
 
 PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency")
@@ -180,11 +181,14 @@ class Plan:
         return out
 
     def picture_outputs(self, targets: list[str] | None = None) -> list[str]:
-        """A picture per run of a scored model (a model with random weights finds nothing worth seeing)."""
+        """A picture per run of a scored model whose task draws them (random weights find nothing worth seeing)."""
         if not self.cfg["pictures"]["images"]:
             return []
         return [
-            picture_path(t, m, b, p) for t in targets or self.targets for m, b, p in self.runs(t) if self.scored(m)
+            picture_path(t, m, b, p)
+            for t in targets or self.targets
+            for m, b, p in self.runs(t)
+            if self.scored(m) and TASKS[FAMILIES[self.family(m)].task].pictures
         ]
 
     def engine_outputs(self, targets: list[str] | None = None) -> list[str]:

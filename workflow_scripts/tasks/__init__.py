@@ -28,6 +28,7 @@ class TaskSpec:
     # True: a score, gated as a ratio to the baseline's (≥ accuracy.gate). False: an error measured against
     # the baseline's own outputs (0 for the baseline itself), gated absolutely (≤ accuracy.error_tolerance)
     higher_is_better: bool = True
+    pictures: bool = False  # its module draws a picture of a run's predictions (`picture`, the pictures step)
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
@@ -68,6 +69,7 @@ TASKS.register(
             ("ap_medium", "AP medium", 4),
             ("ap_large", "AP large", 4),
         ),
+        pictures=True,
     ),
 )
 
