@@ -309,7 +309,7 @@ def _base_config() -> dict:
     ("target", "error"),
     [
         ({"device": "cpu", "backends": {"tensorrt": ["fp16"]}}, "tensorrt: needs a cuda device"),
-        ({"device": "cuda", "backends": {"torch": ["int8"]}}, "'int8' is not one of ['fp32', 'fp16']"),
+        ({"device": "cuda", "backends": {"torch": ["int8"]}}, "'int8' is not one of ['fp32', 'fp16', 'bf16']"),
         (
             {"device": "cuda", "backends": {"tensorrt": ["fp16"]}, "tensorrt": {"int8": "qdq"}},
             "config key targets.t.tensorrt.int8: 'qdq' is not one of ['explicit', 'implicit']",
