@@ -45,24 +45,35 @@ def _gpu_config() -> dict:
 def test_the_default_plans_every_model_backend_precision_and_batch():
     plan = _plan(DEFAULT)
     bench = plan.bench_outputs()
-    assert len(bench) == 2 * 3 * 2  # models × (torch fp32, ort fp32, ort int8_minmax) × batches
+    # detectors × (torch fp32, ort fp32, ort int8_minmax) × batches, and the tiny Pi0 on torch fp32 × batches
+    assert len(bench) == 2 * 3 * 2 + 2
     assert "results/cpu/bench/dfine-demo/onnxruntime_int8_minmax_b4.json" in bench
+    assert "results/cpu/bench/pi0-tiny/torch_fp32_b4.json" in bench
     assert sorted(plan.accuracy_outputs()) == sorted(
-        f"results/cpu/accuracy/{m}/{r}.json"
-        for m in ("yolo-demo", "dfine-demo")
-        for r in ("torch_fp32", "onnxruntime_fp32", "onnxruntime_int8_minmax")
+        [
+            *(
+                f"results/cpu/accuracy/{m}/{r}.json"
+                for m in ("yolo-demo", "dfine-demo")
+                for r in ("torch_fp32", "onnxruntime_fp32", "onnxruntime_int8_minmax")
+            ),
+            "results/cpu/accuracy/pi0-tiny/torch_fp32.json",  # the vla reference: the others' actions compare to it
+        ]
     )
     assert plan.calibration_cache_outputs() == [
         "artifacts/calib/dfine-demo/minmax.cache",
         "artifacts/calib/yolo-demo/minmax.cache",
     ]
-    assert plan.final_outputs()[0] == "results/summary.md" and plan.unavailable_lines() == []
+    assert plan.final_outputs()[0] == "results/summary.md"
+    # Pi0 makes only its torch module: the ONNX Runtime runs of the target skip it, with the reason
+    assert plan.unavailable_lines() == [
+        "cpu: onnxruntime: pi0-tiny not run: family pi0 runs only on backends that read its checkpoint (no onnx yet)"
+    ]
 
 
 def test_an_uninstalled_backend_plans_nothing_and_says_why():
     plan = _plan(DEFAULT, missing=("onnxruntime",))
     assert not [o for o in plan.bench_outputs() if "onnxruntime" in o]
-    assert plan.unavailable_lines() == ["cpu: onnxruntime: not installed on this machine"]
+    assert plan.unavailable_lines()[0] == "cpu: onnxruntime: not installed on this machine"
     assert plan.calibration_cache_outputs() == []
 
 
