@@ -6,8 +6,6 @@ come from the registries; the job plan built from a valid config is workflow_scr
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +211,3 @@ def load(path: str | Path) -> dict:
     except (OSError, yaml.YAMLError) as exc:
         raise PlanforgeError(f"{p}: cannot read config ({exc})") from None
     return validate(raw or {})
-
-
-def digest(value: Any) -> str:
-    """Short stable hash of a JSON-able value (what makes a result what it is)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]

@@ -7,6 +7,7 @@ Paths are the DAG's contract (see ARCHITECTURE.md); they are spelled only here a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 
@@ -300,23 +301,23 @@ class Plan:
     def model_code(self, step: str, model: str) -> list[str]:
         return [*code_files(step), family_file(self.family(model))]
 
-    def measure_code(self, step: str, target: str, model: str, backend: str) -> list[str]:
-        """A bench/accuracy job's code: the step, its backend's runner, its model's family and task, the sampler."""
+    def _run_code(self, step: str, model: str, backend: str, *extra: str) -> list[str]:
+        """A job's code when it runs a model on a backend: the step (and `extra` modules), the model's task and
+        family, the backend's runner (the last three are imported by name, so code_files cannot see them)."""
         task = FAMILIES[self.family(model)].task
         return [
-            *code_files(step, SAMPLERS[self.targets[target]["power"]].module, f"workflow_scripts.tasks.{task}"),
+            *code_files(step, f"workflow_scripts.tasks.{task}", *extra),
             runner_file(backend),
             family_file(self.family(model)),
         ]
 
+    def measure_code(self, step: str, target: str, model: str, backend: str) -> list[str]:
+        """A bench/accuracy job's code: what `_run_code` lists, and the target's power sampler."""
+        return self._run_code(step, model, backend, SAMPLERS[self.targets[target]["power"]].module)
+
     def picture_code(self, target: str, model: str, backend: str, **_) -> list[str]:
-        """A picture job's code: the step, its model's task and family, its backend's runner (no power sampler)."""
-        task = FAMILIES[self.family(model)].task
-        return [
-            *code_files("pictures", f"workflow_scripts.tasks.{task}"),
-            runner_file(backend),
-            family_file(self.family(model)),
-        ]
+        """A picture job's code: what `_run_code` lists (no power sampler: nothing is timed)."""
+        return self._run_code("pictures", model, backend)
 
     # -- each rule's settings -------------------------------------------------------------------------
     def target_settings(self, target: str, backend: str) -> dict:
@@ -525,7 +526,7 @@ class Plan:
         )
 
     def serving_settings(self, **_) -> S.ServingSettings:
-        keys = [f.name for f in S.dataclasses.fields(S.ServingSettings)]
+        keys = [f.name for f in dataclasses.fields(S.ServingSettings)]
         return S.ServingSettings(**{k: self.serving_cfg[k] for k in keys})
 
     def serving_accuracy_settings(self, **_) -> S.ServingAccuracySettings:
