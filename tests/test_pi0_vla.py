@@ -56,6 +56,35 @@ def test_the_family_builds_offline_and_the_same_noise_gives_identical_actions(ep
     assert len(model.phase_times_ms["prefix"]) == 1 and len(model.phase_times_ms["denoise"]) == 1
 
 
+def test_the_chunks_sync_free_prefix_embedding_equals_transformers_with_a_padded_camera(episodes):
+    """Pi0Chunk.embed_prefix (no boolean indexing: a CUDA graph can capture it) against transformers' own."""
+    import torch
+
+    fam = get_family("pi0")
+    model = fam.load_torch("pi0-tiny.yaml")
+    eps = get_task("vla").load_episodes(episodes)
+    x = {k: torch.from_numpy(v) for k, v in fam.preprocess(eps.take(slice(0, 3)), fam.geometry(model)).items()}
+    x["pixel_attention_mask"][1, 1] = False  # episode 1's second camera is padding
+    args = (x["input_ids"], x["pixel_values"], x["pixel_attention_mask"])
+    with torch.inference_mode():
+        ours, theirs = model.embed_prefix(*args), model.model.model.embed_prefix(*args)
+    assert ours.shape == theirs.shape
+    # transformers ≥ 5.24 computes it the same way (exactly equal); 5.17 picks cameras by boolean index (same values)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_weight_bytes_counts_storage_as_stored_and_tied_weights_once():
+    import torch
+
+    from workflow_scripts.runners.torch_runner import weight_bytes
+
+    m = torch.nn.Sequential(torch.nn.Embedding(100, 8), torch.nn.Linear(8, 100, bias=False))
+    assert weight_bytes(m) == (100 * 8 + 8 * 100) * 4
+    m[1].weight = m[0].weight  # tied: one storage
+    assert weight_bytes(m) == 100 * 8 * 4
+    assert weight_bytes(m.to(torch.bfloat16)) == 100 * 8 * 2
+
+
 def test_the_episode_dataset_is_deterministic(tmp_path, episodes):
     vla = get_task("vla")
     index = vla.make_episodes(tmp_path, EPISODES, "val")

@@ -135,6 +135,7 @@ def forward_output(raw):
 
 
 _CHUNK_CLASS: list = []
+CACHE_KWARG = "cache"  # set by _make_chunk_class from the installed transformers
 
 
 def chunk_class():
@@ -145,7 +146,16 @@ def chunk_class():
 
 
 def _make_chunk_class():
+    import inspect
+
     import torch
+    from transformers import PI0ForConditionalGeneration
+
+    # transformers renamed the prefix cache: `past_key_values` (≤ 5.2x, e.g. 5.17), `cache` (5.24; the old name
+    # deprecated until 5.40). The installed version's own name, so that neither warns nor breaks.
+    global CACHE_KWARG
+    params = inspect.signature(PI0ForConditionalGeneration.forward).parameters
+    CACHE_KWARG = "cache" if "cache" in params else "past_key_values"
 
     class Pi0Chunk(torch.nn.Module):
         """One action chunk as one forward: prefix (images + prompt → KV cache), then the denoising loop.
@@ -171,20 +181,52 @@ def _make_chunk_class():
                 torch.cuda.synchronize(device)
             return time.perf_counter()
 
-        def forward(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, state, noise):
+        def embed_prefix(self, input_ids, pixel_values, pixel_attention_mask):
+            """The prefix embeddings (image features at the image tokens, text embeddings elsewhere), computed
+            without a host sync so that a CUDA graph can capture it.
+
+            The algorithm of transformers 5.24's `PI0Model.embed_prefix` (gather by camera rank, `torch.where`),
+            here so that older versions capture too: 5.17's picks each batch row's present cameras with a
+            boolean index and zeroes image ids by boolean assignment, both `nonzero` on the device (a sync,
+            which invalidates a capture). Padded cameras (mask False) are skipped as there.
+            """
+            vlm = self.model.model.vlm
+            batch, cams = pixel_attention_mask.shape
+            features = vlm.get_image_features(pixel_values.flatten(0, 1)).pooler_output
+            tokens, hidden = features.shape[1], features.shape[2]
+            features = features.reshape(batch, cams * tokens, hidden)
+            is_image = input_ids == self.config.vlm_config.image_token_id
+            rank = is_image.cumsum(-1) - 1
+            camera = rank // tokens
+            offset = rank - camera * tokens
+            slot = pixel_attention_mask.cumsum(-1) - 1
+            match = (slot[:, None, :] == camera[..., None]) & pixel_attention_mask[:, None, :]
+            index = match.int().argmax(-1) * tokens + offset
+            image = features.gather(1, index[..., None].expand(-1, -1, hidden))
+            text = vlm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+            return torch.where(is_image[..., None], image.to(text.dtype), text)
+
+        def prefix(self, pixel_values, pixel_attention_mask, input_ids, attention_mask):
+            """Images + prompt → the vision-language model's KV cache (the first phase of a chunk)."""
             model = self.model
-            batch = input_ids.shape[0]
-            device = input_ids.device
-            t0 = self._mark(device)
             position_ids = attention_mask.cumsum(-1) - 1
-            embeds = model.model.embed_prefix(input_ids, pixel_values, pixel_attention_mask)
-            cache = model.model.vlm(
+            embeds = self.embed_prefix(input_ids, pixel_values, pixel_attention_mask)
+            out = model.model.vlm(
                 inputs_embeds=embeds,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 token_type_ids=torch.zeros_like(embeds)[:, :, 0],
                 use_cache=True,
-            ).cache
+                return_dict=True,
+            )
+            return out.cache if CACHE_KWARG == "cache" else out.past_key_values
+
+        def forward(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, state, noise):
+            model = self.model
+            batch = input_ids.shape[0]
+            device = input_ids.device
+            t0 = self._mark(device)
+            cache = self.prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
             prefix_length = cache.get_seq_length()
             t1 = self._mark(device)
             steps = self.config.num_inference_steps
@@ -198,7 +240,7 @@ def _make_chunk_class():
                     timestep=timestep,
                     pixel_attention_mask=pixel_attention_mask,
                     attention_mask=attention_mask,
-                    cache=cache,
+                    **{CACHE_KWARG: cache},
                 )
                 cache.crop(prefix_length - cache.get_seq_length())
                 actions = actions + dt * out.logits

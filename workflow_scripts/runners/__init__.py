@@ -113,11 +113,25 @@ for _name, _spec in {
         ("int8_weight", "int4_weight"),
         ("torch", "torchao"),
         cuda_precisions=("int4_weight",),
-        options={"channels_last": None, "group_size": 128},
+        options={
+            "channels_last": None,
+            "group_size": 128,
+            # int4: torchao's packing; tile_packed_to_4d runs aten's tinygemm kernel (no extra package), where
+            # torchao's own default (plain) needs the separate mslk kernels package
+            "int4_packing_format": "tile_packed_to_4d",
+            "int4_fallback": "int8",  # a linear tinygemm cannot take (input width not a multiple of group_size)
+            "embeddings": "int8",  # embedding tables int8 per row (none: left in the float dtype)
+            "cuda_graph": False,  # true: the quantized forward captured once per input shape and replayed (CUDA)
+        },
     ),
     # inductor's kernels captured in a plain CUDA graph (runners/torch_runner.py: TorchCompileGraphRunner)
     "torch-compile-graph": BackendSpec(
-        "torch_runner", "TorchCompileGraphRunner", "checkpoint", ("fp32", "fp16"), ("torch",), devices=("cuda",),
+        "torch_runner",
+        "TorchCompileGraphRunner",
+        "checkpoint",
+        ("fp32", "fp16", "bf16"),
+        ("torch",),
+        devices=("cuda",),
         options={
             "channels_last": None,  # None: on (cuda)
             "compile_mode": "default",  # or "max-autotune" (bounded: torch_runner.GRAPH_COMPILE_MODES)

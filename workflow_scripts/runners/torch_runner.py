@@ -355,6 +355,7 @@ class TorchRunner(Runner):
 
     def memory(self) -> dict[str, int | None]:
         mem = super().memory()
+        mem["weight_bytes"] = weight_bytes(self.model)
         if self.cuda:
             mem["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(self.torch_device))
         return mem
@@ -378,6 +379,39 @@ class TorchRunner(Runner):
             v["cuda"] = str(torch.version.cuda)
             v["cudnn"] = str(torch.backends.cudnn.version())
         return v
+
+
+def quantized_modules(model: torch.nn.Module) -> dict[str, int]:
+    """How many linear / embedding modules hold which weight type (torchao's tensor subclasses, or float)."""
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+            w = m.weight
+            kind = type(w).__name__ if type(w) not in (torch.Tensor, torch.nn.Parameter) else str(w.dtype)
+            key = f"{type(m).__name__}:{kind}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as stored: a quantized tensor subclass (torchao) counts
+    its packed data, scales and zero points (its inner tensors), not its logical shape × dtype. A storage
+    shared by several names (tied weights) counts once."""
+    seen: set[int] = set()
+
+    def size(t: torch.Tensor) -> int:
+        if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+            names, _ = t.__tensor_flatten__()
+            return sum(size(getattr(t, n)) for n in names)
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in seen or storage.nbytes() == 0:
+            return 0
+        seen.add(key)
+        return int(storage.nbytes())
+
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(size(t.detach() if isinstance(t, torch.nn.Parameter) else t) for t in tensors)
 
 
 def _shape(x: torch.Tensor | dict[str, torch.Tensor]) -> tuple:
@@ -425,26 +459,64 @@ class TorchCompileGraphRunner(TorchRunner):
 class TorchAoRunner(TorchRunner):
     """Weight-only quantization with torchao's `quantize_`: int8 weights with fp32 activations
     (Int8WeightOnlyConfig), or int4 weights in groups of `group_size` with bf16 activations
-    (Int4WeightOnlyConfig, CUDA). Only linear layers are quantized (torchao's default filter)."""
+    (Int4WeightOnlyConfig, CUDA; packed as `int4_packing_format`, by default for aten's tinygemm kernel).
+
+    What is quantized, and how, is the backend's options (recorded per module kind in `versions()["quantized"]`):
+    - linear layers: int8, or int4 where the input width divides by `group_size` (tinygemm's groups); a linear
+      that does not (SigLIP's 4304-wide MLP in Pi0) takes `int4_fallback` (int8 weight-only, or none: it stays
+      in the float dtype, which is what torchao's own int4 config does);
+    - embedding tables: `embeddings` int8 (per row; torchao dequantizes the table at each lookup) or none.
+    Option `cuda_graph`: the quantized forward captured in a CUDA graph per input shape and replayed, as
+    torch-cudagraph does for the float model. `memory.weight_bytes` is what the weights take as stored.
+    """
 
     backend = "torchao"
+    CHOICES = {"int4_fallback": ("int8", "none"), "embeddings": ("int8", "none")}
 
     def __init__(self, model, precision: str, *args, **kwargs) -> None:
         super().__init__(model, precision, *args, **kwargs)
         import torchao
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
+        for key, allowed in self.CHOICES.items():
+            if self.options[key] not in allowed:
+                raise PlanforgeError(f"backend_options.torchao.{key}: {self.options[key]!r}; one of {list(allowed)}")
         t0 = time.perf_counter()
+        group = int(self.options["group_size"])
+
+        def linear(m, fqn=""):
+            return isinstance(m, torch.nn.Linear)
+
+        def int4_fits(m, fqn=""):
+            return linear(m) and m.in_features % group == 0
+
         if parse(precision).kind == "int4":
-            config = Int4WeightOnlyConfig(group_size=int(self.options["group_size"]))
+            quantize_(
+                self.model,
+                Int4WeightOnlyConfig(group_size=group, int4_packing_format=str(self.options["int4_packing_format"])),
+                filter_fn=int4_fits,
+            )
+            if self.options["int4_fallback"] == "int8":
+                quantize_(self.model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: linear(m) and not int4_fits(m))
         else:
-            config = Int8WeightOnlyConfig()
-        quantize_(self.model, config)
+            quantize_(self.model, Int8WeightOnlyConfig(), filter_fn=linear)
+        if self.options["embeddings"] == "int8":
+            quantize_(self.model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
         self.setup_seconds["quantize"] = round(time.perf_counter() - t0, 3)
         self.torchao_version = torchao.__version__
+        self.quantized = quantized_modules(self.model)
+        if self.options["cuda_graph"]:
+            if not self.cuda:
+                raise PlanforgeError(f"{self.backend}: option cuda_graph needs a CUDA device, not {self.device}")
+            self.mode, self.graphed = "cudagraph", True
 
     def compute_dtype(self, precision: str) -> torch.dtype:
         return torch.bfloat16 if parse(precision).kind == "int4" else torch.float32
 
     def versions(self) -> dict[str, str]:
-        return {**super().versions(), "torchao": self.torchao_version, "weights": self.precision}
+        return {
+            **super().versions(),
+            "torchao": self.torchao_version,
+            "weights": self.precision,
+            "quantized": json.dumps(self.quantized, sort_keys=True),
+        }
