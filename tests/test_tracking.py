@@ -215,3 +215,22 @@ def test_a_tracking_model_runs_dataset_accuracy_bench_and_summary_and_a_rerun_pl
     assert "success AUC" in summary and "tt" in summary
     assert "onnxruntime: tt not run" in summary
     assert planned_outputs(work, "results/summary.md") == set()  # nothing left to do
+
+
+def test_the_bench_times_one_frame_of_each_live_sequence_and_the_prompt_frame_apart(tmp_path, template_family):
+    from workflow_scripts.bench import bench
+    from workflow_scripts.plan.settings import Stability
+
+    track.make_videos(tmp_path, VIDEOS, "val")
+    r = bench(
+        "tt", "track-template", "track-template.yaml", "torch", "fp32", 2, 0, tmp_path, "cpu", "cpu", 1, {},
+        warmup=3, iterations=30, conf=0.0, power="none", config_hash="x",
+        stability=Stability(max_cv=10.0, max_p99_over_p50=100.0, attempts=1),
+    )  # fmt: skip
+    assert r["task"] == "tracking" and r["live_sequences"] == 2 and r["iterations"] >= 30
+    assert r["device_latency_ms"] is None and r["latency_ms"]["p50"] > 0 and r["prompt_ms"]["p50"] > 0
+    # 2 frames per call: frames/s over the live sequences
+    assert r["throughput_items_per_s"] == pytest.approx(2 * 1e3 / r["latency_ms"]["mean"], rel=0.05)
+    # 11 later frames, then back: the sequence outlives its length and its state stays one template
+    assert r["frames_per_sequence"] >= 34 and r["state_bytes"]["after_loop_max"] == 3 * 24 * 24 * 4 + 32
+    assert len(r["object_scores_last"]) == 2

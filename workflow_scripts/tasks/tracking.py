@@ -349,10 +349,16 @@ def tracker_settings(runner) -> dict:
     }
 
 
+def tracked_model(runner):
+    """What a family's `tracker` runs: the runner's cast and placed module (torch backends), else the runner
+    itself (a backend without a module, e.g. ONNX Runtime: the family reads its session)."""
+    return getattr(runner, "model", runner)
+
+
 def predictor(fam, runner, s) -> Callable:
     """`new_tracker()` → a fresh Tracker (one per sequence) on the runner's model."""
-    settings = tracker_settings(runner)
-    return lambda: fam.tracker(runner.model, settings)
+    model, settings = tracked_model(runner), tracker_settings(runner)
+    return lambda: fam.tracker(model, settings)
 
 
 # -- bench ---------------------------------------------------------------------------------------------------
@@ -388,11 +394,11 @@ def _gpu_allocated(device: str) -> int | None:
 def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: int, conf: float) -> dict:
     """The timed unit: one frame of each of `batch` live sequences (`call`); the prompt frame timed apart."""
     vids = load_videos(dataset, "val")
-    settings = tracker_settings(runner)
+    model, settings = tracked_model(runner), tracker_settings(runner)
     seqs = [i % len(vids) for i in range(batch)]  # a small split still fills the batch by repeating sequences
 
     def prompt() -> None:
-        t = fam.tracker(runner.model, settings)
+        t = fam.tracker(model, settings)
         t.start(vids.frames[0, 0], vids.boxes[0, 0])
         t.close()
 
@@ -400,7 +406,7 @@ def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: in
     before = _gpu_allocated(runner.device)
     live = []
     for i in seqs:
-        t = fam.tracker(runner.model, settings)
+        t = fam.tracker(model, settings)
         t.start(vids.frames[i, 0], vids.boxes[i, 0])
         live.append((t, vids.frames[i], _pingpong(vids.frames.shape[1])))
     after_start = _gpu_allocated(runner.device)
