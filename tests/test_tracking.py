@@ -233,4 +233,4 @@ def test_the_bench_times_one_frame_of_each_live_sequence_and_the_prompt_frame_ap
     assert r["throughput_items_per_s"] == pytest.approx(2 * 1e3 / r["latency_ms"]["mean"], rel=0.05)
     # 11 later frames, then back: the sequence outlives its length and its state stays one template
     assert r["frames_per_sequence"] >= 34 and r["state_bytes"]["after_loop_max"] == 3 * 24 * 24 * 4 + 32
-    assert len(r["object_scores_last"]) == 2
+    assert len(r["object_scores_last"]) == 2 and r["input_size"] == 48 and r["frame_size"] == [96, 96]

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from workflow_scripts.core.io import PlanforgeError, atomic_path, read_json, write_json
 from workflow_scripts.core.metrics import latency_stats, timed_calls
@@ -318,7 +317,6 @@ def evaluate(new_tracker: Callable, dataset, checkpoint_info, batch: int, max_im
         )
     seconds = time.perf_counter() - t0
     frames = int(sum(r["frames"] for r in rows))
-    table = pd.DataFrame(rows)
     all_curves = overall(curves)
     return {
         "task": NAME,
@@ -330,8 +328,8 @@ def evaluate(new_tracker: Callable, dataset, checkpoint_info, batch: int, max_im
         "curves; success = IoU > t, t in linspace(0,1,21), auc = its mean; precision_20 = centre error <= 20 px; "
         "norm_precision = centre error / true box size <= 0.2 (curve over 0..0.5)",
         "curves": {k: [round(float(v), 6) for v in c] for k, c in all_curves.items()},
-        "per_sequence": table.round(6).to_dict(orient="records"),
-        "worst_sequence": int(table.loc[table["auc"].idxmin(), "sequence"]),
+        "per_sequence": [{k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+        "worst_sequence": min(rows, key=lambda r: r["auc"])["sequence"],
         "seconds": round(seconds, 2),
         "tracked_fps": round((frames - n) / seconds, 2) if seconds else None,  # later frames only, host clock
     }
@@ -439,6 +437,7 @@ def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: in
             "prompt_ms": latency_stats(prompt_times),
             "live_sequences": batch,
             "frame_size": list(vids.frames.shape[2:4]),
+            "input_size": fam.input_size(model),  # the family's own resolution (not models.<m>.imgsz)
             "host_timer_iterations": len(prompt_times),
         },
         "after": after,
