@@ -215,6 +215,15 @@ def test_a_tracking_model_runs_dataset_accuracy_bench_and_summary_and_a_rerun_pl
     assert "success AUC" in summary and "tt" in summary
     assert "onnxruntime: tt not run" in summary
     assert planned_outputs(work, "results/summary.md") == set()  # nothing left to do
+    # the family module is a code input of its jobs; the task module also of the dataset it generates
+    family = work / "tests/plugins/track_template.py"
+    family.write_text(family.read_text() + "\n# edited\n")
+    stale = planned_outputs(work, "results/summary.md")
+    assert {"results/cpu/accuracy/tt/torch_fp32.json", "results/cpu/bench/tt/torch_fp32_b1.json"} <= stale
+    assert "artifacts/data/clips/videos_val.json" not in stale
+    task = work / "workflow_scripts/tasks/tracking.py"
+    task.write_text(task.read_text() + "\n# edited\n")
+    assert "artifacts/data/clips/videos_val.json" in planned_outputs(work, "results/summary.md")
 
 
 def test_the_bench_times_one_frame_of_each_live_sequence_and_the_prompt_frame_apart(tmp_path, template_family):
