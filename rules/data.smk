@@ -88,3 +88,24 @@ rule episodes_dataset:
     shell:
         "python -m workflow_scripts.make_episodes --settings {params.settings:q} --out {params.folder}"
         " --split {wildcards.split} > {log} 2>&1"
+
+
+rule videos_dataset:
+    """The tracking task's videos (kind videos): index JSON + arrays, from the seed (workflow_scripts/tasks/tracking.py)."""
+    input:
+        code=PLAN.step_code("make_videos"),
+    output:
+        index="artifacts/data/{dataset}/videos_{split}.json",
+        arrays="artifacts/data/{dataset}/videos_{split}.npz",
+    log:
+        "logs/data/{dataset}_videos_{split}.log",
+    wildcard_constraints:
+        dataset=_one_of(PLAN.datasets_of_kind("videos")),
+    conda:
+        "../envs/data.yaml"
+    params:
+        settings=settings(PLAN.videos_settings),
+        folder=lambda w: f"artifacts/data/{w.dataset}",
+    shell:
+        "python -m workflow_scripts.make_videos --settings {params.settings:q} --out {params.folder}"
+        " --split {wildcards.split} > {log} 2>&1"

@@ -2,7 +2,10 @@
 
 The model timer (`Runner.infer` on inputs already in the backend's layout, device synchronised) runs
 the task's timed unit (`task.bench_unit`: detection an image batch, vla one action chunk); the task's
-host timers (detection: preprocessing and postprocessing) are never mixed into it. Where the model
+host timers (detection: preprocessing and postprocessing) are never mixed into it. A stateful unit that is
+not one runner call on fixed inputs (tracking: one frame of a live sequence) gives a `call` to time instead
+of `inputs`; it is timed by the host clock and returns host values (so the device is done), through the
+same warm-up, stability, load and power handling. Where the model
 records its phases (Pi0: prefix and denoising), they are reported apart in `phase_latency_ms`.
 A disturbed timed loop is measured again (bench.stability); every loop's spread and the machine's
 load are recorded.
@@ -43,6 +46,29 @@ TIMERS = {
     "(workflow_scripts/core/load.py)",
 }
 
+
+class CallUnit:
+    """A task's own timed `call` (tracking: `track` on the next frame of each live sequence) in the place of a
+    runner in the timed loop: host clock, no device timer (the call returns host arrays), no phase timers."""
+
+    device_times_ms = None
+
+    def __init__(self, call) -> None:
+        self.call = call
+
+    def infer(self, _prepared) -> object:
+        return self.call()
+
+    def timed_infer(self, _prepared) -> tuple[object, float]:
+        t0 = time.perf_counter()
+        out = self.call()
+        return out, time.perf_counter() - t0
+
+    def phase_times_ms(self) -> None:
+        return None
+
+    def to_numpy(self, outputs):
+        return outputs
 
 
 def _attempt(
@@ -151,11 +177,14 @@ def bench(
     # without spending minutes letterboxing batch 256 a hundred times
     host_iterations = max(3, min(iterations, -(-HOST_ITEMS // batch)))
     unit = get_task(task_name).bench_unit(fam, runner, dataset, batch, imgsz, host_iterations, conf)
-    prepared = runner.prepare(unit["inputs"])
-    runner.setup(prepared)
+    if "call" in unit:  # a stateful unit the task times itself (tracking)
+        timed, prepared = CallUnit(unit["call"]), None
+    else:
+        timed, prepared = runner, runner.prepare(unit["inputs"])
+        runner.setup(prepared)
     attempts: list[dict] = []
     for n in range(1, stability.attempts + 1):
-        attempt = _attempt(runner, prepared, warmup, iterations, min_seconds, power, device, batch, stability)
+        attempt = _attempt(timed, prepared, warmup, iterations, min_seconds, power, device, batch, stability)
         attempt["attempt"] = n
         attempts.append(attempt)
         v = attempt["verdict"]
@@ -164,7 +193,7 @@ def bench(
         more = "measuring again" if n < stability.attempts else "no attempts left"
         print(f"bench: attempt {n}/{stability.attempts} disturbed ({v['reason']}); {more}", file=sys.stderr)
     best = min(attempts, key=lambda a: a["verdict"]["score"])  # the stable one, else the least disturbed
-    after = unit["after"](runner.to_numpy(best["out"]))
+    after = unit["after"](timed.to_numpy(best["out"]))
     verdict = best["verdict"]
     stable = verdict["stable"]
     reason = None

@@ -16,6 +16,7 @@ from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS
 from workflow_scripts.models import FAMILIES, checkpoint_problem, settings_problem
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS
+from workflow_scripts.tasks import TASKS
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
@@ -78,7 +79,7 @@ DATASET_DEFAULTS = {
     "splits": {"train": 0, "val": 200, "calib": 128},
     "image_size": [256, 416],
     "max_objects": 8,
-}  # kind episodes: its own keys' defaults are workflow_scripts.tasks.vla.EPISODE_DEFAULTS
+}  # kinds episodes / videos: their own keys' defaults are tasks/vla.py EPISODE_DEFAULTS, tasks/tracking.py VIDEO_DEFAULTS
 # num_queries (D-FINE): None keeps the checkpoint's own (workflow_scripts/models: FamilySpec.settings)
 MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": [], "num_queries": None}
 TENSORRT_DEFAULTS = {
@@ -155,6 +156,12 @@ def validate(config: dict, check_files: bool = True) -> dict:
         if model["dataset"] not in cfg["datasets"]:
             raise PlanforgeError(
                 f"config key models.{name}.dataset: {model['dataset']!r} is not one of {sorted(cfg['datasets'])}"
+            )
+        kind, task = cfg["datasets"][model["dataset"]]["kind"], FAMILIES[model["family"]].task
+        if kind not in TASKS[task].dataset_kinds:
+            raise PlanforgeError(
+                f"config key models.{name}.dataset: {model['dataset']!r} is a {kind} dataset; a {task} model "
+                f"({model['family']}) reads kind {' / '.join(TASKS[task].dataset_kinds)}"
             )
         wrong = settings_problem(model["family"], model)
         if wrong:

@@ -333,6 +333,8 @@ def render(
             }
             if "prefix_ms" in joined and joined["prefix_ms"].notna().any():  # the model timed its phases (Pi0)
                 columns = {**columns, "prefix_ms": ("prefix ms", 2), "denoise_ms": ("denoise ms", 2)}
+            if "prompt_ms" in joined and joined["prompt_ms"].notna().any():  # a tracker's prompt frame, timed apart
+                columns = {**columns, "prompt_ms": ("prompt frame ms", 2)}
             if "power_w" in joined and joined["power_w"].notna().any():  # a power sampler ran
                 columns = {**columns, "power_w": ("mean W", 2), "inf_per_j": ("inferences/J", 1)}
             unstable = _unstable(joined)
@@ -352,7 +354,7 @@ def render(
             groups = list(scored.groupby("task")) if not scored.empty and "task" in scored else []
             for task_name, group in groups:
                 what = f" ({task_name})" if len(groups) > 1 else ""
-                unit = "chunks/s" if task_name == "vla" else "img/s"
+                unit = {"vla": "chunks/s", "tracking": "frames/s"}.get(task_name, "img/s")
                 passing = group[group["gate_passed"] == True]  # noqa: E712
                 if passing.empty:
                     lines += [f"**No configuration{what} passes the accuracy gate on this target.**", ""]
@@ -437,6 +439,15 @@ def render(
         "layout (GPU work synchronised); throughput = batch × iterations / summed model time.",
         "- **pre ms/batch**: letterbox + normalise of decoded images; **post ms/batch**: raw outputs to "
         "final detections (NMS), both timed separately and never inside the model timer.",
+        *(
+            [
+                "- **tracking**: one call = one frame of each live sequence (batch = live sequences), host clock "
+                "around the tracker's `track` after its prompt frame; **prompt frame ms**: `start` with the box, "
+                "timed apart; throughput = frames/s over the live sequences."
+            ]
+            if "bench_task" in bench and (bench["bench_task"] == "tracking").any()
+            else []
+        ),
         "- Every number comes from the JSON files under `results/`; each records its warmup and iteration "
         "counts, device, library versions, git commit, config hash and timestamp.",
         "",

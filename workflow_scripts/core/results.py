@@ -33,6 +33,8 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 # the model's phases where it records them (Pi0: prefix encoding, denoising loop)
                 "prefix_ms": ((r.get("phase_latency_ms") or {}).get("prefix") or {}).get("p50"),
                 "denoise_ms": ((r.get("phase_latency_ms") or {}).get("denoise") or {}).get("p50"),
+                "prompt_ms": (r.get("prompt_ms") or {}).get("p50"),  # tracking: the prompt frame, timed apart
+                "bench_task": r.get("task"),
                 "energy_j": (r.get("power") or {}).get("energy_per_inference_j"),
                 "power_w": (r.get("power") or {}).get("mean_power_w"),
                 "inf_per_j": (r.get("power") or {}).get("inferences_per_joule"),

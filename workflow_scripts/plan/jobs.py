@@ -109,9 +109,9 @@ class Plan:
         return self.datasets[self.models[model]["dataset"]]["kind"]
 
     def val_annotations(self, model: str) -> str:
-        """The val split's index: COCO annotations, or the episodes index (kind episodes)."""
-        if self.dataset_kind(model) == "episodes":
-            return f"{self.dataset_dir(model)}/episodes_val.json"
+        """The val split's index: COCO annotations, or the episodes / videos index (kinds episodes, videos)."""
+        if self.dataset_kind(model) in ("episodes", "videos"):
+            return f"{self.dataset_dir(model)}/{self.dataset_kind(model)}_val.json"
         return f"{self.dataset_dir(model)}/instances_val.json"
 
     def task(self, model: str) -> str:
@@ -393,6 +393,18 @@ class Plan:
             "seed": ds["seed"],
             "splits": {split: ds["splits"][split]},
             **{k: ds.get(k, EPISODE_DEFAULTS[k]) for k in keys},
+        }
+
+    def videos_settings(self, dataset: str, split: str, **_) -> dict:
+        """What makes one videos split: the seed, the sequence shape and only this split's size."""
+        from workflow_scripts.tasks.tracking import VIDEO_DEFAULTS
+
+        ds = self.datasets[dataset]
+        return {
+            "kind": "videos",
+            "seed": ds["seed"],
+            "splits": {split: ds["splits"][split]},
+            **{k: ds.get(k, v) for k, v in VIDEO_DEFAULTS.items()},
         }
 
     def coco_settings(self, dataset: str, split: str, **_) -> dict:

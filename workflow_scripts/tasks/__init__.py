@@ -52,6 +52,24 @@ TASKS.register(
     ),
 )
 TASKS.register(
+    "tracking",
+    TaskSpec(
+        module="workflow_scripts.tasks.tracking",
+        dataset="videos: frame sequences with the target's box on every frame",
+        dataset_kinds=("videos",),
+        metric="auc",
+        metric_label="success AUC",
+        unit="one frame of each live sequence (prompt frame timed apart)",
+        serving="python model, sequence batching (state per correlation id)",
+        columns=(
+            ("sequences", "sequences", 0),
+            ("auc", "success AUC", 4),
+            ("precision_20", "precision@20px", 4),
+            ("norm_precision", "norm. precision@0.2", 4),
+        ),
+    ),
+)
+TASKS.register(
     "detection",
     TaskSpec(
         module="workflow_scripts.tasks.detection",
