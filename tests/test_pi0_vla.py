@@ -129,23 +129,33 @@ def test_int8_weight_only_actions_stay_close_to_fp32(tmp_path, episodes):
     assert 0 < rec["action_mse"] < 1e-4, rec["action_mse"]
 
 
-def test_pi0_is_planned_only_on_backends_that_run_its_torch_module_and_the_summary_says_why():
+def test_pi0_runs_on_its_torch_module_and_its_onnx_export_but_not_at_calibrated_int8_and_says_why():
     from workflow_scripts.config import validate
     from workflow_scripts.plan.jobs import Plan
 
     cfg = {
         **VLA_CONFIG,
         "targets": {
-            "cpu": {"device": "cpu", "backends": {"torch": ["fp32"], "onnxruntime": ["fp32"]}, "batch_sizes": [1]}
+            "cpu": {
+                "device": "cpu",
+                "backends": {"torch": ["fp32"], "onnxruntime": ["fp32", "int8_minmax"], "openvino": ["fp32"]},
+                "batch_sizes": [1],
+            }
         },
     }
     plan = Plan(
         validate(cfg, check_files=False), available=lambda b: (True, ""), gpu_name=lambda: "", trt_builder=lambda: None
     )
-    assert plan.bench_outputs() == ["results/cpu/bench/pi0-tiny/torch_fp32_b1.json"]
-    assert plan.accuracy_outputs() == ["results/cpu/accuracy/pi0-tiny/torch_fp32.json"]
+    assert plan.bench_outputs() == [
+        "results/cpu/bench/pi0-tiny/torch_fp32_b1.json",
+        "results/cpu/bench/pi0-tiny/onnxruntime_fp32_b1.json",
+        "results/cpu/bench/pi0-tiny/openvino_fp32_b1.json",  # the same ONNX file, fed by input name
+    ]
+    assert "results/cpu/accuracy/pi0-tiny/onnxruntime_fp32.json" in plan.accuracy_outputs()
     assert plan.val_annotations("pi0-tiny") == "artifacts/data/eps/episodes_val.json"
-    assert any("onnxruntime: pi0-tiny not run" in line for line in plan.unavailable_lines())
+    lines = plan.unavailable_lines()
+    assert any("onnxruntime int8_minmax: pi0-tiny not run: int8_minmax calibrates on images" in x for x in lines)
+    assert plan.calibration_cache_outputs() == []
     assert plan.reference_outputs("cpu", "pi0-tiny", "torch", "bf16") == [
         "results/cpu/accuracy/pi0-tiny/torch_fp32.actions.npz"
     ]
@@ -154,7 +164,14 @@ def test_pi0_is_planned_only_on_backends_that_run_its_torch_module_and_the_summa
 VLA_CONFIG = {
     "datasets": {"eps": {"kind": "episodes", "seed": 0, "splits": {"val": 2}, "camera_size": 64}},
     "models": {"pi0-tiny": {"family": "pi0", "checkpoint": "pi0-tiny.yaml", "dataset": "eps"}},
-    "targets": {"cpu": {"device": "cpu", "threads": 2, "backends": {"torch": ["fp32", "bf16"]}, "batch_sizes": [1]}},
+    "targets": {
+        "cpu": {
+            "device": "cpu",
+            "threads": 2,
+            "backends": {"torch": ["fp32", "bf16"], "onnxruntime": ["fp32"]},
+            "batch_sizes": [1],
+        }
+    },
     "bench": {"warmup": 2, "iterations": 5},
 }
 
@@ -168,3 +185,9 @@ def test_a_tiny_vla_only_run_writes_bench_and_accuracy_and_the_summary_shows_the
     assert acc["reference"].endswith("torch_fp32.actions.npz") and acc["action_mse"] > 0 and acc["gate"]["passed"]
     summary = (work / "results/summary.md").read_text()
     assert "vla: action MSE vs FP32" in summary
+    # the whole chunk as one ONNX graph (prefix + unrolled denoising steps), checked against torch by the export step
+    export = json.loads((work / "artifacts/onnx/pi0-tiny/fp32.json").read_text())
+    assert export["check"]["max_abs_error"] < 1e-4 and export["fixed"] == {"cameras": 1, "sequence_length": 33}
+    ort = json.loads((work / "results/cpu/accuracy/pi0-tiny/onnxruntime_fp32.json").read_text())
+    assert ort["action_mse"] < 1e-10 and ort["gate"]["passed"], ort["action_mse"]
+    assert json.loads((work / "results/cpu/bench/pi0-tiny/onnxruntime_fp32_b1.json").read_text())["task"] == "vla"

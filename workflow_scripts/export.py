@@ -1,8 +1,8 @@
 """Export a checkpoint to ONNX (opset 17, dynamic batch), simplify it, and check it against PyTorch.
 
-The check runs ONNX Runtime and the torch module on the same real, preprocessed images at
-batch 1 and batch N (a dynamic-batch export that fails at run time fails here instead) and
-records the max abs error per output in a JSON beside the model.
+The check runs ONNX Runtime and the torch module on the same real, preprocessed inputs (the task's:
+images, or Pi0's episodes) at batch 1 and batch N (a dynamic-batch export that fails at run time fails here
+instead) and records the max abs error per output in a JSON beside the model.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.core.data import load_split
 from workflow_scripts.core.envinfo import library_versions
 from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
-from workflow_scripts.core.pipeline import load_images
-from workflow_scripts.models import get_family
+from workflow_scripts.models import FAMILIES, get_family
+from workflow_scripts.tasks import get_task
 
 
 def simplify(path: Path, method: str) -> str:
@@ -50,23 +49,36 @@ def simplify(path: Path, method: str) -> str:
     raise PlanforgeError(f"export.simplify={method!r} failed ({reasons[0]}); set export.simplify to auto or none")
 
 
-def check_against_torch(onnx_path: Path, checkpoint: Path, family: str, images: list[np.ndarray], imgsz: int) -> dict:
-    """Max abs error of ONNX Runtime vs torch on real images, at batch 1 and batch len(images)."""
+def _rows(inputs: np.ndarray | dict[str, np.ndarray], i: int) -> np.ndarray | dict[str, np.ndarray]:
+    if isinstance(inputs, dict):
+        return {k: v[i : i + 1] for k, v in inputs.items()}
+    return inputs[i : i + 1]
+
+
+def check_against_torch(onnx_path: Path, model, family: str, inputs: np.ndarray | dict[str, np.ndarray]) -> dict:
+    """Max abs error of ONNX Runtime vs torch on real inputs, at batch 1 and batch N.
+
+    `inputs` is the task's batch: one array (detection: preprocessed images), or named arrays (vla: images,
+    prompt ids and mask, state, noise) fed by name to the inputs the ONNX graph kept.
+    """
     import onnxruntime as ort
     import torch
 
     fam = get_family(family)
-    model = fam.load_torch(checkpoint)
-    batch, _ = fam.preprocess(images, imgsz)
+    named = isinstance(inputs, dict)
     with torch.inference_mode():
-        ref = fam.forward_output(model(torch.from_numpy(batch)))
+        raw = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}) if named else model(torch.from_numpy(inputs))
+        ref = fam.forward_output(raw)
     refs = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    full = sess.run(None, {name: batch})
-    single = [
-        np.concatenate(parts) for parts in zip(*(sess.run(None, {name: batch[i : i + 1]}) for i in range(len(batch))))
-    ]
+    names = [i.name for i in sess.get_inputs()]
+
+    def feed(x):
+        return {n: x[n] for n in names} if named else {names[0]: x}
+
+    full = sess.run(None, feed(inputs))
+    count = len(next(iter(inputs.values()))) if named else len(inputs)
+    single = [np.concatenate(parts) for parts in zip(*(sess.run(None, feed(_rows(inputs, i))) for i in range(count)))]
     errors = {}
     for out, r, f, s in zip(sess.get_outputs(), refs, full, single):
         if r.shape != f.shape:
@@ -97,14 +109,21 @@ def export(
     import onnx
 
     fam = get_family(family)
-    images = [im for _, im in load_images(load_split(dataset, "val"), check_images)]
+    task = get_task(FAMILIES[family].task)
+    if not hasattr(task, "export_check_inputs"):
+        raise PlanforgeError(f"family {family}: its task {task.NAME} has no single-graph ONNX export to check")
+    model = fam.load_torch(checkpoint)
+    inputs = task.export_check_inputs(fam, model, dataset, check_images, imgsz)
+    count = len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
     t0 = time.perf_counter()
     with atomic_path(out) as tmp:
-        facts = fam.export_onnx(checkpoint, tmp, imgsz=imgsz, opset=opset, dynamic=dynamic)
+        # a family traced on named inputs (Pi0) gets the task's; an image family makes its own dummy batch
+        example = {"example": inputs} if isinstance(inputs, dict) else {}
+        facts = fam.export_onnx(checkpoint, tmp, imgsz=imgsz, opset=opset, dynamic=dynamic, **example)
         t_export = time.perf_counter() - t0
         simplifier = simplify(tmp, simplify_method)
         onnx.checker.check_model(str(tmp))
-        errors = check_against_torch(tmp, checkpoint, family, images, imgsz)
+        errors = check_against_torch(tmp, model, family, inputs)
         worst = max(e[k] for e in errors.values() for k in ("max_abs_error_batch_n", "max_abs_error_batch_1"))
         if worst > max_abs_error:
             raise PlanforgeError(
@@ -131,7 +150,7 @@ def export(
                 for o in model.graph.output
             ],
             "check": {
-                "images": len(images),
+                "images": count,  # items of the task's val split: images, or episodes
                 "reference": "torch eager FP32 on CPU",
                 "outputs": errors,
                 "max_abs_error": worst,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -177,3 +178,23 @@ def check_target_device(target: str, device: str, gpu_pin: str | None) -> None:
             f"target {target}: pinned to GPU '{gpu_pin}' (targets.{target}.gpu) but this machine's GPU is "
             f"'{name}'; run it on a {gpu_pin} or use the target that matches this GPU"
         )
+
+
+@contextlib.contextmanager
+def transformers_checks_off():
+    """transformers' shape checks off, through their documented production switch TRANSFORMERS_DISABLE_TORCH_CHECK=1.
+
+    `torch_compilable_check` reads a tensor's value (`torch._check_tensor_all`, a device-to-host
+    `.item()`): it breaks a CUDA graph capture, and under torch.compile it is a graph break that
+    splits D-FINE's forward into a dozen graphs. The eager forward before capture / compile has run them.
+    """
+    key = "TRANSFORMERS_DISABLE_TORCH_CHECK"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old

@@ -42,7 +42,7 @@ FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection"
 FAMILIES.register(
     "dfine", FamilySpec("workflow_scripts.models.dfine", "detection", served=True, hub_ids=True, settings=("num_queries",))
 )
-FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla", artifacts=("checkpoint",)))
+FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla", artifacts=("checkpoint", "onnx")))
 
 
 def family_settings(family: str, model_cfg: dict) -> dict:

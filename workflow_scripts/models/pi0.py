@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workflow_scripts.core.envinfo import transformers_checks_off
 from workflow_scripts.core.io import PlanforgeError, exception_line
 
 INPUT_NAME = "pixel_values"
@@ -196,10 +197,10 @@ def _make_chunk_class():
             tokens, hidden = features.shape[1], features.shape[2]
             features = features.reshape(batch, cams * tokens, hidden)
             is_image = input_ids == self.config.vlm_config.image_token_id
-            rank = is_image.cumsum(-1) - 1
+            rank = is_image.long().cumsum(-1) - 1  # cumsums over integers: ONNX's CumSum takes no bool
             camera = rank // tokens
             offset = rank - camera * tokens
-            slot = pixel_attention_mask.cumsum(-1) - 1
+            slot = pixel_attention_mask.long().cumsum(-1) - 1
             match = (slot[:, None, :] == camera[..., None]) & pixel_attention_mask[:, None, :]
             index = match.int().argmax(-1) * tokens + offset
             image = features.gather(1, index[..., None].expand(-1, -1, hidden))
@@ -253,8 +254,22 @@ def _make_chunk_class():
     return Pi0Chunk
 
 
+GEOMETRY_KEY = "planforge_pi0_geometry"  # the ONNX metadata entry holding `geometry` of the exported model
+
+
 def geometry(model) -> dict:
-    """What `preprocess` needs from a model's config (image size, image tokens, dims), as plain numbers."""
+    """What `preprocess` needs from a model's config (image size, image tokens, dims), as plain numbers.
+
+    `model` is a Pi0Chunk, or the path of its ONNX export (read from the export's metadata)."""
+    if isinstance(model, (str, Path)):
+        import json
+
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+        if GEOMETRY_KEY not in meta:
+            raise PlanforgeError(f"{model}: no {GEOMETRY_KEY} metadata; not a pi0 export of this workflow, rerun it")
+        return json.loads(meta[GEOMETRY_KEY])
     cfg = model.config
     vision = cfg.vlm_config.vision_config
     tokens = (vision.image_size // vision.patch_size) ** 2
@@ -308,4 +323,50 @@ def preprocess(episodes: dict, geo: dict) -> dict[str, np.ndarray]:
         "attention_mask": mask.astype(np.int64),
         "state": state,
         "noise": noise,
+    }
+
+
+def export_onnx(
+    checkpoint: str | Path, out: str | Path, imgsz: int, opset: int = 17, dynamic: bool = True, example=None
+) -> dict:
+    """The whole chunk (prefix + the unrolled denoising steps, KV cache inside) as one ONNX graph.
+
+    Traced by torch.onnx's TorchScript exporter on `example` (the task's named input arrays from the val
+    episodes, given by the export step): the number of cameras and the prompt length are those of the
+    dataset, fixed in the graph; the batch is dynamic. `geometry` travels in the file's metadata, so a runner
+    of the ONNX file preprocesses as the torch module does. The export step checks it against torch.
+    """
+    import json
+    import warnings
+
+    import onnx
+    import torch
+
+    if example is None:
+        raise PlanforgeError("pi0 export: needs example inputs (the export step passes the val episodes')")
+    chunk = load_torch(checkpoint)
+    args = tuple(torch.from_numpy(np.asarray(example[n])) for n in INPUT_NAMES)
+    names = list(INPUT_NAMES)
+    axes = {n: {0: "batch"} for n in [*names, *OUTPUT_NAMES]} if dynamic else None
+    with warnings.catch_warnings(), torch.inference_mode(), transformers_checks_off():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            chunk,
+            args,
+            str(out),
+            input_names=names,
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+    model = onnx.load(str(out))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = GEOMETRY_KEY, json.dumps(geometry(chunk), sort_keys=True)
+    onnx.save(model, str(out))
+    return {
+        "exporter": "torch.onnx (TorchScript), whole chunk: prefix + unrolled denoising steps",
+        "input_names": names,
+        "output_names": list(OUTPUT_NAMES),
+        "fixed": {"cameras": int(args[0].shape[1]), "sequence_length": int(args[2].shape[1])},
     }

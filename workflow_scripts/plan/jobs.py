@@ -155,7 +155,16 @@ class Plan:
             for backend, precisions in self.targets[target]["backends"].items():
                 if self.available(backend)[0] and self.runs_on(model, backend):
                     for precision in precisions:
-                        yield model, backend, precision
+                        if self.precision_problem(model, precision) is None:
+                            yield model, backend, precision
+
+    def precision_problem(self, model: str, precision: str) -> str | None:
+        """Why a model cannot run at a precision whatever the backend, or None: static INT8 calibrates on
+        images of a calib split, which only tasks with calibration images have (Pi0's episodes have none)."""
+        task = FAMILIES[self.family(model)].task
+        if parse_precision(precision).calibration and not TASKS[task].calibration_images:
+            return f"{precision} calibrates on images of a calib split; task {task} has none (its data: {TASKS[task].dataset})"
+        return None
 
     def runs_on(self, model: str, backend: str) -> bool:
         """Whether the model's family makes the artifact the backend reads (Pi0: its torch module only)."""
@@ -246,6 +255,11 @@ class Plan:
                         why_not = FAMILIES[self.family(m)].backend_problem(self.family(m), BACKENDS[b].artifact)
                         if why_not:
                             lines.append(f"{t}: {b}: {m} not run: {why_not}")
+                            continue
+                        for p in spec["backends"][b]:
+                            why_not = self.precision_problem(m, p)
+                            if why_not:
+                                lines.append(f"{t}: {b} {p}: {m} not run: {why_not}")
                     continue
                 if b == "tensorrt" and self.trt_builder:
                     lines.append(f"{t}: tensorrt: engines built here with {self.trt_builder} but not timed: {why}")

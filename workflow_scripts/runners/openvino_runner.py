@@ -50,12 +50,21 @@ class OpenVinoRunner(Runner):
             ) from None
         self.request = self.compiled.create_infer_request()
         self.outputs = list(self.compiled.outputs)
+        self.path = Path(model)  # the ONNX file (a family reads what it needs from it: Pi0's geometry)
+        # a named-input model (Pi0) is fed by name, each input in the type the graph declares
+        self.input_types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
 
-    def prepare(self, batch: np.ndarray) -> np.ndarray:
+    def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        if isinstance(batch, dict):
+            missing = sorted(set(self.input_types) - set(batch))
+            if missing:
+                raise PlanforgeError(f"{self.path}: the model needs inputs {missing}; got {sorted(batch)}")
+            return {n: np.ascontiguousarray(batch[n], dtype=t) for n, t in self.input_types.items()}
         return np.ascontiguousarray(batch, dtype=np.float32)
 
-    def infer(self, prepared: np.ndarray) -> list[np.ndarray]:
-        result = self.request.infer({0: prepared})  # synchronous: returns when the outputs are ready
+    def infer(self, prepared: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
+        feed = prepared if isinstance(prepared, dict) else {0: prepared}
+        result = self.request.infer(feed)  # synchronous: returns when the outputs are ready
         return [result[o] for o in self.outputs]
 
     def to_numpy(self, outputs: list[np.ndarray]) -> list[np.ndarray]:

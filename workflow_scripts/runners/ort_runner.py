@@ -30,6 +30,14 @@ def session_options(threads: int | None, options: dict) -> ort.SessionOptions:
     return so
 
 
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+    "tensor(int32)": np.int32,
+}
+
+
 class OrtRunner(Runner):
     """Runs an ONNX file in an InferenceSession."""
 
@@ -44,6 +52,7 @@ class OrtRunner(Runner):
         options: dict | None = None,
     ) -> None:
         super().__init__(model, precision, device, threads, options)
+        self.path = Path(model)  # the ONNX file (a family reads what it needs from it: Pi0's geometry)
         providers = self.options["providers"]
         try:
             self.session = ort.InferenceSession(str(model), session_options(threads, self.options), providers=providers)
@@ -52,13 +61,21 @@ class OrtRunner(Runner):
                 f"{model}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]}); rerun the export"
             ) from None
         self.input_name = self.session.get_inputs()[0].name
+        # every input the graph kept, with its numpy type (a named-input model, Pi0, feeds them by name)
+        self.input_types = {i.name: ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def prepare(self, batch: np.ndarray) -> np.ndarray:
+    def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        if isinstance(batch, dict):
+            missing = sorted(set(self.input_types) - set(batch))
+            if missing:
+                raise PlanforgeError(f"{self.path}: the ONNX graph needs inputs {missing}; got {sorted(batch)}")
+            return {n: np.ascontiguousarray(batch[n], dtype=t) for n, t in self.input_types.items()}
         return np.ascontiguousarray(batch, dtype=np.float32)
 
-    def infer(self, prepared: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(self.output_names, {self.input_name: prepared})
+    def infer(self, prepared: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
+        feed = prepared if isinstance(prepared, dict) else {self.input_name: prepared}
+        return self.session.run(self.output_names, feed)
 
     def to_numpy(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(o, dtype=np.float32) for o in outputs]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from workflow_scripts.core.envinfo import transformers_checks_off
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import parse
 from workflow_scripts.runners import BACKENDS, Runner
@@ -40,26 +41,6 @@ class HostScalarsAsFills(TorchDispatchMode):
             if dst.is_cuda and src.device.type == "cpu" and src.dim() == 0:
                 return dst.fill_(src.item())
         return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def transformers_checks_off():
-    """transformers' shape checks off, through their documented production switch TRANSFORMERS_DISABLE_TORCH_CHECK=1.
-
-    `torch_compilable_check` reads a tensor's value (`torch._check_tensor_all`, a device-to-host
-    `.item()`): it breaks a CUDA graph capture, and under torch.compile it is a graph break that
-    splits D-FINE's forward into a dozen graphs. The eager forward before capture / compile has run them.
-    """
-    key = "TRANSFORMERS_DISABLE_TORCH_CHECK"
-    old = os.environ.get(key)
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
 
 
 @contextlib.contextmanager

@@ -29,6 +29,9 @@ class TaskSpec:
     # the baseline's own outputs (0 for the baseline itself), gated absolutely (≤ accuracy.error_tolerance)
     higher_is_better: bool = True
     pictures: bool = False  # its module draws a picture of a run's predictions (`picture`, the pictures step)
+    # its dataset has calibration images (a calib split of COCO-format images): static INT8 (int8_<method>) and
+    # TensorRT calibration caches read them. Without: those precisions are listed as not run, with the reason
+    calibration_images: bool = False
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
@@ -88,6 +91,7 @@ TASKS.register(
             ("ap_large", "AP large", 4),
         ),
         pictures=True,
+        calibration_images=True,
     ),
 )
 

@@ -196,6 +196,12 @@ TIMERS = {
 }
 
 
+def export_check_inputs(fam, model, dataset, count: int, imgsz: int):
+    """The batch an ONNX export is checked on against torch: the first `count` val images, preprocessed."""
+    images = [im for _, im in load_images(load_split(dataset, "val"), count)]
+    return fam.preprocess(images, imgsz)[0]
+
+
 def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: int, conf: float) -> dict:
     """The timed unit: a preprocessed image batch; the host timers around it (pre- and postprocessing)."""
     from workflow_scripts.models import raw_outputs

@@ -199,14 +199,25 @@ def evaluate(
     }
 
 
+def model_of(runner):
+    """What the family's `geometry` reads: the runner's torch module, or the ONNX file a session runs."""
+    return runner.model if hasattr(runner, "model") else runner.path
+
+
 def predictor(fam, runner, s) -> Callable:
     """`predict(episodes)` → actions [B, chunk, dim]: the family's input arrays through the runner."""
-    geo = fam.geometry(runner.model)
+    geo = fam.geometry(model_of(runner))
 
     def predict(episodes: dict) -> np.ndarray:
         return runner(fam.preprocess(episodes, geo))[0]
 
     return predict
+
+
+def export_check_inputs(fam, model, dataset, count: int, imgsz: int) -> dict[str, np.ndarray]:
+    """The named input arrays an ONNX export is checked on against torch: the first `count` val episodes."""
+    eps = load_episodes(dataset, "val")
+    return fam.preprocess(eps.take(slice(0, min(count, len(eps)))), fam.geometry(model))
 
 
 # -- bench ---------------------------------------------------------------------------------------------------
@@ -223,7 +234,7 @@ def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: in
     eps = load_episodes(dataset, "val")
     rows = [i % len(eps) for i in range(batch)]  # a small split still fills the batch by repeating episodes
     episodes = eps.take(rows)
-    geo = fam.geometry(runner.model)
+    geo = fam.geometry(model_of(runner))
     pre_times = timed_calls(lambda: fam.preprocess(episodes, geo), host_iterations)
     return {
         "inputs": fam.preprocess(episodes, geo),
