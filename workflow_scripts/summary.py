@@ -382,6 +382,10 @@ def render(
                     text += f" highest throughput: **{_label(peak)}**, {peak['throughput']:.1f} img/s."
                 lines.append(text)
                 lines += skipped_line(rows, fast, peak)
+            for _, r in (
+                joined[joined["accuracy_not_measured"].notna()].iterrows() if "accuracy_not_measured" in joined else ()
+            ):
+                lines.append(f"- {_label(r)}: accuracy not measured: {r['accuracy_not_measured']}")
             lines.append("")
             notes = int8_speed_notes(joined)
             if notes:
@@ -437,6 +441,14 @@ def render(
         "layout (GPU work synchronised); throughput = batch × iterations / summed model time.",
         "- **pre ms/batch**: letterbox + normalise of decoded images; **post ms/batch**: raw outputs to "
         "final detections (NMS), both timed separately and never inside the model timer.",
+        *(
+            [
+                "- **timed by trtexec** (TensorRT engines where the job's Python has no TensorRT bindings): p50/p99 are "
+                "trtexec's GPU compute time (`--exportTimes` computeMs); no pre/post timers; accuracy not measured."
+            ]
+            if "timed_by" in bench and (bench["timed_by"] == "trtexec").any()
+            else []
+        ),
         "- Every number comes from the JSON files under `results/`; each records its warmup and iteration "
         "counts, device, library versions, git commit, config hash and timestamp.",
         "",

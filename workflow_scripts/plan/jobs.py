@@ -30,11 +30,11 @@ MODEL_JOB_STEPS = ("bench", "accuracy", "pictures", "tensorrt.build_engine")
 
 
 def model_job_code() -> tuple[str, ...]:
-    """Every project file a job under targets.<t>.python may import: the model-job steps, and what they import by
-    name (every runner, the detection families and task, every power sampler). tests/test_py310.py checks these
-    stay importable on JetPack 6's Python 3.10."""
+    """Every project file a TensorRT job under targets.<t>.python imports: the model-job steps, and what they import
+    by name (the TensorRT runner, the detection families and task, every power sampler). tests/test_py310.py checks
+    these stay importable on JetPack 6's Python 3.10 (and the other runners' syntax)."""
     by_name = [
-        *(spec.module_path for spec in BACKENDS.values() if spec.module_path.startswith("workflow_scripts.")),
+        BACKENDS["tensorrt"].module_path,
         *(f"workflow_scripts.models.{name}" for name, spec in FAMILIES.items() if spec.task == "detection"),
         "workflow_scripts.tasks.detection",
         *(spec.module for spec in SAMPLERS.values()),
@@ -295,8 +295,8 @@ class Plan:
                 continue
             for b in spec["backends"]:
                 ok, why = self.available_on(t, b)
-                if spec["python"] and not ok:
-                    why = f"{why} under targets.{t}.python {spec['python']}"
+                if spec["python"] and not ok:  # "…(missing Python module tensorrt for Python 3.10.12)": say whose
+                    why = f"{why.split(' (', 1)[-1].rstrip(')')} under targets.{t}.python {spec['python']}"
                 if ok:  # installed: say which models it still does not run (their family has no such artifact)
                     for m in self.models:
                         why_not = FAMILIES[self.family(m)].backend_problem(self.family(m), BACKENDS[b].artifact)
@@ -314,7 +314,7 @@ class Plan:
                         f"to time them either): {why}"
                     )
                 elif b == "tensorrt":
-                    lines.append(f"{t}: tensorrt: {trt.unavailable_reason()}; {why}")
+                    lines.append(f"{t}: tensorrt: {trt.unavailable_reason()}" + (f"; {why}" if spec["python"] else ""))
                 else:
                     lines.append(f"{t}: {why}")
         return lines
