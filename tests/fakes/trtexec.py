@@ -179,6 +179,8 @@ def main() -> None:
         cache = Path(opts["timingCacheFile"])
         with cache.open("a") as fh:
             fh.write("fake timing cache entry\n")
+    if "useDLACore" in opts and os.environ.get("FAKE_TRTEXEC_FIXTURES"):  # a real DLA build's layer placement
+        print((Path(os.environ["FAKE_TRTEXEC_FIXTURES"]) / "dla_build_log.txt").read_text(), end="")
     if "saveEngine" in opts:
         Path(opts["saveEngine"]).write_text(
             "FAKE TensorRT engine written by tests/fakes/trtexec.py\n" + json.dumps(argv)
