@@ -84,6 +84,7 @@ def test_fake_trtexec_timing_path_writes_a_bench_json_from_real_trtexec_output(t
         "PLANFORGE_GPU_NAME": "Fake Orin",
         "PLANFORGE_POWER_MODE": "MAXN",
         "FAKE_TRTEXEC_FIXTURES": str(REAL_TRTEXEC),
+        "FAKE_TRTEXEC_SECONDS": "0.3",  # its "inference": three tegrastats intervals
         "PLANFORGE_TEGRASTATS": f"{sys.executable} {FAKES / 'tegrastats.py'}",
         "FAKE_TEGRASTATS_LINE": _tegrastats_line(),
     }

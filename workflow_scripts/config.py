@@ -165,6 +165,7 @@ def validate(config: dict, check_files: bool = True) -> dict:
         if problem:
             raise PlanforgeError(f"config key models.{name}.checkpoint: {problem}")
     for name, target in cfg["targets"].items():
+        int8_given = "int8" in (target.get("tensorrt") or {})
         target = cfg["targets"][name] = _merge(TARGET_DEFAULTS, target)
         for backend, precisions in target["backends"].items():
             spec = BACKENDS[backend]
@@ -178,6 +179,8 @@ def validate(config: dict, check_files: bool = True) -> dict:
                     raise PlanforgeError(f"{where}: {problem}")
         trt = target["tensorrt"]
         dla_int8 = any(parse_precision(p).int8_engine for p in target["backends"].get("tensorrt", []))
+        if trt["dla_core"] is not None and dla_int8 and not int8_given:
+            trt["int8"] = "implicit"  # DLA INT8: from the calibration cache, unless the config says otherwise
         if trt["dla_core"] is not None and dla_int8 and trt["int8"] != "implicit":
             raise PlanforgeError(
                 f"config key targets.{name}.tensorrt.int8: a DLA INT8 engine is built from the calibration cache "

@@ -124,7 +124,7 @@ def time_engine(opts: dict) -> None:
     stdout = (fixtures / "loadengine_stdout.txt").read_text().splitlines()
     started = next(i for i, ln in enumerate(stdout) if "Starting inference" in ln)
     print("\n".join(stdout[: started + 1]), flush=True)
-    time.sleep(float(os.environ.get("FAKE_TRTEXEC_SECONDS", "0.3")))  # "inference": a window for the power sampler
+    time.sleep(float(os.environ.get("FAKE_TRTEXEC_SECONDS", "0.1")))  # "inference": a window for the power sampler
     print("\n".join(stdout[started + 1 :]), flush=True)
     if "exportTimes" in opts:
         Path(opts["exportTimes"]).write_text((fixtures / "mobilenet.qat.timing.json").read_text())
