@@ -241,6 +241,18 @@ def test_fake_python_board_without_bindings_or_trtexec_gets_one_clear_line_per_t
     assert len(calls.read_text().splitlines()) == 1
 
 
+def test_a_target_whose_python_does_not_exist_plans_no_job_and_says_so_in_one_line(tmp_path):
+    cfg = _jetson_cfg(str(tmp_path / "no-such-venv/bin/python"))
+    cfg["targets"]["orin"]["backends"]["onnxruntime"] = ["fp32"]
+    plan = Plan(pfconfig.validate(cfg, check_files=False), trt_builder=lambda: "trtexec")
+    assert not list(plan.runs("orin")) and plan.engine_outputs(["orin"]) == []
+    lines = [ln for ln in plan.unavailable_lines() if ln.startswith("orin:")]
+    assert lines == [
+        f"orin: targets.orin.python {str(tmp_path / 'no-such-venv/bin/python')!r}: no such interpreter, so none of "
+        "its jobs run; create it (README: On a Jetson) or fix the path"
+    ]
+
+
 @pytest.mark.workflow
 def test_fake_python_runs_the_targets_engine_bench_and_accuracy_jobs(workflow_copy: Path, tmp_path, monkeypatch):
     """Snakemake in this venv; the target's jobs through its interpreter (a recording wrapper), engines built and

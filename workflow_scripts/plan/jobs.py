@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 from collections.abc import Callable, Iterator
 
 from workflow_scripts.core import machine
@@ -104,6 +105,11 @@ class Plan:
         which has the TensorRT bindings), else `python` (Snakemake's environment)."""
         return self.targets[target]["python"] or "python"
 
+    def missing_interpreter(self, target: str) -> str | None:
+        """The target's `python` where it names no executable (its jobs are then not planned), else None."""
+        python = self.targets[target]["python"]
+        return python if python and shutil.which(python) is None else None
+
     def available_on(self, target: str, backend: str) -> tuple[bool, str]:
         """Whether a backend runs under the target's interpreter (asked of that interpreter once), and why not."""
         python = self.targets[target]["python"]
@@ -136,7 +142,7 @@ class Plan:
     def trt_timer(self, target: str) -> str | None:
         """What times a target's engines: 'runner' (the TensorRT runner, under the target's interpreter), 'trtexec'
         (its GPU compute time, where the bindings are missing but trtexec is here), or None."""
-        if target not in self.trt_targets:
+        if target not in self.trt_targets or self.missing_interpreter(target):
             return None
         if self.available_on(target, "tensorrt")[0]:
             return "runner"
@@ -253,7 +259,7 @@ class Plan:
         return [
             engine_path(t, m, p, n)
             for t in targets or self.trt_targets
-            if t in self.trt_targets and self.target_trt_builder(t)
+            if t in self.trt_targets and self.target_trt_builder(t) and not self.missing_interpreter(t)
             for m in self.models
             if self.runs_on(m, "tensorrt")
             for p in self.targets[t]["backends"]["tensorrt"]
@@ -291,6 +297,12 @@ class Plan:
             if not self.here(t):
                 lines.append(
                     f"{t}: a target for a machine matching {spec['machine']!r}; this one is {self._gpu_name()!r}"
+                )
+                continue
+            if self.missing_interpreter(t):
+                lines.append(
+                    f"{t}: targets.{t}.python {spec['python']!r}: no such interpreter, so none of its jobs run; "
+                    "create it (README: On a Jetson) or fix the path"
                 )
                 continue
             for b in spec["backends"]:
