@@ -204,6 +204,7 @@ def _jetson_copy(tmp_path: Path) -> Path:
     cfg = yaml.safe_load((w / "config/jetson.yaml").read_text())
     for t in cfg["targets"].values():  # INT8 inputs come from the quantize rules, not on this branch
         t["backends"]["tensorrt"] = [p for p in t["backends"]["tensorrt"] if p != "int8"]
+        t["python"] = sys.executable  # stands in for the board's .venv-jetpack (no TensorRT bindings: trtexec times)
     (w / "config/jetson.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return w
 
@@ -234,6 +235,7 @@ def test_fake_trtexec_dla_engine_records_power_mode_and_a_new_mode_rebuilds_only
     monkeypatch.setenv("PLANFORGE_TEGRASTATS", f"{sys.executable} {FAKES / 'tegrastats.py'}")
     lines = (Path(__file__).parent / "fixtures/tegrastats/agx_orin.txt").read_text().splitlines()
     monkeypatch.setenv("FAKE_TEGRASTATS_LINE", next(ln for ln in lines if ln and not ln.startswith("#")))
+    monkeypatch.setenv("FAKE_TRTEXEC_SECONDS", "1")  # the fake's "inference": long enough for tegrastats readings
     cfg = _trt_config()
     cfg["targets"]["jetson"] = {
         "device": "cuda",
