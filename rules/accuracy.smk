@@ -21,9 +21,10 @@ rule accuracy:
         family=family,
         dataset=dataset_dir,
         settings=settings(PLAN.accuracy_settings),
+        python=w(PLAN.job_python),
         baseline=optional_arg("--baseline", "baseline"),
     shell:
-        "python -m workflow_scripts.accuracy --model {wildcards.model} --family {params.family}"
+        "{params.python:q} -m workflow_scripts.accuracy --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --checkpoint-info {input.info} --backend {wildcards.backend}"
         " --precision {wildcards.precision} --dataset {params.dataset} --target {wildcards.target}"
         " {params.baseline} --settings {params.settings:q} --out {output} > {log} 2>&1"
@@ -55,10 +56,11 @@ rule accuracy_vla:
         family=family,
         dataset=dataset_dir,
         settings=settings(PLAN.accuracy_settings),
+        python=w(PLAN.job_python),
         baseline=optional_arg("--baseline", "baseline"),
         reference=optional_arg("--reference", "reference"),
     shell:
-        "python -m workflow_scripts.accuracy --model {wildcards.model} --family {params.family}"
+        "{params.python:q} -m workflow_scripts.accuracy --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --checkpoint-info {input.info} --backend {wildcards.backend}"
         " --precision {wildcards.precision} --dataset {params.dataset} --target {wildcards.target}"
         " {params.baseline} {params.reference} --save-outputs {output.actions}"

@@ -19,8 +19,10 @@ rule bench:
         family=family,
         dataset=dataset_dir,
         settings=settings(PLAN.bench_settings),
+        python=w(PLAN.job_python),
+        trtexec=flag("--trtexec", PLAN.bench_trtexec),
     shell:
-        "python -m workflow_scripts.bench --model {wildcards.model} --family {params.family}"
+        "{params.python:q} -m workflow_scripts.bench --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --backend {wildcards.backend} --precision {wildcards.precision}"
         " --batch {wildcards.batch} --dataset {params.dataset} --target {wildcards.target}"
-        " --settings {params.settings:q} --out {output} > {log} 2>&1"
+        " --settings {params.settings:q} {params.trtexec} --out {output} > {log} 2>&1"

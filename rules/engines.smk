@@ -24,7 +24,8 @@ rule build_engine:
         bench=1,
     params:
         settings=settings(PLAN.engine_settings),
+        python=w(PLAN.job_python),
         timing_cache=flag("--timing-cache", PLAN.timing_cache),
     shell:
-        "python -m workflow_scripts.tensorrt.build_engine --onnx {input.onnx} --settings {params.settings:q}"
+        "{params.python:q} -m workflow_scripts.tensorrt.build_engine --onnx {input.onnx} --settings {params.settings:q}"
         " {params.timing_cache} --engine {output.engine} --sidecar {output.sidecar} > {log} 2>&1"

@@ -70,8 +70,9 @@ rule pictures:
         family=family,
         dataset=dataset_dir,
         settings=settings(PLAN.picture_settings),
+        python=w(PLAN.job_python),
     shell:
-        "python -m workflow_scripts.pictures --model {wildcards.model} --family {params.family}"
+        "{params.python:q} -m workflow_scripts.pictures --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --checkpoint-info {input.info} --backend {wildcards.backend}"
         " --precision {wildcards.precision} --dataset {params.dataset} --target {wildcards.target}"
         " --settings {params.settings:q} --out {output} > {log} 2>&1"

@@ -88,11 +88,12 @@ def test_snakefmt_and_ruff_are_clean():
 
 
 def test_every_rule_calls_one_step_cli_that_runs_by_hand_with_help():
-    """Each rule's shell line is one `python -m workflow_scripts.<step>`; every such step (and the tools
+    """Each rule's shell line is one `python -m workflow_scripts.<step>` (model jobs: the target's interpreter); every such step (and the tools
     a person runs by hand) answers --help, so it can be rerun outside Snakemake with the rule's arguments."""
     steps = set()
     for name, body in _rule_blocks().items():
-        called = re.findall(r"python -m (workflow_scripts[\w.]*)", body)
+        # `python`, or the target's interpreter for model jobs (targets.<t>.python: `{params.python:q}`)
+        called = re.findall(r"(?:python|\{params\.python:q\}) -m (workflow_scripts[\w.]*)", body)
         assert len(called) == 1, f"rule {name} calls {called or 'no step CLI'}"
         steps |= set(called)
     by_hand = ("sensitivity", "train_demo", "train_dfine_demo", "tensorrt.trtexec_report")

@@ -60,6 +60,8 @@ def fake_trtexec_env(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("PLANFORGE_TRTEXEC", raising=False)
     calls = tmp_path / "trtexec_calls.jsonl"
     monkeypatch.setenv("FAKE_TRTEXEC_CALLS", str(calls))
+    # timing (--loadEngine) and DLA builds: the fake prints and writes real trtexec output from these fixtures
+    monkeypatch.setenv("FAKE_TRTEXEC_FIXTURES", str(Path(__file__).parent / "fixtures" / "trtexec" / "real"))
     return calls
 
 
@@ -103,7 +105,9 @@ def test_fake_trtexec_builds_every_engine_with_a_sidecar_and_a_second_run_does_n
         in json.loads((w / "artifacts/engines/gpu-b/a/fp16_b1.json").read_text())["command"]
     )
     summary = (w / "results/summary.md").read_text()
-    assert "gpu-a: tensorrt: engines built here with trtexec but not timed" in summary
+    assert "gpu-a: tensorrt: engines timed by trtexec (GPU compute time); accuracy not measured" in summary
+    timed = json.loads((w / "results/gpu-a/bench/b/tensorrt_fp16_b2.json").read_text())
+    assert timed["timed_by"] == "trtexec" and "--shapes=images:2x3x160x160" in timed["trtexec"]["command"]
     assert planned_outputs(w) == set()
     assert "Nothing to be done" in snakemake(w, "-n").stdout + snakemake(w, "-n").stderr
 
@@ -113,13 +117,13 @@ def test_fake_trtexec_changing_precision_or_a_flag_rebuilds_only_those_engines(f
     cfg = _trt_config()
     cfg["targets"]["gpu-b"]["backends"]["tensorrt"] = ["fp16", "fp32"]  # a precision added to one target
     write_config(w, cfg)
-    assert planned_outputs(w) == {
+    assert _engines(planned_outputs(w)) == {
         f"artifacts/engines/gpu-b/{m}/fp32_b1.{ext}" for m in ("a", "b") for ext in ("plan", "json")
     }
     cfg = _trt_config(workspace_mib=2048)  # one flag of one target
     write_config(w, cfg)
     expected = {f"artifacts/engines/gpu-b/{m}/fp16_b1.{ext}" for m in ("a", "b") for ext in ("plan", "json")}
-    assert planned_outputs(w) == expected
+    assert _engines(planned_outputs(w)) == expected
     before = len(_builds(calls))
     untouched = (w / "artifacts/engines/gpu-a/a/fp16_b1.plan").stat().st_mtime_ns
     snakemake(w)
@@ -185,7 +189,9 @@ def test_fake_trtexec_an_engine_from_another_gpu_is_refused_with_the_one_line_re
     # and through snakemake, when only mtimes decide (engines copied with the results): the bench job fails so
     monkeypatch.setenv("FAKE_TRTEXEC_VERSION", "100700")
     monkeypatch.setenv("PLANFORGE_GPU_NAME", "Fake GPU A")
-    proc = snakemake(w, "results/gpu-a/bench/a/tensorrt_fp16_b1.json", "--rerun-triggers", "mtime", check=False)
+    proc = snakemake(
+        w, "results/gpu-a/bench/a/tensorrt_fp16_b1.json", "--rerun-triggers", "mtime", "--force", check=False
+    )
     assert proc.returncode != 0
     log = (w / "logs/bench/gpu-a/a/tensorrt_fp16_b1.log").read_text()
     assert "with TensorRT 10.3.0, but this machine has GPU 'Fake GPU A' with TensorRT 10.7.0" in log
@@ -198,6 +204,7 @@ def _jetson_copy(tmp_path: Path) -> Path:
     cfg = yaml.safe_load((w / "config/jetson.yaml").read_text())
     for t in cfg["targets"].values():  # INT8 inputs come from the quantize rules, not on this branch
         t["backends"]["tensorrt"] = [p for p in t["backends"]["tensorrt"] if p != "int8"]
+        t["python"] = sys.executable  # stands in for the board's .venv-jetpack (no TensorRT bindings: trtexec times)
     (w / "config/jetson.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return w
 
@@ -225,6 +232,10 @@ def test_fake_trtexec_dla_engine_records_power_mode_and_a_new_mode_rebuilds_only
 ):
     w, calls = fake_engines_built
     monkeypatch.setenv("PLANFORGE_POWER_MODE", "MAXN")
+    monkeypatch.setenv("PLANFORGE_TEGRASTATS", f"{sys.executable} {FAKES / 'tegrastats.py'}")
+    lines = (Path(__file__).parent / "fixtures/tegrastats/agx_orin.txt").read_text().splitlines()
+    monkeypatch.setenv("FAKE_TEGRASTATS_LINE", next(ln for ln in lines if ln and not ln.startswith("#")))
+    monkeypatch.setenv("FAKE_TRTEXEC_SECONDS", "1")  # the fake's "inference": long enough for tegrastats readings
     cfg = _trt_config()
     cfg["targets"]["jetson"] = {
         "device": "cuda",
@@ -238,7 +249,10 @@ def test_fake_trtexec_dla_engine_records_power_mode_and_a_new_mode_rebuilds_only
     side = json.loads((w / "artifacts/engines/jetson/a/fp16_b2.json").read_text())
     assert side["settings"]["power_mode"] == "MAXN"
     assert {"--useDLACore=0", "--allowGPUFallback", "--minShapes=images:1x3x160x160"} <= set(side["command"])
+    assert side["dla_layers"] == {"dla": 2, "gpu": 2, "source": "build log", "reason": None}
+    timed = json.loads((w / "results/jetson/bench/a/tensorrt_fp16_b2.json").read_text())
+    assert "--useDLACore=0" in timed["trtexec"]["command"] and timed["power"]["inferences_per_joule"] > 0
     monkeypatch.setenv("PLANFORGE_POWER_MODE", "30W")
-    assert planned_outputs(w) == {
+    assert _engines(planned_outputs(w)) == {
         f"artifacts/engines/jetson/{m}/fp16_b2.{ext}" for m in ("a", "b") for ext in ("plan", "json")
     }

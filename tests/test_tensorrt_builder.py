@@ -337,4 +337,4 @@ def test_tensorrt_section_is_filled_from_the_defaults():
     cfg["targets"]["t"] = {"device": "cuda", "backends": {"tensorrt": ["int8"]}, "batch_sizes": [1]}
     cfg["targets"]["t"]["tensorrt"] = {"dla_core": 1}
     trt = validate(cfg)["targets"]["t"]["tensorrt"]
-    assert trt == {**TENSORRT_DEFAULTS, "dla_core": 1}
+    assert trt == {**TENSORRT_DEFAULTS, "dla_core": 1, "int8": "implicit"}  # DLA INT8: from the calibration cache

@@ -251,6 +251,54 @@ def bench(
     }
 
 
+def bench_with_trtexec(
+    trtexec: str,
+    model: str,
+    family: str,
+    engine: Path,
+    precision: str,
+    batch: int,
+    target: str,
+    s: BenchSettings,
+) -> dict:
+    """The bench record of an engine timed by trtexec (no TensorRT Python bindings here): its GPU compute time,
+    the same statistics, stability verdict and power fields; no pre/post-processing timers, no outputs to score."""
+    from workflow_scripts.tensorrt.trtexec_timing import time_engine
+
+    task_name = FAMILIES[family].task
+    timing = time_engine(
+        trtexec, engine, batch, s.imgsz, s.warmup, s.iterations, float(s.min_seconds), s.backend_options,
+        s.power, s.device, s.stability.max_cv, s.stability.max_p99_over_p50, s.stability.attempts,
+    )  # fmt: skip
+    return {
+        "status": "ok",
+        "model": model,
+        "family": family,
+        "task": task_name,
+        "unit": TASKS[task_name].unit,
+        "backend": "tensorrt",
+        "precision": precision,
+        "batch": batch,
+        "imgsz": s.imgsz,
+        "target": target,
+        "artifact": str(engine),
+        **timing,
+        "phase_latency_ms": None,
+        "accuracy": {
+            "measured": False,
+            "reason": "timed by trtexec: no TensorRT Python bindings (and torch) under this job's interpreter, so "
+            "no outputs to score; set targets.<target>.python to an interpreter that has them",
+        },
+        "setup_seconds": {},
+        "memory": None,
+        "runner": {"timer": "trtexec", "engine": str(engine), "engine_builder": str(timing["engine_builder"])},
+        "threads": s.threads,
+        "backend_options": s.backend_options,
+        "environment": environment(s.device),
+        "config_hash": s.config_hash,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -262,12 +310,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--settings", required=True, help="JSON: workflow_scripts.plan.settings.BenchSettings")
+    p.add_argument("--trtexec", default=None, help="time the engine with this trtexec (no TensorRT bindings here)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     s = BenchSettings.from_json(a.settings)
     if a.batch < 1:
         raise PlanforgeError(f"batch {a.batch}: must be at least 1")
-    r = bench(
+    if a.trtexec and a.backend != "tensorrt":
+        raise PlanforgeError(f"--trtexec times TensorRT engines only, not backend {a.backend!r}")
+    if a.trtexec:
+        r = bench_with_trtexec(a.trtexec, a.model, a.family, a.artifact, a.precision, a.batch, a.target, s)
+    else:
+        r = _bench_with_runner(a, s)
+    write_json(a.out, r)
+    d = r["dispersion"]
+    print(
+        f"{a.out}: p50 {r['latency_ms']['p50']:.2f} ms, p99 {r['latency_ms']['p99']:.2f} ms, "
+        f"{r['throughput_items_per_s']:.1f} items/s; cv {d['cv']}, p99/p50 {d['p99_over_p50']}, "
+        f"{'stable' if r['stable'] else 'UNSTABLE: ' + r['stability']['reason']}"
+    )
+
+
+def _bench_with_runner(a: argparse.Namespace, s: BenchSettings) -> dict:
+    return bench(
         a.model,
         a.family,
         a.artifact,
@@ -288,13 +353,6 @@ def main(argv: list[str] | None = None) -> None:
         gpu=s.gpu,
         min_seconds=float(s.min_seconds),
         stability=s.stability,
-    )
-    write_json(a.out, r)
-    d = r["dispersion"]
-    print(
-        f"{a.out}: p50 {r['latency_ms']['p50']:.2f} ms, p99 {r['latency_ms']['p99']:.2f} ms, "
-        f"{r['throughput_items_per_s']:.1f} items/s; cv {d['cv']}, p99/p50 {d['p99_over_p50']}, "
-        f"{'stable' if r['stable'] else 'UNSTABLE: ' + r['stability']['reason']}"
     )
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS
+from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.models import FAMILIES, checkpoint_problem, settings_problem
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS
@@ -98,6 +99,7 @@ TARGET_DEFAULTS = {
     "threads": None,
     "backend_options": {},
     "power": "none",
+    "python": None,  # the interpreter the target's model jobs run under (None: `python` on PATH)
     "gpu": None,
     "container": None,
     "tensorrt": TENSORRT_DEFAULTS,
@@ -170,6 +172,7 @@ def validate(config: dict, check_files: bool = True) -> dict:
         if problem:
             raise PlanforgeError(f"config key models.{name}.checkpoint: {problem}")
     for name, target in cfg["targets"].items():
+        int8_given = "int8" in (target.get("tensorrt") or {})
         target = cfg["targets"][name] = _merge(TARGET_DEFAULTS, target)
         for backend, precisions in target["backends"].items():
             spec = BACKENDS[backend]
@@ -181,6 +184,15 @@ def validate(config: dict, check_files: bool = True) -> dict:
                 problem = spec.device_problem(target["device"], precision)
                 if problem:
                     raise PlanforgeError(f"{where}: {problem}")
+        trt = target["tensorrt"]
+        dla_int8 = any(parse_precision(p).int8_engine for p in target["backends"].get("tensorrt", []))
+        if trt["dla_core"] is not None and dla_int8 and not int8_given:
+            trt["int8"] = "implicit"  # DLA INT8: from the calibration cache, unless the config says otherwise
+        if trt["dla_core"] is not None and dla_int8 and trt["int8"] != "implicit":
+            raise PlanforgeError(
+                f"config key targets.{name}.tensorrt.int8: a DLA INT8 engine is built from the calibration cache "
+                "the workflow makes (artifacts/calib/<model>/<method>.cache); set it to implicit"
+            )
     cfg.setdefault("references", [])
     for i, ref in enumerate(cfg["references"]):
         if ref["model"] not in cfg["models"]:

@@ -384,6 +384,10 @@ def render(
                     text += f" highest throughput: **{_label(peak)}**, {peak['throughput']:.1f} img/s."
                 lines.append(text)
                 lines += skipped_line(rows, fast, peak)
+            for _, r in (
+                joined[joined["accuracy_not_measured"].notna()].iterrows() if "accuracy_not_measured" in joined else ()
+            ):
+                lines.append(f"- {_label(r)}: accuracy not measured: {r['accuracy_not_measured']}")
             lines.append("")
             notes = int8_speed_notes(joined)
             if notes:
@@ -446,6 +450,14 @@ def render(
                 "timed apart; throughput = frames/s over the live sequences."
             ]
             if "bench_task" in bench and (bench["bench_task"] == "tracking").any()
+            else []
+        ),
+        *(
+            [
+                "- **timed by trtexec** (TensorRT engines where the job's Python has no TensorRT bindings): p50/p99 are "
+                "trtexec's GPU compute time (`--exportTimes` computeMs); no pre/post timers; accuracy not measured."
+            ]
+            if "timed_by" in bench and (bench["timed_by"] == "trtexec").any()
             else []
         ),
         "- Every number comes from the JSON files under `results/`; each records its warmup and iteration "

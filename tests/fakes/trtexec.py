@@ -8,12 +8,15 @@ file, `--allowGPUFallback` only with `--useDLACore` — and prints trtexec's ban
 It builds nothing: `--saveEngine` gets a small text file naming the fake and the arguments.
 $FAKE_TRTEXEC_VERSION sets the version number it claims (default 100300 = 10.3.0);
 $FAKE_TRTEXEC_CALLS, when set, is a file it appends each command line to (one JSON list a line).
+With `--loadEngine` (timing) it prints real trtexec lines and writes real export files from
+$FAKE_TRTEXEC_FIXTURES (tests/fixtures/trtexec/real/, cited in its README): see `time_engine`.
 """
 
 import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 VERSION = os.environ.get("FAKE_TRTEXEC_VERSION", "100300")
@@ -106,6 +109,29 @@ def shape(spec: str, inputs: dict[str, int], flag: str) -> list[int]:
     return dims
 
 
+def time_engine(opts: dict) -> None:
+    """--loadEngine: print real trtexec timing lines and write real --exportTimes/--exportProfile files (from
+    $FAKE_TRTEXEC_FIXTURES, tests/fixtures/trtexec/real/); a file that is not a fake engine is refused."""
+    engine = Path(opts["loadEngine"])
+    if not engine.is_file() or not engine.read_text(errors="replace").startswith("FAKE TensorRT engine"):
+        fail(f"Failed to load engine {engine}")
+    if opts.get("allowGPUFallback"):
+        fail("--allowGPUFallback is a build option")
+    for flag in ("warmUp", "iterations"):
+        if flag in opts and not opts[flag].isdigit():
+            fail(f"--{flag}={opts[flag]}: expected an integer")
+    fixtures = Path(os.environ["FAKE_TRTEXEC_FIXTURES"])
+    stdout = (fixtures / "loadengine_stdout.txt").read_text().splitlines()
+    started = next(i for i, ln in enumerate(stdout) if "Starting inference" in ln)
+    print("\n".join(stdout[: started + 1]), flush=True)
+    time.sleep(float(os.environ.get("FAKE_TRTEXEC_SECONDS", "0.1")))  # "inference": a window for the power sampler
+    print("\n".join(stdout[started + 1 :]), flush=True)
+    if "exportTimes" in opts:
+        Path(opts["exportTimes"]).write_text((fixtures / "mobilenet.qat.timing.json").read_text())
+    if "exportProfile" in opts:
+        Path(opts["exportProfile"]).write_text((fixtures / "mobilenet.qat.profile.json").read_text())
+
+
 def main() -> None:
     argv = sys.argv[1:]
     print(f"&&&& RUNNING {BANNER} # trtexec {' '.join(argv)}")
@@ -116,6 +142,10 @@ def main() -> None:
     opts = parse(argv)
     if opts.get("version") or opts.get("help"):
         print("=== Model Options ===\n  --onnx=<file>               ONNX model")
+        return
+    if "loadEngine" in opts:
+        time_engine(opts)
+        print(f"&&&& PASSED {BANNER} # trtexec {' '.join(argv)}")
         return
     if "onnx" not in opts:
         fail("Model missing or format not recognized (give --onnx=<file>)")
@@ -149,6 +179,8 @@ def main() -> None:
         cache = Path(opts["timingCacheFile"])
         with cache.open("a") as fh:
             fh.write("fake timing cache entry\n")
+    if "useDLACore" in opts and os.environ.get("FAKE_TRTEXEC_FIXTURES"):  # a real DLA build's layer placement
+        print((Path(os.environ["FAKE_TRTEXEC_FIXTURES"]) / "dla_build_log.txt").read_text(), end="")
     if "saveEngine" in opts:
         Path(opts["saveEngine"]).write_text(
             "FAKE TensorRT engine written by tests/fakes/trtexec.py\n" + json.dumps(argv)

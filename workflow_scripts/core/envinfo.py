@@ -9,6 +9,7 @@ import hashlib
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -147,15 +148,22 @@ def git_commit() -> str | None:
     return version["value"] if version["kind"] == "git" else None
 
 
+def interpreter() -> dict[str, str]:
+    """The Python that ran this job (a target's `python` may differ from Snakemake's)."""
+    return {"executable": sys.executable, "version": platform.python_version()}
+
+
 def environment(device: str) -> dict:
-    """Device, libraries, code version (git commit, or a content hash outside a checkout) and a UTC timestamp."""
+    """Device, libraries, the interpreter, code version (git commit, or a content hash outside a checkout) and a UTC
+    timestamp."""
     return {
         **device_info(device),
+        "interpreter": interpreter(),
         "platform": platform.platform(),
         "libraries": library_versions(),
         "git_commit": git_commit(),
         "code_version": dict(code_version()),
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (3.10: no dt.UTC)
     }
 
 

@@ -54,6 +54,9 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 "cv": (r.get("dispersion") or {}).get("cv"),
                 "p99_over_p50": (r.get("dispersion") or {}).get("p99_over_p50"),
                 "unstable_reason": (r.get("stability") or {}).get("reason"),
+                # engines timed by trtexec (no TensorRT bindings): its GPU compute time, and no outputs to score
+                "timed_by": r.get("timed_by", "runner"),
+                "accuracy_not_measured": (r.get("accuracy") or {}).get("reason"),
             }
         )
     acc = []

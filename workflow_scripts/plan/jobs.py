@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 from collections.abc import Callable, Iterator
 
 from workflow_scripts.core import machine
@@ -19,11 +20,27 @@ from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.models import FAMILIES, checkpoint_inputs, family_file, family_settings, get_family
 from workflow_scripts.plan import settings as S
 from workflow_scripts.power import SAMPLERS
-from workflow_scripts.runners import BACKENDS, backend_available, runner_file
+from workflow_scripts.runners import BACKENDS, backend_available, backend_available_in, runner_file
 from workflow_scripts.tasks import TASKS
 from workflow_scripts.tensorrt import engines as trt
 
 PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency")
+JETSON_SAMPLERS = ("tegrastats", "jtop")  # power samplers that mean "this target is a Jetson" (power mode in engines)
+# the steps whose jobs run a model on a target, under targets.<t>.python where one is set (rules: params.python)
+MODEL_JOB_STEPS = ("bench", "accuracy", "pictures", "tensorrt.build_engine")
+
+
+def model_job_code() -> tuple[str, ...]:
+    """Every project file a TensorRT job under targets.<t>.python imports: the model-job steps, and what they import
+    by name (the TensorRT runner, the detection families and task, every power sampler). tests/test_py310.py checks
+    these stay importable on JetPack 6's Python 3.10 (and the other runners' syntax)."""
+    by_name = [
+        BACKENDS["tensorrt"].module_path,
+        *(f"workflow_scripts.models.{name}" for name, spec in FAMILIES.items() if spec.task == "detection"),
+        "workflow_scripts.tasks.detection",
+        *(spec.module for spec in SAMPLERS.values()),
+    ]
+    return code_files(*MODEL_JOB_STEPS, *by_name)
 
 
 def bench_path(target: str, model: str, backend: str, precision: str, batch: int | str) -> str:
@@ -36,7 +53,6 @@ def accuracy_path(target: str, model: str, backend: str, precision: str) -> str:
 
 def picture_path(target: str, model: str, backend: str, precision: str) -> str:
     return f"results/{target}/pictures/{model}/{backend}_{precision}.png"
-
 
 
 def outputs_path(target: str, model: str, backend: str, precision: str) -> str:
@@ -64,6 +80,7 @@ class Plan:
         available: Callable[[str], tuple[bool, str]] = backend_available,
         gpu_name: Callable[[], str] = machine.gpu_name,
         trt_builder: Callable[[], str | None] = trt.builder,
+        available_in: Callable[[str, str], tuple[bool, str]] = backend_available_in,
     ) -> None:
         self.cfg = cfg
         self.datasets, self.models, self.targets = cfg["datasets"], cfg["models"], cfg["targets"]
@@ -73,6 +90,8 @@ class Plan:
         self._gpu_name = gpu_name
         self._trt_builder = trt_builder
         self._availability: dict[str, tuple[bool, str]] = {}
+        self._available_in = available_in
+        self._availability_in: dict[tuple[str, str], tuple[bool, str]] = {}
 
     # -- what this machine runs -----------------------------------------------------------------------
     def available(self, backend: str) -> tuple[bool, str]:
@@ -80,6 +99,25 @@ class Plan:
         if backend not in self._availability:
             self._availability[backend] = self._available(backend)
         return self._availability[backend]
+
+    def job_python(self, target: str, **_) -> str:
+        """The interpreter a target's model jobs run under: targets.<t>.python (e.g. JetPack's /usr/bin/python3,
+        which has the TensorRT bindings), else `python` (Snakemake's environment)."""
+        return self.targets[target]["python"] or "python"
+
+    def missing_interpreter(self, target: str) -> str | None:
+        """The target's `python` where it names no executable (its jobs are then not planned), else None."""
+        python = self.targets[target]["python"]
+        return python if python and shutil.which(python) is None else None
+
+    def available_on(self, target: str, backend: str) -> tuple[bool, str]:
+        """Whether a backend runs under the target's interpreter (asked of that interpreter once), and why not."""
+        python = self.targets[target]["python"]
+        if python is None:
+            return self.available(backend)
+        if (python, backend) not in self._availability_in:
+            self._availability_in[python, backend] = self._available_in(python, backend)
+        return self._availability_in[python, backend]
 
     def here(self, target: str) -> bool:
         """A target names the machine it is for (targets.<t>.machine); on any other it is skipped."""
@@ -92,8 +130,31 @@ class Plan:
 
     @functools.cached_property
     def trt_builder(self) -> str | None:
-        """'python', 'trtexec' or None; looked up only when a target asks for TensorRT."""
+        """'python', 'trtexec' or None in Snakemake's own environment; looked up only when a target asks for TensorRT."""
         return self._trt_builder() if self.trt_targets else None
+
+    def target_trt_builder(self, target: str) -> str | None:
+        """What builds a target's engines: 'python' where its interpreter has the TensorRT bindings, else as above."""
+        if self.targets[target]["python"] and self.available_on(target, "tensorrt")[0]:
+            return "python"
+        return self.trt_builder
+
+    def trt_timer(self, target: str) -> str | None:
+        """What times a target's engines: 'runner' (the TensorRT runner, under the target's interpreter), 'trtexec'
+        (its GPU compute time, where the bindings are missing but trtexec is here), or None."""
+        if target not in self.trt_targets or self.missing_interpreter(target):
+            return None
+        if self.available_on(target, "tensorrt")[0]:
+            return "runner"
+        return "trtexec" if self.target_trt_builder(target) and trt.find_trtexec() else None
+
+    def scored_here(self, target: str, backend: str) -> bool:
+        """Whether a run's outputs can be scored: not for engines timed by trtexec (it keeps no outputs)."""
+        return not (backend == "tensorrt" and self.trt_timer(target) == "trtexec")
+
+    def bench_trtexec(self, target: str, backend: str, **_) -> str | None:
+        """The trtexec a bench job times its engine with (the trtexec timing path), else None."""
+        return trt.find_trtexec() if backend == "tensorrt" and self.trt_timer(target) == "trtexec" else None
 
     # -- models ---------------------------------------------------------------------------------------
     def family(self, model: str) -> str:
@@ -153,7 +214,8 @@ class Plan:
         """(model, backend, precision) triples a target measures, available backends only."""
         for model in self.models if self.here(target) else ():
             for backend, precisions in self.targets[target]["backends"].items():
-                if self.available(backend)[0] and self.runs_on(model, backend):
+                timed = self.available_on(target, backend)[0] or self.bench_trtexec(target, backend)
+                if timed and self.runs_on(model, backend):
                     for precision in precisions:
                         if self.precision_problem(model, precision) is None:
                             yield model, backend, precision
@@ -182,10 +244,10 @@ class Plan:
         out = []
         base = (self.baseline["backend"], self.baseline["precision"])
         for t in targets or self.targets:
-            triples = [r for r in self.runs(t) if self.scored(r[0])]
+            triples = [r for r in self.runs(t) if self.scored(r[0]) and self.scored_here(t, r[1])]
             # a target with nothing to measure here (e.g. only TensorRT, not installed) gets no baseline job
             for m in self.models if triples else ():
-                if self.scored(m) and self.available(base[0])[0] and self.runs_on(m, base[0]):
+                if self.scored(m) and self.available_on(t, base[0])[0] and self.runs_on(m, base[0]):
                     triples.append((m, *base))
             out += [accuracy_path(t, m, b, p) for m, b, p in dict.fromkeys(triples)]
         return out
@@ -198,17 +260,15 @@ class Plan:
             picture_path(t, m, b, p)
             for t in targets or self.targets
             for m, b, p in self.runs(t)
-            if self.scored(m) and TASKS[FAMILIES[self.family(m)].task].pictures
+            if self.scored(m) and self.scored_here(t, b) and TASKS[FAMILIES[self.family(m)].task].pictures
         ]
 
     def engine_outputs(self, targets: list[str] | None = None) -> list[str]:
         """Every engine of the TensorRT targets (none where TensorRT is not installed)."""
-        if self.trt_builder is None:
-            return []
         return [
             engine_path(t, m, p, n)
             for t in targets or self.trt_targets
-            if t in self.trt_targets
+            if t in self.trt_targets and self.target_trt_builder(t) and not self.missing_interpreter(t)
             for m in self.models
             if self.runs_on(m, "tensorrt")
             for p in self.targets[t]["backends"]["tensorrt"]
@@ -248,8 +308,16 @@ class Plan:
                     f"{t}: a target for a machine matching {spec['machine']!r}; this one is {self._gpu_name()!r}"
                 )
                 continue
+            if self.missing_interpreter(t):
+                lines.append(
+                    f"{t}: targets.{t}.python {spec['python']!r}: no such interpreter, so none of its jobs run; "
+                    "create it (README: On a Jetson) or fix the path"
+                )
+                continue
             for b in spec["backends"]:
-                ok, why = self.available(b)
+                ok, why = self.available_on(t, b)
+                if spec["python"] and not ok:  # "…(missing Python module tensorrt for Python 3.10.12)": say whose
+                    why = f"{why.split(' (', 1)[-1].rstrip(')')} under targets.{t}.python {spec['python']}"
                 if ok:  # installed: say which models it still does not run (their family has no such artifact)
                     for m in self.models:
                         why_not = FAMILIES[self.family(m)].backend_problem(self.family(m), BACKENDS[b].artifact)
@@ -261,10 +329,18 @@ class Plan:
                             if why_not:
                                 lines.append(f"{t}: {b} {p}: {m} not run: {why_not}")
                     continue
-                if b == "tensorrt" and self.trt_builder:
-                    lines.append(f"{t}: tensorrt: engines built here with {self.trt_builder} but not timed: {why}")
+                if b == "tensorrt" and self.trt_timer(t) == "trtexec":
+                    lines.append(
+                        f"{t}: tensorrt: engines timed by trtexec (GPU compute time); accuracy not measured: {why}; "
+                        f"set targets.{t}.python to an interpreter with the TensorRT bindings and torch to score them"
+                    )
+                elif b == "tensorrt" and self.target_trt_builder(t):
+                    lines.append(
+                        f"{t}: tensorrt: engines built here with {self.target_trt_builder(t)} but not timed (no trtexec "
+                        f"to time them either): {why}"
+                    )
                 elif b == "tensorrt":
-                    lines.append(f"{t}: tensorrt: {trt.unavailable_reason()}")
+                    lines.append(f"{t}: tensorrt: {trt.unavailable_reason()}" + (f"; {why}" if spec["python"] else ""))
                 else:
                     lines.append(f"{t}: {why}")
         return lines
@@ -450,7 +526,7 @@ class Plan:
         return [cache] if cache else []
 
     def engine_settings(self, target: str, model: str, precision: str, batch: str, **_) -> dict:
-        jetson = self.targets[target]["power"] == "tegrastats"
+        jetson = self.targets[target]["power"] in JETSON_SAMPLERS
         return trt.engine_settings(
             model,
             precision,
@@ -458,7 +534,7 @@ class Plan:
             self.imgsz(model),
             self.input_name(model),
             self.trt_config(target, precision),
-            trt.machine_identity(jetson=jetson),
+            trt.machine_identity(jetson=jetson, python=self.targets[target]["python"]),
         )
 
     def timing_cache(self, target: str, precision: str, **_) -> str | None:

@@ -19,6 +19,9 @@ SAMPLERS: Registry[SamplerSpec] = Registry("power sampler")
 SAMPLERS.register("none", SamplerSpec("workflow_scripts.power.none", "nothing (no energy figures)"))
 SAMPLERS.register("nvml", SamplerSpec("workflow_scripts.power.nvml", "GPU board power through NVML"))
 SAMPLERS.register("tegrastats", SamplerSpec("workflow_scripts.power.tegrastats", "Jetson rails through tegrastats"))
+SAMPLERS.register(
+    "jtop", SamplerSpec("workflow_scripts.power.jtop_stats", "Jetson rails through jtop (jetson-stats, its service)")
+)
 
 
 class Sampler:

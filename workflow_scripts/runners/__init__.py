@@ -199,6 +199,56 @@ def backend_available(name: str) -> tuple[bool, str]:
     return True, ""
 
 
+# run by another interpreter: prints the modules and distributions of argv that it lacks, as JSON
+_PROBE = """
+import importlib.util, json, sys
+from importlib import metadata
+def installed(d):
+    try:
+        metadata.version(d)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+modules, dists = sys.argv[1].split(","), sys.argv[2].split(",")
+print(json.dumps({"modules": [m for m in modules if m and importlib.util.find_spec(m) is None],
+                  "dists": [d for d in dists if d and not installed(d)], "version": sys.version.split()[0]}))
+"""
+
+
+def backend_available_in(python: str, name: str) -> tuple[bool, str]:
+    """Whether `name`'s modules are installed for another interpreter (a target's `python`), and why not."""
+    import json
+    import shutil
+    import subprocess
+
+    spec = BACKENDS[name]
+    exe = shutil.which(python)
+    if exe is None:
+        return False, f"{name}: interpreter {python!r} not found; fix targets.<target>.python"
+    try:
+        out = subprocess.run(
+            [exe, "-c", _PROBE, ",".join(spec.requires), ",".join(spec.requires_dist)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        found = json.loads(out.stdout)
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        return False, f"{name}: interpreter {python!r} could not be asked what it has ({exc})"
+    if found["modules"]:
+        what = spec.missing or "not installed on this machine"
+        return (
+            False,
+            f"{name}: {what} (missing Python module {', '.join(found['modules'])} for Python {found['version']})",
+        )
+    if found["dists"]:
+        return (
+            False,
+            f"{name}: not installed for Python {found['version']} (missing package {', '.join(found['dists'])})",
+        )
+    return True, ""
+
+
 def _installed(distribution: str) -> bool:
     from importlib import metadata
 

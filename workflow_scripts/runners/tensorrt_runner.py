@@ -155,4 +155,12 @@ class TensorrtRunner(Runner):
             "engine_builder": str(self.meta.get("builder")),
             "engine_profile": f"{self.min_batch}..{self.max_batch}",
             "cuda_graph": str(self.cuda_graph),
+            **({"dla_layers": _placement(self.meta["dla_layers"])} if self.meta.get("dla_layers") else {}),
         }
+
+
+def _placement(layers: dict) -> str:
+    """'DLA 2, GPU 6 (build log)' from the sidecar's dla_layers."""
+    if layers.get("dla") is None:
+        return f"unknown ({layers.get('reason')})"
+    return f"DLA {layers['dla']}, GPU {layers['gpu']} ({layers['source']})"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workflow_scripts.core.envinfo import interpreter
 from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
 from workflow_scripts.tensorrt import engines
 
@@ -159,7 +160,10 @@ def build(
         "timing_cache": str(timing_cache) if timing_cache else None,
         "build_seconds": round(seconds, 3),
         "engine_bytes": engine.stat().st_size,
-        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # DLA engines: how many layers (DLA: fused subgraphs) run on DLA and how many fell back to the GPU
+        "dla_layers": engines.dla_layers(log) if settings.get("dla_core") is not None else None,
+        "interpreter": interpreter(),
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (3.10: no dt.UTC)
         "build_log": log,
     }
     write_json(sidecar, record)
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     r = build(a.onnx, settings, a.engine, a.sidecar, a.timing_cache, a.trtexec)
     print(r["build_log"])
     print(f"{a.engine}: built by {r['builder']} in {r['build_seconds']:.1f} s ({r['engine_bytes']} bytes)")
+    if r["dla_layers"] and r["dla_layers"]["dla"] is not None:
+        print(f"{a.engine}: {r['dla_layers']['dla']} layers on DLA, {r['dla_layers']['gpu']} on the GPU")
 
 
 if __name__ == "__main__":

@@ -101,11 +101,32 @@ def tensorrt_version(configured_trtexec: str | None = None) -> str | None:
     return version
 
 
-def machine_identity(configured_trtexec: str | None = None, jetson: bool = False) -> dict[str, str | None]:
-    """What an engine is tied to: GPU, TensorRT version and (Jetson) power mode."""
+@functools.cache
+def tensorrt_version_in(python: str) -> str | None:
+    """The TensorRT version another interpreter (a target's `python`) imports, or None where it has no bindings."""
+    exe = shutil.which(python)
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "-c", "import tensorrt; print(tensorrt.__version__)"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return _three(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def machine_identity(
+    configured_trtexec: str | None = None, jetson: bool = False, python: str | None = None
+) -> dict[str, str | None]:
+    """What an engine is tied to: GPU, TensorRT version and (Jetson) power mode.
+
+    `python`: the target's interpreter; its TensorRT bindings' version is the one its jobs build and run with.
+    """
+    version = tensorrt_version_in(python) if python and env_value("PLANFORGE_TRTEXEC") is None else None
     return {
         "gpu": gpu_name(),
-        "tensorrt_version": tensorrt_version(configured_trtexec),
+        "tensorrt_version": version or tensorrt_version(configured_trtexec),
         "power_mode": power_mode() if jetson else None,
     }
 
@@ -204,3 +225,16 @@ def check_engine(engine: str | Path, identity: dict[str, str | None]) -> dict:
             f"{rebuild_command(engine)}"
         )
     return meta
+
+
+_PLACED = re.compile(r"\[(Dla|Gpu)Layer\]")
+
+
+def dla_layers(build_log: str) -> dict[str, Any]:
+    """How many layers TensorRT placed on DLA and on the GPU, from the build log's 'Layers Running on DLA/GPU'
+    lists (printed at INFO level by trtexec and the Python API). A DLA entry is one `{ForeignNode[first...last]}`:
+    a run of consecutive ONNX layers fused into one DLA subgraph."""
+    placed = _PLACED.findall(build_log)
+    if "Layers Running on DLA" not in build_log:
+        return {"dla": None, "gpu": None, "source": "build log", "reason": "the build log lists no layer placement"}
+    return {"dla": placed.count("Dla"), "gpu": placed.count("Gpu"), "source": "build log", "reason": None}
