@@ -45,6 +45,7 @@ ROWS = {
     "fp32": ("torch", "fp32", {}),
     "bf16": ("torch", "bf16", {}),
     "bf16-graph": ("torch-cudagraph", "bf16", {}),
+    "fp16-graph": ("torch-cudagraph", "fp16", {}),
     "bf16-compile-graph": ("torch-compile-graph", "bf16", {"cache_dir": None}),
     "int4": ("torchao", "int4_weight", {}),
     "int4-graph": ("torchao", "int4_weight", {"cuda_graph": True}),
