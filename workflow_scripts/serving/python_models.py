@@ -217,8 +217,16 @@ class Pi0Model(_Model):
         super().initialize(args)
 
     def setup(self) -> None:
-        import torch
+        try:
+            import torch
+        except ImportError as exc:
+            import os
 
+            raise ImportError(
+                f"{exc}: the Pi0 model needs torch and transformers from the workflow's Python "
+                f"(PLANFORGE_WORKFLOW_SITE_PACKAGES={os.environ.get('PLANFORGE_WORKFLOW_SITE_PACKAGES')}); "
+                "run the serving jobs with the interpreter that runs the workflow"
+            ) from None
         threads = int(self.params.get("threads") or 0)
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
