@@ -111,7 +111,9 @@ def memory(server: TritonServer, index: dict, models: dict[str, str], cuda: bool
     for role, model in models.items():
         names = [n for n in triton_models_of(index["models"][model]) if n in per_triton]
         if not names:
-            raise PlanforgeError(f"{model}: no python backend stub found for {triton_models_of(index['models'][model])}")
+            raise PlanforgeError(
+                f"{model}: no python backend stub found for {triton_models_of(index['models'][model])}"
+            )
         rows = [r for n in names for r in per_triton[n]]
         out["models"][model] = {
             "role": role,

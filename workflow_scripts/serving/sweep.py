@@ -219,8 +219,21 @@ def run_sweep(
         from workflow_scripts.serving.vla import run_vla_sweep
 
         return run_vla_sweep(
-            repository, index, model, target, dataset, server_log, concurrency, protocols, requests,
-            startup_timeout, http_port, grpc_port, env_dir, stability, max_trials,
+            repository,
+            index,
+            model,
+            target,
+            dataset,
+            server_log,
+            concurrency,
+            protocols,
+            requests,
+            startup_timeout,
+            http_port,
+            grpc_port,
+            env_dir,
+            stability,
+            max_trials,
         )
     env = ensure(env_dir)
     ensemble = entry["ensembles"]["serve"]["name"]

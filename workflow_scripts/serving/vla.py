@@ -103,7 +103,9 @@ class ActionClient:
 
 def in_process_runner(entry: dict, repository: Path, device: str, threads: int | None):
     """The torch FP32 runner of the served checkpoint (the repository's copy), as the accuracy jobs build it."""
-    return make_runner("torch", repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], "fp32", device, threads)
+    return make_runner(
+        "torch", repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], "fp32", device, threads
+    )
 
 
 def in_process_chunk(entry: dict, repository: Path, device: str, threads, dataset: Path, iterations: int) -> dict:
@@ -275,5 +277,7 @@ def evaluate_served_actions(
         "server": {"log": str(server_log), "environment": env.versions()},
     }
     if served["episodes"] != local["episodes"]:
-        raise PlanforgeError(f"{model}: {served['episodes']} episodes through the server, {local['episodes']} in-process")
+        raise PlanforgeError(
+            f"{model}: {served['episodes']} episodes through the server, {local['episodes']} in-process"
+        )
     return record
