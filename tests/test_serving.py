@@ -532,6 +532,7 @@ def test_coserving_reports_each_models_memory_and_latency_alone_and_mixed(served
         mem = rec[key]["models"]
         assert mem["p"]["triton_models"] == ["p"] and mem["p"]["stubs"] == 1
         assert set(mem["a"]["triton_models"]) == {"a_pre", "a_post", "a_post_eval", "a_onnxruntime_fp32"}
+        assert "d_pre" not in rec[key]["triton_models"]  # the job loads only the two models it measures
         for m in ("p", "a"):
             assert 0 < mem[m]["pss_mib"] <= mem[m]["rss_mib"] and mem[m]["gpu_mib"] is None
         assert mem["p"]["rss_mib"] > 100  # torch and transformers live in the Pi0 stub only
@@ -574,7 +575,7 @@ def test_bad_pi0_requests_get_a_clear_error_and_the_server_keeps_serving(served_
         "2 cameras": ({**good, "IMAGES": np.repeat(good["IMAGES"], 2, axis=0)}, "IMAGES: 2 cameras; this model serves"),
         "token ≥ vocab": ({**good, "TOKENS": np.full_like(good["TOKENS"], 8192)}, "TOKENS: ids must be in [0, 8192)"),
         "token < 0": ({**good, "TOKENS": np.full_like(good["TOKENS"], -1)}, "TOKENS: ids must be in [0, 8192)"),
-        "no STATE": ({k: v for k, v in good.items() if k != "STATE"}, "missing required input(s) ['STATE']"),
+        "no STATE": ({k: v for k, v in good.items() if k != "STATE"}, "STATE: missing"),
         "STATE fp64": ({**good, "STATE": good["STATE"].astype(np.float64)}, "input 'STATE' data-type is 'FP64'"),
         "NOISE shape": ({**good, "NOISE": good["NOISE"][:, :16].copy()}, "unexpected shape for input 'NOISE'"),
         "mask length": ({**good, "TOKEN_MASK": good["TOKEN_MASK"][:3].copy()}, "TOKEN_MASK: 3 entries for 16 TOKENS"),

@@ -24,6 +24,7 @@ from workflow_scripts.core.metrics import coco_evaluate
 from workflow_scripts.plan.settings import ServingAccuracySettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.python_models import unpack_detections
+from workflow_scripts.serving.repository import triton_models_of
 from workflow_scripts.serving.server import TritonServer, serve
 from workflow_scripts.tasks.detection import category_map, coco_detections
 
@@ -84,7 +85,8 @@ def evaluate_served(
     server_log.parent.mkdir(parents=True, exist_ok=True)
     server_log.write_text("")
     t0 = time.perf_counter()
-    with serve(env, repository, server_log, timeout=startup_timeout) as server:
+    load = triton_models_of(index["models"][model])
+    with serve(env, repository, server_log, timeout=startup_timeout, models=load) as server:
         detect = EnsembleDetector(server, ens["name"])
         detections, seconds = coco_detections(split, records, cats, detect, batch, f"mAP {model} via triton")
     stats = coco_evaluate(split.annotations, detections, [r["id"] for r in records])

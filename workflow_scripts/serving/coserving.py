@@ -27,11 +27,12 @@ from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, read_json, run_cli, write_json
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
+from workflow_scripts.serving.repository import triton_models_of
 from workflow_scripts.serving.server import TritonServer, serve
 from workflow_scripts.serving.sweep import parse_perf_csv, write_image_input
 from workflow_scripts.serving.vla import write_perf_input
 
-WINDOW_MS = 2000  # perf_analyzer time window: alone and mixed runs last about as long, so they overlap
+WINDOW_MS = 1500  # perf_analyzer time window: alone and mixed runs last about as long, so they overlap
 WINDOWS = 3
 
 
@@ -89,14 +90,6 @@ def gpu_memory_by_pid() -> tuple[dict[int, float], str | None]:
         return out, None
     except Exception as exc:  # noqa: BLE001 - NVML errors are reported, not fatal
         return {}, f"NVML: {exc}"
-
-
-def triton_models_of(entry: dict) -> list[str]:
-    """The Triton models that hold one served planforge model (the ensemble itself has no process)."""
-    if entry.get("task") == "vla":
-        return [entry["model"]]
-    pre_post = [entry["ensembles"]["serve"]["name"] + s for s in ("_pre", "_post")]
-    return [*pre_post, entry["ensembles"]["serve"]["name"] + "_post_eval", *entry["inference_models"].values()]
 
 
 def memory(server: TritonServer, index: dict, models: dict[str, str], cuda: bool) -> dict:
@@ -178,7 +171,8 @@ def run_coserving(
         split = load_split(detection_dataset, "val")
         shape = write_image_input(read_image(split.image_path(split.images[0])), tmp / "image.json")
         inputs = {vla_model: (str(tmp / "episodes.json"), None), detection_model: (str(tmp / "image.json"), shape)}
-        with serve(env, repository, server_log, timeout=startup_timeout) as server:
+        load = [n for m in models.values() for n in triton_models_of(index["models"][m])]
+        with serve(env, repository, server_log, timeout=startup_timeout, models=load) as server:
             loaded = memory(server, index, models, cuda)
             alone, mixed = {}, {}
             for m in models.values():

@@ -257,8 +257,17 @@ class Pi0Model(_Model):
             )
 
     def request(self, request) -> dict[str, np.ndarray]:
-        images, state, tokens, mask = self.inputs(request, "IMAGES", "STATE", "TOKENS", "TOKEN_MASK")
-        images, state, tokens, mask = images[0], state[0], tokens[0], mask[0].astype(bool)
+        arrays = []
+        for name in ("IMAGES", "STATE", "TOKENS", "TOKEN_MASK"):
+            tensor = self.pb.get_input_tensor_by_name(request, name)
+            if tensor is None:  # the server checks only the number of inputs when one is optional
+                raise BadInput(
+                    f"{name}: missing; the model needs IMAGES, STATE, TOKENS and TOKEN_MASK (NOISE optional)"
+                )
+            arrays.append(tensor.as_numpy())
+            if len(arrays[-1]) != 1:
+                raise BadInput(f"{name}: a batch of {len(arrays[-1])}; send one episode per request (batch 1)")
+        images, state, tokens, mask = arrays[0][0], arrays[1][0], arrays[2][0], arrays[3][0].astype(bool)
         self.check(images, state, tokens, mask)
         given = self.pb.get_input_tensor_by_name(request, "NOISE")
         if given is not None:
@@ -283,11 +292,6 @@ class Pi0Model(_Model):
         episodes: dict[int, dict] = {}
         for i, request in enumerate(requests):
             try:
-                if any(
-                    len(self.pb.get_input_tensor_by_name(request, n).as_numpy()) != 1
-                    for n in ("IMAGES", "STATE", "TOKENS", "TOKEN_MASK")
-                ):
-                    raise BadInput("IMAGES, STATE, TOKENS, TOKEN_MASK: one episode per request (batch 1)")
                 episodes[i] = self.request(request)
             except BadInput as exc:
                 responses[i] = self.error(str(exc), invalid_argument=True)

@@ -102,6 +102,16 @@ def ensemble_config(name: str, steps: list[tuple[str, dict, dict]], max_batch_si
     return text + ",\n".join(blocks) + "\n  ]\n}\n"
 
 
+def triton_models_of(entry: dict) -> list[str]:
+    """The Triton models one served planforge model consists of (a repository index entry): what a job
+    measuring it loads. Detection: its ensembles and their pre, inference and post models; vla: its one model."""
+    if entry.get("task") == "vla":
+        return [entry["model"]]
+    names = [e["name"] for e in entry["ensembles"].values()]
+    steps = [f"{n}_{s}" for n in names[:1] for s in ("pre", "post", "post_eval")]
+    return [*names, *steps, *entry["inference_models"].values(), *entry.get("tensorrt_models", {}).values()]
+
+
 def without_dynamic_batching(repo: Path, dest: Path) -> Path:
     """A copy of `repo` with every dynamic_batching block removed (the batching-off sweep)."""
     shutil.copytree(repo, dest, symlinks=True)

@@ -27,7 +27,7 @@ from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family, raw_outputs
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.repository import without_dynamic_batching
+from workflow_scripts.serving.repository import triton_models_of, without_dynamic_batching
 from workflow_scripts.serving.server import TritonServer, serve
 
 # perf_analyzer --verbose-csv column → our name (all in microseconds there, milliseconds here)
@@ -250,7 +250,9 @@ def run_sweep(
         shape = write_image_input(image, tmp / "image.json")
         repos = {"on": repository, "off": without_dynamic_batching(repository, tmp / "repo-no-batching")}
         for batching, repo in repos.items():
-            with serve(env, repo, server_log, http_port, grpc_port, startup_timeout) as server:
+            with serve(
+                env, repo, server_log, http_port, grpc_port, startup_timeout, models=triton_models_of(entry)
+            ) as server:
                 for protocol in protocols:
                     if batching == "on":
                         r = perf_analyzer(

@@ -24,7 +24,7 @@ from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.repository import without_dynamic_batching
+from workflow_scripts.serving.repository import triton_models_of, without_dynamic_batching
 from workflow_scripts.serving.server import TritonServer, serve
 from workflow_scripts.tasks import vla
 
@@ -167,7 +167,9 @@ def run_vla_sweep(
         n = write_perf_input(dataset, tmp / "episodes.json")
         repos = {"on": repository, "off": without_dynamic_batching(repository, tmp / "repo-no-batching")}
         for batching, repo in repos.items():
-            with serve(env, repo, server_log, http_port, grpc_port, startup_timeout) as server:
+            with serve(
+                env, repo, server_log, http_port, grpc_port, startup_timeout, models=triton_models_of(entry)
+            ) as server:
                 for protocol in protocols:
                     for c in concurrency:
                         r = perf_analyzer(
@@ -249,7 +251,7 @@ def evaluate_served_actions(
         ref = Path(tmp) / "in_process.actions.npz"
         local = vla.evaluate(vla.predictor(fam, runner, None), dataset, None, batch, max_images, "in-process", save=ref)
         del runner
-        with serve(env, repository, server_log, timeout=startup_timeout) as server:
+        with serve(env, repository, server_log, timeout=startup_timeout, models=triton_models_of(entry)) as server:
             client = ActionClient(server, entry["model"])
             served = vla.evaluate(client, dataset, None, batch, max_images, f"{model} via triton", reference=ref)
     record = {
