@@ -44,7 +44,7 @@ TASKS.register(
         metric="action_mse",
         metric_label="action MSE vs FP32",
         unit="one action chunk (prefix + denoising steps)",
-        serving="python model, dynamic batching, ACTIONS [50, 32] (not built yet)",
+        serving="python model (the family's own chunk), dynamic batching, ACTIONS [50, 32]",
         columns=(
             ("episodes", "episodes", 0),
             ("action_mse", "action MSE", 6),
