@@ -63,8 +63,18 @@ SAMURAI_DEFAULTS: dict = {
 ALPHA = {"t": 0.25, "s": 0.25, "b+": 0.25, "l": 0.15, "tiny": 0.25}
 
 _HIERA = {
-    "t": {"hidden_size": 96, "num_attention_heads": 1, "blocks_per_stage": [1, 2, 7, 2], "global_attention_blocks": [5, 7, 9]},
-    "s": {"hidden_size": 96, "num_attention_heads": 1, "blocks_per_stage": [1, 2, 11, 2], "global_attention_blocks": [7, 10, 13]},
+    "t": {
+        "hidden_size": 96,
+        "num_attention_heads": 1,
+        "blocks_per_stage": [1, 2, 7, 2],
+        "global_attention_blocks": [5, 7, 9],
+    },
+    "s": {
+        "hidden_size": 96,
+        "num_attention_heads": 1,
+        "blocks_per_stage": [1, 2, 11, 2],
+        "global_attention_blocks": [7, 10, 13],
+    },
     "b+": {
         "hidden_size": 112,
         "num_attention_heads": 2,
@@ -206,7 +216,9 @@ def load_torch(checkpoint: str | Path, device: str = "cpu"):
         if "state_dict" in source:
             model.load_state_dict({k: v.float() for k, v in source["state_dict"].items()})
     except Exception as exc:  # noqa: BLE001
-        raise PlanforgeError(f"{checkpoint}: its samurai config or weights do not load ({exception_line(exc)})") from None
+        raise PlanforgeError(
+            f"{checkpoint}: its samurai config or weights do not load ({exception_line(exc)})"
+        ) from None
     model.planforge_source = {k: v for k, v in source.items() if k != "state_dict"}
     return model.to(device)
 
@@ -315,7 +327,9 @@ def mask_box(mask: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
 
 
-def select_candidate(state: dict, ious: np.ndarray, boxes: list, settings: dict, kf: KalmanFilter) -> tuple[int, float | None]:
+def select_candidate(
+    state: dict, ious: np.ndarray, boxes: list, settings: dict, kf: KalmanFilter
+) -> tuple[int, float | None]:
     """Upstream's multimask choice for one object on one tracked frame: (candidate index, its Kalman IoU or None).
 
     `state` (per object: `mean`, `cov`, `stable`, `predicted`) is updated in place; `ious` are the decoder's
@@ -358,7 +372,9 @@ def qualifies(out: dict, settings: dict) -> bool:
     )
 
 
-def select_memory_frames(outputs: dict, frame_idx: int, first_frame: int, settings: dict, num_maskmem: int) -> list[int]:
+def select_memory_frames(
+    outputs: dict, frame_idx: int, first_frame: int, settings: dict, num_maskmem: int
+) -> list[int]:
     """The tracked frames whose memories the frame `frame_idx` attends to, oldest first (at most num_maskmem − 1).
 
     Upstream's scan: frames frame_idx−1 down to first_frame+2 (the first tracked frame is skipped, as
@@ -472,7 +488,9 @@ def _make_model_class():
             pe = self.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
             points = torch.zeros(batch, 1, 1, 2, dtype=emb.dtype, device=emb.device)
             labels = -torch.ones(batch, 1, 1, dtype=torch.int32, device=emb.device)
-            sparse, dense = self.prompt_encoder(input_points=points, input_labels=labels, input_boxes=None, input_masks=None)
+            sparse, dense = self.prompt_encoder(
+                input_points=points, input_labels=labels, input_boxes=None, input_masks=None
+            )
             low_multi, iou_scores, tokens, obj_logits = self.mask_decoder(
                 image_embeddings=emb,
                 image_positional_embeddings=pe,
@@ -485,7 +503,10 @@ def _make_model_class():
             low_multi = torch.where(appearing[:, None, None], low_multi, NO_OBJ_SCORE)
             high_multi = (
                 F.interpolate(
-                    low_multi.squeeze(1).float(), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+                    low_multi.squeeze(1).float(),
+                    size=(self.image_size, self.image_size),
+                    mode="bilinear",
+                    align_corners=False,
                 )
                 .unsqueeze(1)
                 .to(low_multi.dtype)
@@ -515,11 +536,15 @@ def _make_model_class():
         def _gather_memory_frame_outputs(self, inference_session, obj_idx, frame_idx, track_in_reverse_time=False):
             st = getattr(inference_session, "samurai", None)
             if st is None or not st.settings["memory_filter"] or track_in_reverse_time:
-                return super()._gather_memory_frame_outputs(inference_session, obj_idx, frame_idx, track_in_reverse_time)
+                return super()._gather_memory_frame_outputs(
+                    inference_session, obj_idx, frame_idx, track_in_reverse_time
+                )
             outputs = inference_session.output_dict_per_obj[obj_idx]
             cond = outputs["cond_frame_outputs"]
             if not cond:
-                raise ValueError("maskmem_features in conditioning outputs cannot be empty when not is_initial_conditioning_frame")
+                raise ValueError(
+                    "maskmem_features in conditioning outputs cannot be empty when not is_initial_conditioning_frame"
+                )
             selected, unselected = self._select_closest_cond_frames(frame_idx, cond, self.config.max_cond_frame_num)
             picked = [(0, out) for out in selected.values()]
             non_cond = outputs["non_cond_frame_outputs"]
@@ -601,14 +626,23 @@ class Tracker:
     def frames_held(self) -> int:
         if self.session is None:
             return 0
-        return sum(len(o["cond_frame_outputs"]) + len(o["non_cond_frame_outputs"]) for o in self.session.output_dict_per_obj.values())
+        return sum(
+            len(o["cond_frame_outputs"]) + len(o["non_cond_frame_outputs"])
+            for o in self.session.output_dict_per_obj.values()
+        )
 
     def state_bytes(self) -> int:
         s = self.session
         if s is None:
             return 0
         return tensor_bytes(
-            [s.output_dict_per_obj, s.processed_frames or {}, s.cache._vision_features, s.point_inputs_per_obj, s.mask_inputs_per_obj]
+            [
+                s.output_dict_per_obj,
+                s.processed_frames or {},
+                s.cache._vision_features,
+                s.point_inputs_per_obj,
+                s.mask_inputs_per_obj,
+            ]
         )
 
     def _pixels(self, frame: np.ndarray):
@@ -658,7 +692,9 @@ class Tracker:
             raise PlanforgeError("Tracker.track before Tracker.start: give the prompt frame and box first")
         check_image(frame, "frame")
         if frame.shape[:2] != self.frame_shape:
-            raise PlanforgeError(f"frame: {frame.shape[0]}x{frame.shape[1]}, but this sequence is {self.frame_shape[0]}x{self.frame_shape[1]}")
+            raise PlanforgeError(
+                f"frame: {frame.shape[0]}x{frame.shape[1]}, but this sequence is {self.frame_shape[0]}x{self.frame_shape[1]}"
+            )
         self.frame_idx += 1
         out = self.model(inference_session=self.session, frame=self._pixels(frame), frame_idx=self.frame_idx)
         score = float(out.object_score_logits.reshape(-1)[0])
@@ -687,7 +723,9 @@ class Tracker:
             non_cond = outputs["non_cond_frame_outputs"]
             keep = {i for i in non_cond if i > t - window}
             if self.settings["memory_filter"]:
-                keep |= set(select_memory_frames(non_cond, t + 1, s.samurai.first_frame, self.settings, self.model.num_maskmem))
+                keep |= set(
+                    select_memory_frames(non_cond, t + 1, s.samurai.first_frame, self.settings, self.model.num_maskmem)
+                )
             for i in list(non_cond):
                 if i not in keep:
                     del non_cond[i]
