@@ -558,6 +558,121 @@ def _make_model_class():
     return SamuraiVideoModel
 
 
+# ---------------------------------------------------------------- ONNX parts (a finding, not a backend yet)
+
+
+def onnx_parts(model, pointer_tokens: int = 0) -> dict:
+    """The tracker's four heavy parts as plain modules (eval mode) with example inputs, for torch.onnx.export.
+
+    What a part-wise ONNX tracker would run, with the Kalman filter and the memory bookkeeping in Python:
+    `image_encoder` (pixels → two high-res maps, the top map and its position encoding), `mask_decoder` (a
+    tracked frame: no prompt, multimask frozen on; the prompt frame needs a second graph with points and
+    multimask off), `memory_encoder` (top map, mask logits, object score → memory and its position
+    encoding) and `memory_attention` (top map + a variable number of memory tokens). The memory length can
+    be a dynamic axis, but the number of object-pointer tokens (`num_k_exclude_rope`) is a Python int in
+    transformers' RoPE attention, so it is frozen in the graph: one graph per pointer count (it grows for
+    the first `max_object_pointers_in_encoder` frames, then stays).
+    """
+    import torch
+
+    class ImageEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixels):
+            v = self.m.get_image_features(pixels, return_dict=True)
+            f, p = v.fpn_hidden_states, v.fpn_position_encoding
+            return f[0], f[1], f[2], p[2]
+
+    class MaskDecoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, feat_s0, feat_s1, pix_feat):
+            m, b = self.m, pix_feat.shape[0]
+            pe = m.get_image_wide_positional_embeddings().repeat(b, 1, 1, 1)
+            points = torch.zeros(b, 1, 1, 2, dtype=pix_feat.dtype)
+            labels = -torch.ones(b, 1, 1, dtype=torch.int32)
+            sparse, dense = m.prompt_encoder(
+                input_points=points, input_labels=labels, input_boxes=None, input_masks=None
+            )
+            return m.mask_decoder(
+                image_embeddings=pix_feat,
+                image_positional_embeddings=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+                high_resolution_features=[feat_s0, feat_s1],
+            )
+
+    class MemoryEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, top, mask_logits, object_score_logits):
+            feats, pos = self.m._encode_new_memory(top, mask_logits, object_score_logits, is_mask_from_pts=False)
+            return feats.float(), pos
+
+    class MemoryAttention(torch.nn.Module):
+        def __init__(self, m, pointers):
+            super().__init__()
+            self.m, self.pointers = m, pointers
+
+        def forward(self, top, top_pos, memory, memory_pos):
+            return self.m.memory_attention(
+                current_vision_features=top,
+                current_vision_position_embeddings=top_pos,
+                memory=memory,
+                memory_posision_embeddings=memory_pos,
+                num_object_pointer_tokens=self.pointers,
+            )
+
+    s = input_size(model)
+    (h0, w0), (h1, w1), (h, w) = model.backbone_feature_sizes
+    c, mem = model.hidden_dim, model.mem_dim
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    n = h * w * 3 + pointer_tokens  # three memory frames
+    return {
+        "image_encoder": (ImageEncoder(model).eval(), (rand(1, 3, s, s),), ("pixels",), None),
+        "mask_decoder": (
+            MaskDecoder(model).eval(),
+            (rand(1, c // 8, h0, w0), rand(1, c // 4, h1, w1), rand(1, c, h, w)),
+            ("feat_s0", "feat_s1", "pix_feat"),
+            None,
+        ),
+        "memory_encoder": (
+            MemoryEncoder(model).eval(),
+            (rand(h * w, 1, c), rand(1, 1, s, s), torch.ones(1, 1, 1)),
+            ("top", "mask_logits", "object_score_logits"),
+            None,
+        ),
+        "memory_attention": (
+            MemoryAttention(model, pointer_tokens).eval(),
+            (rand(h * w, 1, c), rand(h * w, 1, c), rand(n, 1, mem), rand(n, 1, mem)),
+            ("top", "top_pos", "memory", "memory_pos"),
+            {"memory": {0: "tokens"}, "memory_pos": {0: "tokens"}},
+        ),
+    }
+
+
+def export_part(module, args, names, dynamic_axes, path) -> None:
+    """torch.onnx export (TorchScript exporter, as the other families) of one part; the module stays in eval mode."""
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            module, args, str(path), input_names=list(names), dynamic_axes=dynamic_axes, opset_version=17, dynamo=False
+        )
+    module.eval()  # the exporter restores the wrapper's mode onto every submodule
+
+
 # ---------------------------------------------------------------- the Tracker contract
 
 
