@@ -223,3 +223,23 @@ def test_tiny_is_small_and_follows_the_model_dtype(tiny):
     tr.start(frames[0], box)
     b, score = tr.track(frames[1])
     assert tr.session.dtype == torch.bfloat16 and np.isfinite(b).all() and np.isfinite(score)
+
+
+def test_demo_training_clips_loss_and_auc():
+    from workflow_scripts import train_samurai_demo as demo
+
+    rng = np.random.default_rng(0)
+    video, masks = demo.make_clip(rng, 3, 128)
+    assert video.shape == (3, 128, 128, 3) and video.dtype == np.uint8 and masks.shape == (3, 128, 128)
+    assert all(m.sum() > 50 for m in masks)
+    assert demo.success_auc([1.0, 1.0]) == pytest.approx(20 / 21) and demo.success_auc([0.0]) == 0.0
+    assert demo.iou_xywh(np.array([0, 0, 10, 10]), np.array([5, 0, 10, 10])) == pytest.approx(50 / 150)
+    model = samurai.build_architecture("samurai-tiny.yaml").train()
+    pixels = torch.from_numpy(np.stack([samurai.preprocess_frame(f, 128) for f in video]))[:, None]
+    box = demo.mask_xywh(masks[0])
+    boxes = torch.tensor([[box[0], box[1], box[0] + box[2], box[1] + box[3]]], dtype=torch.float32)
+    loss, parts = demo.clip_loss(model, pixels, torch.from_numpy(masks[:, None].astype(np.float32)), boxes)
+    loss.backward()
+    assert torch.isfinite(loss) and set(parts) == {"mask", "iou", "obj"}
+    grads = [p.grad for p in model.memory_attention.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)  # the tracked frames train the memory path

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.io import PlanforgeError, atomic_path, read_json, run_cli, write_json
 from workflow_scripts.models import samurai
 
 THRESHOLDS = np.linspace(0.0, 1.0, 21)
@@ -251,17 +251,26 @@ def train(a: argparse.Namespace) -> dict:
     rng = np.random.default_rng(a.seed)
     val_rng = np.random.default_rng(a.seed + 1000)
     val = [make_clip(val_rng, a.val_frames, samurai.TINY_SIZE) for _ in range(a.val_clips)]
-    model = samurai.build_architecture("samurai-tiny.yaml", seed=a.seed).to(a.device)
+    earlier: list[dict] = []
+    if a.init:  # a later leg: the weights of a checkpoint this script wrote, its record kept
+        model = samurai.load_torch(a.init).float().to(a.device)
+        prev = read_json(Path(a.init).with_suffix(".json"))
+        earlier = [*prev.pop("earlier_legs", []), prev]
+        rng = np.random.default_rng([a.seed, len(earlier)])  # new training clips, the same validation clips
+    else:
+        model = samurai.build_architecture("samurai-tiny.yaml", seed=a.seed).to(a.device)
     model.planforge_source["trained"] = True
     size = samurai.input_size(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
     history, losses = [], []
     t0 = time.perf_counter()
 
-    def checkpoint(step: int) -> dict:
+    def checkpoint(step: int, final: bool = False) -> dict:
         model.eval()
         t_eval = time.perf_counter()
         stats = evaluate(model, val)
+        if final:  # the same weights as plain SAM 2 (no Kalman filter, no memory filter)
+            stats["plain_sam2_auc"] = evaluate(model, val, {"samurai": False})["auc"]
         history.append(
             {
                 "step": step,
@@ -286,6 +295,8 @@ def train(a: argparse.Namespace) -> dict:
             "torch_threads": torch.get_num_threads(),
             "history": history,
             "val": history[-1],
+            "total_steps": step + sum(e["steps"] for e in earlier),
+            "earlier_legs": earlier,
         }
         write_json(Path(a.out).with_suffix(".json"), record)
         print(
@@ -296,7 +307,7 @@ def train(a: argparse.Namespace) -> dict:
         model.train()
         return record
 
-    record = checkpoint(0)
+    checkpoint(0)
     model.train()
     step = 0
     while time.perf_counter() - t0 < a.minutes * 60:
@@ -312,6 +323,10 @@ def train(a: argparse.Namespace) -> dict:
             jitter = rng.normal(0, 0.05, 4) * [w, h, w, h]  # prompts are not pixel-exact
             boxes.append([x + jitter[0], y + jitter[1], x + w + jitter[2], y + h + jitter[3]])
         boxes = torch.tensor(boxes, dtype=torch.float32, device=a.device)
+        if a.schedule == "cosine":
+            frac = min(1.0, (time.perf_counter() - t0) / (a.minutes * 60))
+            for g in optimizer.param_groups:
+                g["lr"] = a.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
         loss, parts = clip_loss(model, pixels, masks, boxes)
         if not torch.isfinite(loss):
             raise PlanforgeError(f"{a.out}: the loss became {float(loss)} at step {step}; lower --lr")
@@ -324,10 +339,8 @@ def train(a: argparse.Namespace) -> dict:
         if step % 20 == 0:
             print(f"step {step} {time.perf_counter() - t0:.0f} s: loss {np.mean(losses[-20:]):.4f} {parts}", flush=True)
         if a.eval_every and step % a.eval_every == 0:
-            record = checkpoint(step)
-    if not history or history[-1]["step"] != step:
-        record = checkpoint(step)
-    return record
+            checkpoint(step)
+    return checkpoint(step, final=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -339,7 +352,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=12.0, help="training time budget (evaluations included)")
     p.add_argument("--frames", type=int, default=4, help="frames per training clip (the first is the prompt)")
     p.add_argument("--batch", type=int, default=4, help="clips per step")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--init", type=Path, help="start from a checkpoint this script wrote (its JSON beside it)")
     p.add_argument("--val-clips", type=int, default=12)
     p.add_argument("--val-frames", type=int, default=24)
     p.add_argument("--eval-every", type=int, default=0, help="evaluate (and save) every N steps; 0: at the end")
@@ -347,10 +362,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
+    if a.init and not Path(a.init).with_suffix(".json").is_file():
+        raise PlanforgeError(
+            f"--init {a.init}: not a checkpoint this script wrote (needs {Path(a.init).with_suffix('.json')})"
+        )
     if a.frames < 2 or a.batch < 1 or a.minutes <= 0:
         raise PlanforgeError("--frames must be at least 2, --batch at least 1 and --minutes above 0")
     r = train(a)
-    print(f"{a.out}: {r['steps']} steps, val AUC {r['val']['auc']:.4f} (static box {r['val']['static_box_auc']:.4f})")
+    v = r["val"]
+    print(
+        f"{a.out}: {r['steps']} steps (total {r['total_steps']}), val AUC {v['auc']:.4f} ± {v['auc_std']:.4f}, "
+        f"plain SAM 2 {v['plain_sam2_auc']:.4f}, static box {v['static_box_auc']:.4f}"
+    )
 
 
 if __name__ == "__main__":
