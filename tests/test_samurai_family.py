@@ -158,6 +158,13 @@ def test_state_stays_bounded_over_a_long_sequence(tiny):
     assert max(held) <= cap
     assert max(sizes[22:]) <= max(sizes[:22])  # no growth once the window is full
     assert len(tr.session.processed_frames) == 1
+    # the next frame attends to the prompt frame and the frames of SAMURAI's rule, newest at offset 1
+    s, t = tr.session, tr.frame_idx + 1
+    non_cond = s.output_dict_per_obj[0]["non_cond_frame_outputs"]
+    frames = samurai.select_memory_frames(non_cond, t, 0, tr.settings, tiny.num_maskmem)
+    picked = tiny._gather_memory_frame_outputs(s, 0, t)
+    assert picked[0][0] == 0 and picked[0][1] is s.output_dict_per_obj[0]["cond_frame_outputs"][0]
+    assert [(o, id(out)) for o, out in picked[1:]] == [(len(frames) - i, id(non_cond[f])) for i, f in enumerate(frames)]
     tr.close()
     assert tr.frames_held == 0 and tr.state_bytes() == 0
 

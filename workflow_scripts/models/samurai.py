@@ -549,10 +549,9 @@ def _make_model_class():
             picked = [(0, out) for out in selected.values()]
             non_cond = outputs["non_cond_frame_outputs"]
             frames = select_memory_frames(non_cond, frame_idx, st.first_frame, st.settings, self.num_maskmem)
-            # newest → offset 1 (upstream: t_pos = num_maskmem - 1 ... counted back from the newest valid frame)
-            for offset, idx in enumerate(reversed(frames), start=1):
-                out = non_cond.get(idx, unselected.get(idx))
-                picked.append((offset, out))
+            # oldest first, as upstream's t_pos 1 … num_maskmem − 1; the newest selected frame has offset 1
+            for i, idx in enumerate(frames):
+                picked.append((len(frames) - i, non_cond.get(idx, unselected.get(idx))))
             return picked
 
     return SamuraiVideoModel
