@@ -244,9 +244,9 @@ def test_demo_training_clips_loss_and_auc():
     model = samurai.build_architecture("samurai-tiny.yaml").train()
     pixels = torch.from_numpy(np.stack([samurai.preprocess_frame(f, 128) for f in video]))[:, None]
     box = demo.mask_xywh(masks[0])
-    boxes = torch.tensor([[box[0], box[1], box[0] + box[2], box[1] + box[3]]], dtype=torch.float32)
-    loss, parts = demo.clip_loss(model, pixels, torch.from_numpy(masks[:, None].astype(np.float32)), boxes)
+    boxes = torch.tensor([[[box[0], box[1], box[0] + box[2], box[1] + box[3]]]] * 3, dtype=torch.float32)
+    loss, parts = demo.clip_loss(model, pixels, torch.from_numpy(masks[:, None].astype(np.float32)), boxes, 1.0)
     loss.backward()
-    assert torch.isfinite(loss) and set(parts) == {"mask", "iou", "obj"}
+    assert torch.isfinite(loss) and set(parts) == {"mask", "iou", "obj", "box"} and parts["box"] > 0
     grads = [p.grad for p in model.memory_attention.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)  # the tracked frames train the memory path

@@ -156,8 +156,28 @@ def _heads(model, high_res, pix, points=None, labels=None, multimask=True):
     return low[:, 0], ious[:, 0], tokens[:, 0], obj[:, 0]  # [B, K, h, w], [B, K], [B, K, C], [B, 1]
 
 
-def clip_loss(model, pixels, masks, boxes) -> tuple:
-    """SAM 2's losses over a batch of clips: pixels [T, B, 3, S, S], masks [T, B, S, S] float, boxes [B, 4] xyxy."""
+def _mask_terms(low, ious, target, size: int) -> tuple:
+    """SAM 2's mask losses: 20 · focal + dice of the best candidate, L1 of its predicted IoU; and the upsampled logits."""
+    import torch
+    import torch.nn.functional as F
+
+    up = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)  # [B, K, S, S]
+    target = target[:, None].expand_as(up)
+    focal = torchvision_focal(up, target).mean((2, 3))
+    prob = up.sigmoid()
+    dice = 1 - (2 * (prob * target).sum((2, 3)) + 1) / (prob.sum((2, 3)) + target.sum((2, 3)) + 1)
+    per_candidate = 20 * focal + dice  # [B, K]
+    rows = torch.arange(low.shape[0])
+    best = per_candidate.argmin(1)
+    hard = (up > 0).float()
+    actual = ((hard * target).sum((2, 3)) / ((hard + target).clamp(max=1).sum((2, 3)) + 1e-6)).detach()
+    return per_candidate[rows, best].mean(), F.l1_loss(ious[rows, best], actual[rows, best]), up
+
+
+def clip_loss(model, pixels, masks, boxes, box_weight: float = 0.0) -> tuple:
+    """SAM 2's losses over a batch of clips: pixels [T, B, 3, S, S], masks [T, B, S, S] float, boxes [T, B, 4]
+    xyxy (the first frame's are the prompt). `box_weight` > 0 adds, on every later frame, the loss of the mask
+    its own box prompts without memory (SAM 2 also trains on still images): the prompt frame's skill, T times."""
     import torch
     import torch.nn.functional as F
 
@@ -168,17 +188,17 @@ def clip_loss(model, pixels, masks, boxes) -> tuple:
     sizes = model.backbone_feature_sizes
     hidden = model.hidden_dim
     h, w = sizes[-1]
+    labels = torch.tensor([2, 3], dtype=torch.int32).repeat(batch, 1, 1)
+    rows = torch.arange(batch)
     mems, ptrs = [], []
-    total, parts = 0.0, {"mask": 0.0, "iou": 0.0, "obj": 0.0}
+    total, parts = 0.0, {"mask": 0.0, "iou": 0.0, "obj": 0.0, "box": 0.0}
     for t in range(steps):
         sl = slice(t * batch, (t + 1) * batch)
         high_res = [x[:, sl].permute(1, 2, 0).reshape(batch, x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1])]
         top, top_pos = feats[-1][:, sl], pos[-1][:, sl]
+        no_memory = (top + model.no_memory_embedding).permute(1, 2, 0).reshape(batch, hidden, h, w)
         if t == 0:
-            pix = (top + model.no_memory_embedding).permute(1, 2, 0).reshape(batch, hidden, h, w)
-            points = boxes.view(batch, 1, 2, 2)
-            labels = torch.tensor([2, 3], dtype=torch.int32).repeat(batch, 1, 1)
-            low, ious, tokens, obj = _heads(model, high_res, pix, points, labels, multimask=False)
+            low, ious, tokens, obj = _heads(model, high_res, no_memory, boxes[0].view(batch, 1, 2, 2), labels, False)
         else:
             memory, memory_pos = [], []
             for i, (feat, fpos) in enumerate(mems):
@@ -200,18 +220,14 @@ def clip_loss(model, pixels, masks, boxes) -> tuple:
             )
             pix = out[0].transpose(1, 2).reshape(batch, hidden, h, w)
             low, ious, tokens, obj = _heads(model, high_res, pix)
-        up = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)  # [B, K, S, S]
-        target = masks[t][:, None].expand_as(up)
-        focal = torchvision_focal(up, target).mean((2, 3))
-        prob = up.sigmoid()
-        dice = 1 - (2 * (prob * target).sum((2, 3)) + 1) / (prob.sum((2, 3)) + target.sum((2, 3)) + 1)
-        per_candidate = 20 * focal + dice  # [B, K]
-        best = per_candidate.argmin(1)
-        rows = torch.arange(batch)
-        hard = (up > 0).float()
-        actual = ((hard * target).sum((2, 3)) / ((hard + target).clamp(max=1).sum((2, 3)) + 1e-6)).detach()
-        l_mask = per_candidate[rows, best].mean()
-        l_iou = F.l1_loss(ious[rows, best], actual[rows, best])
+            if box_weight > 0:
+                box_low, box_ious, _, _ = _heads(
+                    model, high_res, no_memory, boxes[t].view(batch, 1, 2, 2), labels, False
+                )
+                l_box, l_box_iou, _ = _mask_terms(box_low, box_ious, masks[t], size)
+                total = total + box_weight * (l_box + l_box_iou)
+                parts["box"] += float(l_box.detach()) / steps
+        l_mask, l_iou, up = _mask_terms(low, ious, masks[t], size)
         l_obj = F.binary_cross_entropy_with_logits(obj, torch.ones_like(obj))
         total = total + l_mask + l_iou + l_obj
         parts["mask"] += float(l_mask.detach()) / steps
@@ -317,17 +333,18 @@ def train(a: argparse.Namespace) -> dict:
         pixels = torch.from_numpy(
             np.stack([[samurai.preprocess_frame(f, size) for f in frame_b] for frame_b in video])
         ).to(a.device)
-        boxes = []
-        for b in range(a.batch):
-            x, y, w, h = mask_xywh(clips[b][1][0])
-            jitter = rng.normal(0, 0.05, 4) * [w, h, w, h]  # prompts are not pixel-exact
-            boxes.append([x + jitter[0], y + jitter[1], x + w + jitter[2], y + h + jitter[3]])
-        boxes = torch.tensor(boxes, dtype=torch.float32, device=a.device)
+        boxes = np.zeros((a.frames, a.batch, 4), np.float32)
+        for t in range(a.frames if a.box_weight > 0 else 1):
+            for b in range(a.batch):
+                x, y, w, h = mask_xywh(clips[b][1][t])
+                jitter = rng.normal(0, 0.05, 4) * [w, h, w, h]  # prompts are not pixel-exact
+                boxes[t, b] = [x + jitter[0], y + jitter[1], x + w + jitter[2], y + h + jitter[3]]
+        boxes = torch.from_numpy(boxes).to(a.device)
         if a.schedule == "cosine":
             frac = min(1.0, (time.perf_counter() - t0) / (a.minutes * 60))
             for g in optimizer.param_groups:
                 g["lr"] = a.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
-        loss, parts = clip_loss(model, pixels, masks, boxes)
+        loss, parts = clip_loss(model, pixels, masks, boxes, a.box_weight)
         if not torch.isfinite(loss):
             raise PlanforgeError(f"{a.out}: the loss became {float(loss)} at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -354,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=4, help="clips per step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--box-weight", type=float, default=0.0, help="weight of the box-prompted mask loss on later frames")
     p.add_argument("--init", type=Path, help="start from a checkpoint this script wrote (its JSON beside it)")
     p.add_argument("--val-clips", type=int, default=12)
     p.add_argument("--val-frames", type=int, default=24)
