@@ -17,6 +17,7 @@ rule triton_env:
 rule triton_repository:
     input:
         onnx=w(PLAN.triton_onnx),
+        checkpoints=w(PLAN.triton_checkpoints),
         engines=w(PLAN.triton_engine_files),
         code=PLAN.triton_code(),
     output:
@@ -86,10 +87,40 @@ rule serving_accuracy:
     params:
         dataset=dataset_dir,
         settings=settings(PLAN.serving_accuracy_settings),
+        reference=optional_arg("--reference", "reference"),
     shell:
         "python -m workflow_scripts.serving.accuracy --repository {input.repository} --model {wildcards.model}"
         " --target {wildcards.target} --dataset {params.dataset} --checkpoint-info {input.info}"
-        " --reference {input.reference} --settings {params.settings:q} --server-log {log.server}"
+        " {params.reference} --settings {params.settings:q} --server-log {log.server}"
+        " --out {output} > {log.job} 2>&1"
+
+
+rule serving_coserving:
+    input:
+        repository="artifacts/triton/{target}",
+        env="artifacts/envs/triton.json",
+        vla=lambda w: PLAN.val_annotations(PLAN.coserving(w.target)[0]),
+        detection=lambda w: PLAN.val_annotations(PLAN.coserving(w.target)[1]),
+        code=PLAN.step_code("serving.coserving"),
+    output:
+        "results/{target}/serving/coserving.json",
+    log:
+        job="logs/serving/{target}/coserving.log",
+        server="results/{target}/serving/coserving.tritonserver.log",
+    conda:
+        "../envs/serving.yaml"
+    container:
+        target_container
+    threads: exclusive_threads()
+    resources:
+        bench=1,
+    params:
+        m=w(PLAN.coserving_settings),
+        settings=settings(PLAN.serving_settings),
+    shell:
+        "python -m workflow_scripts.serving.coserving --repository {input.repository} --target {wildcards.target}"
+        " --vla-model {params.m[vla]} --vla-dataset {params.m[vla_data]} --detection-model {params.m[det]}"
+        " --detection-dataset {params.m[det_data]} --settings {params.settings:q} --server-log {log.server}"
         " --out {output} > {log.job} 2>&1"
 
 

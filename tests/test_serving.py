@@ -32,9 +32,13 @@ pytestmark = pytest.mark.workflow
 
 SERVING_CONFIG = copy.deepcopy(TINY_CONFIG)
 # "d": the trained dfine-demo (weights/dfine-demo, a save_pretrained directory) through its own ensemble
+# "p": the tiny Pi0 (task vla) as one python-backend model, co-served with "a"
+EPISODES = {"kind": "episodes", "seed": 0, "splits": {"val": 3}, "cameras": 1, "camera_size": 64}
+SERVING_CONFIG["datasets"]["eps"] = EPISODES
 SERVING_CONFIG["models"] = {
     "a": SERVING_CONFIG["models"]["a"],
     "d": {"family": "dfine", "checkpoint": "ckpt/d", "dataset": "tiny", "imgsz": 320},
+    "p": {"family": "pi0", "checkpoint": "pi0-tiny.yaml", "dataset": "eps"},
 }
 SERVING_CONFIG["targets"] = {"cpu": {**SERVING_CONFIG["targets"]["cpu"], "batch_sizes": [1]}}
 SERVING_CONFIG["serving"] = {
@@ -492,3 +496,120 @@ def test_preferred_batch_sizes_above_the_max_batch_size_are_a_config_error():
         validate(config, check_files=False)
     config["serving"]["preferred_batch_sizes"] = [2, 4]
     assert Plan(validate(config, check_files=False)).triton_settings("cpu").serving["preferred_batch_sizes"] == [2, 4]
+
+
+# -- Pi0 (task vla): one python-backend model ---------------------------------------------------------------
+def test_pi0_is_served_with_dynamic_batching_swept_and_its_actions_equal_in_process(served_workflow: Path):
+    repo = served_workflow / "artifacts/triton/cpu"
+    config = (repo / "p/config.pbtxt").read_text()
+    assert 'backend: "python"' in config and "max_batch_size: 8" in config and "kind: KIND_CPU" in config
+    assert "dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 1000 }" in config
+    assert '{ name: "NOISE" data_type: TYPE_FP32 dims: [ 50, 32 ] optional: true }' in config
+    assert '{ name: "ACTIONS" data_type: TYPE_FP32 dims: [ 50, 32 ] }' in config
+    assert "import Pi0Model as TritonPythonModel" in (repo / "p/1/model.py").read_text()
+    rec = read_json(served_workflow / "results/cpu/serving/p.json")
+    assert rec["task"] == "vla" and rec["served_model"] == "p" and rec["input_data"]["val_episodes"] == 3
+    combos = {(r["batching"], r["protocol"], r["concurrency"]) for r in rec["sweep"]}
+    assert combos == {(b, p, c) for b in ("on", "off") for p in ("http", "grpc") for c in (1, 2)}
+    for r in rec["sweep"]:
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] and r["throughput_infer_per_s"] > 0
+        assert r["breakdown_ms"]["server_compute_infer"] > 0
+    assert rec["in_process_reference"]["chunk_ms"]["p50"] > 0
+    assert set(rec["comparison"]["overhead_vs_in_process_torch"]) == {"http", "grpc"}
+    acc = read_json(served_workflow / "results/cpu/serving/p_accuracy.json")
+    assert acc["episodes"] == 3 and acc["chunk_shape"] == [50, 32] and acc["noise_seeds"] == [-1]
+    # the same checkpoint, noise and code on both sides: equal up to float summation order (batch composition)
+    assert acc["action_max_abs"] <= 1e-4 and acc["reference"]["tolerance_max_abs"] == 1e-4
+    assert acc["reference"]["matches"] is True and acc["reference"]["backend"] == "torch"
+    summary = (served_workflow / "results/summary.md").read_text()
+    assert "| p | grpc | 2 | on |" in summary and "p actions through the server vs in-process torch fp32" in summary
+
+
+def test_coserving_reports_each_models_memory_and_latency_alone_and_mixed(served_workflow: Path):
+    rec = read_json(served_workflow / "results/cpu/serving/coserving.json")
+    assert rec["models"] == {"vla": "p", "detection": "a"}
+    for key in ("memory_after_load", "memory_after_traffic"):
+        mem = rec[key]["models"]
+        assert mem["p"]["triton_models"] == ["p"] and mem["p"]["stubs"] == 1
+        assert set(mem["a"]["triton_models"]) == {"a_pre", "a_post", "a_post_eval", "a_onnxruntime_fp32"}
+        assert "d_pre" not in rec[key]["triton_models"]  # the job loads only the two models it measures
+        for m in ("p", "a"):
+            assert 0 < mem[m]["pss_mib"] <= mem[m]["rss_mib"] and mem[m]["gpu_mib"] is None
+        assert mem["p"]["rss_mib"] > 100  # torch and transformers live in the Pi0 stub only
+    assert rec["memory_after_load"]["gpu_memory_source"] == "cpu target"
+    for m, served in (("p", "p"), ("a", "a")):
+        lat = rec["latency"][m]
+        assert lat["served_model"] == served
+        for phase in ("alone", "mixed"):
+            assert 0 < lat[phase]["p50"] <= lat[phase]["p99"] and lat[phase]["throughput_infer_per_s"] > 0
+        assert lat["p99_mixed_over_alone"] > 0
+    assert rec["mixed_overlap_fraction"] > 0.5  # the two loads ran at the same time
+    assert "Co-serving in one tritonserver" in (served_workflow / "results/summary.md").read_text()
+
+
+def _pi0_request(httpclient, tensors: dict):
+    types = {"IMAGES": "UINT8", "STATE": "FP32", "TOKENS": "INT64", "TOKEN_MASK": "BOOL", "NOISE": "FP32"}
+    inputs = []
+    for name, value in tensors.items():
+        inp = httpclient.InferInput(name, [1, *value.shape], types[name] if value.dtype != "float64" else "FP64")
+        inp.set_data_from_numpy(value[None])
+        inputs.append(inp)
+    return inputs
+
+
+def test_bad_pi0_requests_get_a_clear_error_and_the_server_keeps_serving(served_workflow, tmp_path):
+    """Wrong cameras, token ids out of range, a missing or mistyped input: one line naming the input, HTTP 400;
+    a request without NOISE gets seeded noise, says which (NOISE_SEED), and sending that noise gives the same actions."""
+    import numpy as np
+
+    from workflow_scripts.serving.python_models import seeded_noise
+    from workflow_scripts.serving.vla import episode_request
+    from workflow_scripts.tasks.vla import load_episodes
+
+    httpclient, InferenceServerException = _triton_http()
+    repo = tmp_path / "repo"  # the Pi0 model alone: a quicker start
+    repo.mkdir()
+    shutil.copytree(served_workflow / "artifacts/triton/cpu/p", repo / "p")
+    good = episode_request(load_episodes(served_workflow / "artifacts/data/eps").take(slice(0, 1)), 0)
+    bad = {
+        "2 cameras": ({**good, "IMAGES": np.repeat(good["IMAGES"], 2, axis=0)}, "IMAGES: 2 cameras; this model serves"),
+        "token ≥ vocab": ({**good, "TOKENS": np.full_like(good["TOKENS"], 8192)}, "TOKENS: ids must be in [0, 8192)"),
+        "token < 0": ({**good, "TOKENS": np.full_like(good["TOKENS"], -1)}, "TOKENS: ids must be in [0, 8192)"),
+        "no STATE": ({k: v for k, v in good.items() if k != "STATE"}, "STATE: missing"),
+        "STATE fp64": ({**good, "STATE": good["STATE"].astype(np.float64)}, "input 'STATE' data-type is 'FP64'"),
+        "NOISE shape": ({**good, "NOISE": good["NOISE"][:, :16].copy()}, "unexpected shape for input 'NOISE'"),
+        "mask length": ({**good, "TOKEN_MASK": good["TOKEN_MASK"][:3].copy()}, "TOKEN_MASK: 3 entries for 16 TOKENS"),
+    }
+    with serve(ensure(), repo, tmp_path / "server.log", timeout=60) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        expected = client.infer("p", _pi0_request(httpclient, good)).as_numpy("ACTIONS")
+        for label, (tensors, message) in bad.items():
+            with pytest.raises(InferenceServerException) as err:
+                client.infer("p", _pi0_request(httpclient, tensors))
+            assert message in err.value.message(), (label, err.value.message())
+            assert err.value.status() == "400" and "\n" not in err.value.message().strip(), label
+            again = client.infer("p", _pi0_request(httpclient, good)).as_numpy("ACTIONS")
+            assert np.array_equal(again, expected), label  # still serving, and stateless
+        no_noise = {k: v for k, v in good.items() if k != "NOISE"}
+        r = client.infer("p", _pi0_request(httpclient, no_noise))
+        seed = int(r.as_numpy("NOISE_SEED")[0, 0])
+        assert seed >= 0 and client.infer("p", _pi0_request(httpclient, no_noise)).as_numpy("NOISE_SEED")[0, 0] == seed
+        replay = {**no_noise, "NOISE": seeded_noise(seed, (50, 32))}
+        r2 = client.infer("p", _pi0_request(httpclient, replay))
+        assert int(r2.as_numpy("NOISE_SEED")[0, 0]) == -1
+        assert np.abs(r2.as_numpy("ACTIONS") - r.as_numpy("ACTIONS")).max() <= 1e-5
+        assert server.alive()
+
+
+def test_vla_models_are_served_where_torch_runs_and_co_served_with_a_detection_model():
+    cfg = validate(SERVING_CONFIG, check_files=False)
+    plan = Plan(cfg)
+    out = plan.serving_outputs()
+    assert {"results/cpu/serving/p.json", "results/cpu/serving/p_accuracy.json"} <= set(out)
+    assert "results/cpu/serving/coserving.json" in out and plan.coserving("cpu") == ("p", "a")
+    assert plan.triton_checkpoints("cpu") == ["artifacts/checkpoints/p.pt"]
+    assert plan.triton_models("cpu")["p"]["episodes"]["cameras"] == 1
+    assert "artifacts/onnx/p/fp32.onnx" not in plan.triton_onnx("cpu")
+    no_torch = Plan(cfg, available=lambda b: (b != "torch", "not installed"))
+    assert "results/cpu/serving/p.json" not in no_torch.serving_outputs()
+    assert "results/cpu/serving/coserving.json" not in no_torch.serving_outputs()

@@ -140,8 +140,8 @@ def serving_lines(records: list[dict], target: str) -> list[str]:
     if not sweeps:
         return []
     lines = [
-        "Serving through a real tritonserver (ensemble: preprocess → ONNX Runtime → postprocess, batch 1 per "
-        "request; perf_analyzer end to end):",
+        "Serving through a real tritonserver (detection: ensemble preprocess → ONNX Runtime → postprocess; vla: "
+        "one python-backend model, preprocess + action chunk; batch 1 per request; perf_analyzer end to end):",
         "",
         "| model | protocol | concurrency | batching | p50 ms | p99 ms | throughput infer/s | queue ms | compute ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -176,8 +176,21 @@ def serving_lines(records: list[dict], target: str) -> list[str]:
                 f"in-process ONNX Runtime {o['in_process_ort_model_p50_ms']:.2f} ms (**{o['model_ratio']:.2f}×**)"
                 f"{ens_text}."
             )
+        for protocol, o in comp.get("overhead_vs_in_process_torch", {}).items():
+            lines.append(
+                f"- {rec['model']} {protocol} at concurrency 1: served action chunk p50 {o['triton_p50_ms']:.2f} ms vs "
+                f"in-process torch preprocess + chunk {o['in_process_pipeline_p50_ms']:.2f} ms "
+                f"(**{o['pipeline_ratio']:.2f}×**)."
+            )
         acc = accs.get(rec["model"])
-        if acc:
+        if acc and "action_mse" in acc:
+            ref = acc["reference"]
+            lines.append(
+                f"- {rec['model']} actions through the server vs in-process torch {ref['precision']} on {acc['episodes']} "
+                f"episodes (same noise): MSE {acc['action_mse']:.2g}, max abs {acc['action_max_abs']:.2g} "
+                f"({'matches' if ref['matches'] else '**DIFFERS**'} within {ref['tolerance_max_abs']:g})."
+            )
+        elif acc:
             ref = acc.get("reference")
             ref_text = (
                 f", in-process {ref['backend']} {ref['map50_95']:.4f} (Δ {ref['delta_map50_95']:+.5f}, "
@@ -188,6 +201,17 @@ def serving_lines(records: list[dict], target: str) -> list[str]:
             lines.append(
                 f"- {rec['model']} mAP50-95 through the server: {acc['map50_95']:.4f} on {acc['images']} images{ref_text}."
             )
+    for co in (r for r in records if r.get("target") == target and "memory_after_load" in r):
+        mem = co["memory_after_traffic"]["models"]
+        parts = []
+        for m, lat in co["latency"].items():
+            gpu = f", GPU {mem[m]['gpu_mib']:.0f} MiB" if mem[m].get("gpu_mib") is not None else ""
+            parts.append(
+                f"{m} ({mem[m]['stubs']} stub{'s' * (mem[m]['stubs'] != 1)}, PSS {mem[m]['pss_mib']:.0f} MiB{gpu}): "
+                f"p50 {lat['alone']['p50']:.1f} → {lat['mixed']['p50']:.1f} ms, p99 {lat['alone']['p99']:.1f} → "
+                f"{lat['mixed']['p99']:.1f} ms"
+            )
+        lines.append(f"- Co-serving in one tritonserver, each alone → both at once: {'; '.join(parts)}.")
     lines.append("")
     return lines
 

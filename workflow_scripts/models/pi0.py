@@ -285,6 +285,23 @@ def geometry(model) -> dict:
     }
 
 
+def checkpoint_geometry(checkpoint: str | Path) -> dict:
+    """`geometry` from a checkpoint's config alone, without building its weights (the Triton repository's
+    tensor shapes; building the 3.5 B model on a CPU takes a minute and 14 GB)."""
+    import types
+
+    import torch
+
+    if is_architecture_name(str(checkpoint)) and not Path(checkpoint).is_file():
+        kwargs = ARCHITECTURES[Path(str(checkpoint)).name]
+    else:
+        try:
+            kwargs = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
+        except Exception as exc:  # noqa: BLE001 - one line naming the file
+            raise PlanforgeError(f"{checkpoint}: not a readable pi0 checkpoint ({exception_line(exc)})") from None
+    return geometry(types.SimpleNamespace(config=_config(kwargs)))
+
+
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image

@@ -22,6 +22,7 @@ from workflow_scripts.plan import settings as S
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS, backend_available, backend_available_in, runner_file
 from workflow_scripts.tasks import TASKS
+from workflow_scripts.tasks.vla import EPISODE_DEFAULTS
 from workflow_scripts.tensorrt import engines as trt
 
 PLOT_KINDS = ("latency_vs_batch", "accuracy_vs_latency")
@@ -544,32 +545,60 @@ class Plan:
 
     # -- Triton serving -------------------------------------------------------------------------------
     def serving_targets(self) -> list[str]:
-        """Targets that serve: serving enabled, and ONNX Runtime configured and installed (it runs the model)."""
-        if not self.serving_cfg["enabled"] or not self.available("onnxruntime")[0]:
+        """Targets that serve: serving enabled, and a model the target can serve (`served_here`)."""
+        if not self.serving_cfg["enabled"]:
             return []
-        return [t for t in self.targets if "onnxruntime" in self.targets[t]["backends"]]
+        return [t for t in self.targets if self.served_here(t)]
+
+    def served_detection(self, target: str) -> list[str]:
+        """Detection ensembles, where ONNX Runtime is configured and installed (it runs their model)."""
+        ok = "onnxruntime" in self.targets[target]["backends"] and self.available("onnxruntime")[0]
+        return self.served_models() if ok else []
+
+    def served_vla(self, target: str) -> list[str]:
+        """vla models (Pi0: the family's torch module in a python-backend model), where torch runs."""
+        ok = "torch" in self.targets[target]["backends"] and self.available("torch")[0]
+        return self.models_of_task("vla") if ok else []
+
+    def served_here(self, target: str) -> list[str]:
+        return [*self.served_detection(target), *self.served_vla(target)]
+
+    def coserving(self, target: str) -> tuple[str, str] | None:
+        """(vla model, detection model) loaded together in one server, where the target serves both kinds."""
+        vla, det = self.served_vla(target), self.served_detection(target)
+        return (vla[0], det[0]) if vla and det else None
 
     def serving_outputs(self, targets: list[str] | None = None) -> list[str]:
         out = []
         for t in self.serving_targets():
             if targets is None or t in targets:
-                for m in self.served_models():
+                for m in self.served_here(t):
                     out.append(f"results/{t}/serving/{m}.json")
                     if self.serving_cfg["accuracy"]:
                         out.append(f"results/{t}/serving/{m}_accuracy.json")
+                if self.coserving(t):
+                    out.append(f"results/{t}/serving/coserving.json")
         return out
 
     def serving_plot_outputs(self) -> list[str]:
         return [f"results/plots/{t}_serving_throughput_vs_p99.png" for t in self.serving_targets()]
 
     def serving_results(self, target: str) -> list[str]:
-        return [f"results/{target}/serving/{m}.json" for m in self.served_models()]
+        return [f"results/{target}/serving/{m}.json" for m in self.served_here(target)]
 
     def _served_precisions(self, target: str) -> list[str]:
-        return self.targets[target]["backends"]["onnxruntime"]
+        return self.targets[target]["backends"].get("onnxruntime", [])
 
     def triton_onnx(self, target: str, **_) -> list[str]:
-        return [onnx_path(m, p) for m in self.served_models() for p in self._served_precisions(target)]
+        return [onnx_path(m, p) for m in self.served_detection(target) for p in self._served_precisions(target)]
+
+    def triton_checkpoints(self, target: str, **_) -> list[str]:
+        return [self.model_artifact(target, m, "torch", "fp32") for m in self.served_vla(target)]
+
+    def coserving_settings(self, target: str, **_) -> dict[str, str]:
+        """The co-serving job's models and their datasets."""
+        vla, det = self.coserving(target)
+        return {"vla": vla, "vla_data": self.dataset_dir(vla), "det": det, "det_data": self.dataset_dir(det)}
 
     def triton_engines(self, target: str) -> dict[str, dict[str, dict]]:
         """{model: {precision: {"path", "max_batch"}}}: the TensorRT engines the repository serves natively.
@@ -585,7 +614,7 @@ class Plan:
         planned = set(self.engine_outputs([target]))
         batch = max(t["batch_sizes"]) if t["tensorrt"]["batch_profile"] == "dynamic" else 1
         out: dict[str, dict[str, dict]] = {}
-        for m in self.served_models():
+        for m in self.served_detection(target):
             for p in t["backends"].get("tensorrt", []):
                 path = engine_path(target, m, p, batch)
                 if path in planned:
@@ -597,18 +626,27 @@ class Plan:
 
     def triton_models(self, target: str, **_) -> dict:
         engines = self.triton_engines(target)
-        return {
+        models = {
             m: {
                 "family": self.family(m),
                 "imgsz": self.imgsz(m),
                 "onnx": {p: onnx_path(m, p) for p in self._served_precisions(target)},
                 **({"engines": engines[m]} if m in engines else {}),
             }
-            for m in self.served_models()
+            for m in self.served_detection(target)
         }
+        for m in self.served_vla(target):
+            data = self.datasets[self.models[m]["dataset"]]
+            models[m] = {
+                "family": self.family(m),
+                "checkpoint": self.model_artifact(target, m, "torch", "fp32"),
+                "episodes": {k: data.get(k, v) for k, v in EPISODE_DEFAULTS.items()},
+            }
+        return models
 
     def triton_code(self) -> list[str]:
-        families = sorted({family_file(self.family(m)) for m in self.served_models()})
+        served = [*self.served_models(), *self.models_of_task("vla")]
+        families = sorted({family_file(self.family(m)) for m in served})
         return [*code_files("serving.repository", "serving.python_models"), *families]
 
     def triton_settings(self, target: str, **_) -> S.TritonRepositorySettings:
@@ -642,8 +680,13 @@ class Plan:
 
     def serving_bench_b1(self, target: str, model: str, **_) -> list[str]:
         """The in-process ONNX Runtime batch-1 bench the serving overhead is compared with, where it runs."""
+        if model not in self.served_detection(target):
+            return []  # vla: the sweep times the in-process chunk itself
         path = bench_path(target, model, "onnxruntime", self._served_precisions(target)[0], 1)
         return [path] if path in self.bench_outputs([target]) else []
 
-    def serving_reference(self, target: str, model: str, **_) -> str:
-        return accuracy_path(target, model, "onnxruntime", self._served_precisions(target)[0])
+    def serving_reference(self, target: str, model: str, **_) -> list[str]:
+        """The in-process ONNX Runtime accuracy the served mAP must match (vla: none, the job runs torch itself)."""
+        if model not in self.served_detection(target):
+            return []
+        return [accuracy_path(target, model, "onnxruntime", self._served_precisions(target)[0])]

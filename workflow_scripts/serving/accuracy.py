@@ -4,6 +4,10 @@ Every image goes to the `{model}_eval` ensemble (the COCO evaluation thresholds)
 over HTTP, and the detections it returns are scored by the same loop and evaluator as the
 in-process backends (`tasks.detection.coco_detections`, `metrics.coco_evaluate`). The result must match
 the in-process ONNX Runtime mAP50-95 to within `--tolerance`, or the job fails.
+
+A vla model (Pi0): the val episodes with their own noise through the served model vs the in-process
+torch FP32 actions of the same checkpoint (`serving.vla.evaluate_served_actions`): the action MSE and max
+abs error are recorded, and a max abs error above `serving.vla.ACTION_TOLERANCE` fails the job.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from workflow_scripts.core.metrics import coco_evaluate
 from workflow_scripts.plan.settings import ServingAccuracySettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.python_models import unpack_detections
+from workflow_scripts.serving.repository import triton_models_of
 from workflow_scripts.serving.server import TritonServer, serve
 from workflow_scripts.tasks.detection import category_map, coco_detections
 
@@ -80,7 +85,8 @@ def evaluate_served(
     server_log.parent.mkdir(parents=True, exist_ok=True)
     server_log.write_text("")
     t0 = time.perf_counter()
-    with serve(env, repository, server_log, timeout=startup_timeout) as server:
+    load = triton_models_of(index["models"][model])
+    with serve(env, repository, server_log, timeout=startup_timeout, models=load) as server:
         detect = EnsembleDetector(server, ens["name"])
         detections, seconds = coco_detections(split, records, cats, detect, batch, f"mAP {model} via triton")
     stats = coco_evaluate(split.annotations, detections, [r["id"] for r in records])
@@ -133,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     s = ServingAccuracySettings.from_json(a.settings)
+    index = read_json(a.repository / "planforge.json")
+    if index["models"].get(a.model, {}).get("task") == "vla":
+        return main_vla(a, s, index)
     record = evaluate_served(
         a.repository,
         a.model,
@@ -157,6 +166,27 @@ def main(argv: list[str] | None = None) -> None:
     write_json(a.out, record)
     extra = f", in-process {ref['map50_95']:.4f} (Δ {ref['delta_map50_95']:+.5f})" if ref else ""
     print(f"{a.out}: mAP50-95 {record['map50_95']:.4f} through {record['ensemble']}{extra}")
+
+
+def main_vla(a, s: ServingAccuracySettings, index: dict) -> None:
+    from workflow_scripts.serving.vla import evaluate_served_actions
+
+    record = evaluate_served_actions(
+        a.repository, index, a.model, a.target, a.dataset, a.server_log, s.batch, s.max_images, s.startup_timeout_s
+    )
+    record["config_hash"] = s.config_hash
+    ref = record["reference"]
+    if not ref["matches"]:
+        raise PlanforgeError(
+            f"{a.out}: actions through the server differ from in-process torch fp32 by up to "
+            f"{record['action_max_abs']:.3g} (tolerance {ref['tolerance_max_abs']:g}); the served model or its "
+            "inputs differ from the in-process path"
+        )
+    write_json(a.out, record)
+    print(
+        f"{a.out}: {record['episodes']} episodes through {record['served_model']}: action MSE "
+        f"{record['action_mse']:.3g}, max abs {record['action_max_abs']:.3g} vs in-process torch fp32"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,13 @@ onnxruntime backend: ONNX models are served by a python-backend model running ON
 numpy 2. The working `perf_analyzer` ships in the `tritonclient==2.51.0` wheel, which also
 pins numpy<2. So these live in their own virtualenv (never the workflow's own Python), made
 here on first use: `PLANFORGE_TRITON_ENV`, default `.venv-triton/` beside the workflow.
+
+torch and transformers (the Pi0 python-backend model) are not installed here: a CUDA torch wheel is
+gigabytes. The stub reads them from the workflow's own environment instead: `server_env` names the
+running interpreter's site-packages (`PLANFORGE_WORKFLOW_SITE_PACKAGES`), and the generated model.py
+puts it on `sys.path` after this environment's site-packages, so numpy still resolves to 1.x here
+(torch ≥ 2.3 runs with numpy 1.x) and torch/transformers come from the workflow (the stub's Python
+minor version is already the workflow's, see `_link`).
 """
 
 from __future__ import annotations
@@ -98,6 +105,9 @@ class TritonEnv:
         # interpreter's site-packages: the generated model.py files put these two first
         env["PLANFORGE_PROJECT"] = str(project)
         env["PLANFORGE_SITE_PACKAGES"] = str(self.site_packages)
+        # torch / transformers for the Pi0 model: the workflow's own environment, searched after this one
+        workflow = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
+        env["PLANFORGE_WORKFLOW_SITE_PACKAGES"] = os.pathsep.join(workflow)
         return env
 
     def client_env(self) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""results/plots/{target}_serving_throughput_vs_p99.png: throughput vs p99 across concurrency, batching on vs off."""
+"""results/plots/{target}_serving_throughput_vs_p99.png: throughput vs p99 across concurrency, batching on vs off
+(detection ensembles and vla models alike: one line per model, protocol and batching)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def plot_serving(target: str, records: list[dict], out: Path) -> None:
                     ax.annotate(str(r["concurrency"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("p99 latency per request, ms (perf_analyzer, end to end)")
     ax.set_ylabel("throughput, inferences/s")
-    ax.set_title(f"{target}: Triton ensemble, throughput vs p99 (labels: concurrency)")
+    ax.set_title(f"{target}: Triton, throughput vs p99 (labels: concurrency)")
     ax.grid(True, alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=7)

@@ -177,3 +177,135 @@ class OnnxModel(_Model):
             responses.append(self.respond({k: v[start : start + n] for k, v in zip(self.output_names, outputs)}))
             start += n
         return responses
+
+
+class BadInput(ValueError):
+    """A request the model refuses: its message names the input and what it must be."""
+
+
+def noise_seed(seed: int, arrays: list[np.ndarray]) -> int:
+    """The noise generator's seed for a request without NOISE: the configured seed and the request's bytes
+    (the model is stateless: the same request gets the same noise, whatever else is queued with it)."""
+    import hashlib
+
+    h = hashlib.sha256(str(int(seed)).encode())
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1  # 63 bits: an int64 output
+
+
+def seeded_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """What the model denoises when a request has no NOISE (a client reproduces it from NOISE_SEED)."""
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+class Pi0Model(_Model):
+    """Pi0 action chunks: the family's `preprocess` and `Pi0Chunk` (the code the accuracy and bench jobs run).
+
+    Per request (batch dimension first, added by Triton): IMAGES uint8 [cams, H, W, 3] (resized to the vision
+    tower's size), STATE fp32 [S ≤ max_state_dim], TOKENS int64 [L] (ids in [0, vocab)), TOKEN_MASK bool [L]
+    and, optional, NOISE fp32 [chunk, action dim]. Output ACTIONS fp32 [chunk, action dim] and NOISE_SEED int64
+    [1]: -1 when the request's NOISE was denoised, else the seed of the noise drawn for it (`seeded_noise`).
+    Stateless; requests with the same shapes that the dynamic batcher gathers run as one chunk. A bad request
+    fails alone with a message naming the input (INVALID_ARG); the others of its batch go on.
+    """
+
+    def initialize(self, args: dict) -> None:
+        kind = args.get("model_instance_kind", "CPU")
+        self.device = f"cuda:{args.get('model_instance_device_id', 0)}" if kind == "GPU" else "cpu"
+        super().initialize(args)
+
+    def setup(self) -> None:
+        try:
+            import torch
+        except ImportError as exc:
+            import os
+
+            raise ImportError(
+                f"{exc}: the Pi0 model needs torch and transformers from the workflow's Python "
+                f"(PLANFORGE_WORKFLOW_SITE_PACKAGES={os.environ.get('PLANFORGE_WORKFLOW_SITE_PACKAGES')}); "
+                "run the serving jobs with the interpreter that runs the workflow"
+            ) from None
+        threads = int(self.params.get("threads") or 0)
+        if threads and self.device == "cpu":
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.chunk = self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval()
+        self.geo = self.family.geometry(self.chunk.model)
+        self.cameras = int(self.params["cameras"])
+        self.seed = int(self.params["noise_seed"])
+        self.noise_shape = (self.geo["chunk_size"], self.geo["max_action_dim"])
+
+    def check(self, images, state, tokens, mask) -> None:
+        cams, height, width = images.shape[:3]
+        if cams != self.cameras:
+            raise BadInput(
+                f"IMAGES: {cams} camera{'s' * (cams != 1)}; this model serves {self.cameras} "
+                f"(IMAGES uint8 [{self.cameras}, H, W, 3])"
+            )
+        if min(height, width) < 1:
+            raise BadInput(f"IMAGES: empty {height}x{width} images; expected [{self.cameras}, H, W, 3] with H, W ≥ 1")
+        if len(state) > self.geo["max_state_dim"]:
+            raise BadInput(f"STATE: {len(state)} values; the model takes at most {self.geo['max_state_dim']}")
+        if tokens.shape != mask.shape:
+            raise BadInput(f"TOKEN_MASK: {mask.shape[0]} entries for {tokens.shape[0]} TOKENS; give one per token")
+        vocab = self.geo["vocab_size"]
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
+            raise BadInput(
+                f"TOKENS: ids must be in [0, {vocab}) (the model's vocabulary); got {tokens.min()}..{tokens.max()}"
+            )
+
+    def request(self, request) -> dict[str, np.ndarray]:
+        arrays = []
+        for name in ("IMAGES", "STATE", "TOKENS", "TOKEN_MASK"):
+            tensor = self.pb.get_input_tensor_by_name(request, name)
+            if tensor is None:  # the server checks only the number of inputs when one is optional
+                raise BadInput(
+                    f"{name}: missing; the model needs IMAGES, STATE, TOKENS and TOKEN_MASK (NOISE optional)"
+                )
+            arrays.append(tensor.as_numpy())
+            if len(arrays[-1]) != 1:
+                raise BadInput(f"{name}: a batch of {len(arrays[-1])}; send one episode per request (batch 1)")
+        images, state, tokens, mask = arrays[0][0], arrays[1][0], arrays[2][0], arrays[3][0].astype(bool)
+        self.check(images, state, tokens, mask)
+        given = self.pb.get_input_tensor_by_name(request, "NOISE")
+        if given is not None:
+            noise, seed = given.as_numpy()[0].astype(np.float32), -1
+        else:
+            seed = noise_seed(self.seed, [images, state, tokens, mask])
+            noise = seeded_noise(seed, self.noise_shape)
+        return {"images": images, "state": state, "token_ids": tokens, "token_mask": mask, "noise": noise, "seed": seed}
+
+    def run_group(self, episodes: list[dict]) -> np.ndarray:
+        """One chunk for requests of the same shapes: the family's preprocess, then Pi0Chunk."""
+        torch = self.torch
+        batch = {k: np.stack([e[k] for e in episodes]) for k in ("images", "state", "token_ids", "token_mask", "noise")}
+        arrays = self.family.preprocess(batch, self.geo)
+        with torch.inference_mode():
+            out = self.chunk(*(torch.from_numpy(arrays[n]).to(self.device) for n in self.family.INPUT_NAMES))
+        return out.float().cpu().numpy()
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        episodes: dict[int, dict] = {}
+        for i, request in enumerate(requests):
+            try:
+                episodes[i] = self.request(request)
+            except BadInput as exc:
+                responses[i] = self.error(str(exc), invalid_argument=True)
+                continue
+            e = episodes[i]
+            groups.setdefault((e["images"].shape, e["state"].shape, e["token_ids"].shape), []).append(i)
+        for rows in groups.values():
+            try:
+                actions = self.run_group([episodes[i] for i in rows])
+            except Exception as exc:  # the model failed on valid inputs: every request of the group
+                for i in rows:
+                    responses[i] = self.error(f"{type(exc).__name__}: {exc}")
+                continue
+            for i, a in zip(rows, actions):
+                seed = np.asarray([episodes[i]["seed"]], dtype=np.int64)
+                responses[i] = self.respond({"ACTIONS": a[None].astype(np.float32), "NOISE_SEED": seed[None]})
+        return responses

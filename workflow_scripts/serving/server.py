@@ -148,8 +148,13 @@ def serve(
     grpc_port: int | None = None,
     timeout: float = 120.0,
     project: Path = ROOT,
+    models: list[str] | None = None,
 ) -> Iterator[TritonServer]:
-    """Start tritonserver on `repository`, wait until it is ready, yield it, and always stop it."""
+    """Start tritonserver on `repository`, wait until it is ready, yield it, and always stop it.
+
+    `models`: load only these (explicit model control; a job measuring one model does not start the others'
+    python stubs, e.g. the Pi0 stub's torch); None loads the whole repository.
+    """
     repository = Path(repository).resolve()
     if not (repository / "planforge.json").is_file() and not any(repository.glob("*/config.pbtxt")):
         raise PlanforgeError(f"{repository}: not a model repository (no */config.pbtxt); rerun the triton rule")
@@ -175,6 +180,8 @@ def serve(
         "--strict-readiness=true",
         "--log-verbose=0",
     ]
+    if models is not None:
+        cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
     with _sigterm_as_exit(), open(log, "ab") as log_fh:
         log_fh.write(f"$ {' '.join(cmd)}\n".encode())
         log_fh.flush()

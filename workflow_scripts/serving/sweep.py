@@ -6,6 +6,7 @@ postprocess) and reports p50/p90/p95/p99, throughput and where the time went (cl
 network, server queue, compute input/infer/output, client receive). The sweep runs twice: with the
 repository's dynamic batching, and on a copy with dynamic batching removed. The bare inference
 model at concurrency 1 is measured too, to compare with the in-process ONNX Runtime bench.
+A vla model (Pi0) is one python-backend model, swept with val episodes as input data (`serving.vla`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family, raw_outputs
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.repository import without_dynamic_batching
+from workflow_scripts.serving.repository import triton_models_of, without_dynamic_batching
 from workflow_scripts.serving.server import TritonServer, serve
 
 # perf_analyzer --verbose-csv column → our name (all in microseconds there, milliseconds here)
@@ -210,11 +211,31 @@ def run_sweep(
     max_trials: int = 6,
 ) -> dict:
     """Both sweeps (dynamic batching on, off) and the bare-model row; returns the serving record."""
-    env = ensure(env_dir)
     index = read_json(repository / "planforge.json")
     if model not in index["models"]:
         raise PlanforgeError(f"{repository}: has no model {model!r} (it has {sorted(index['models'])}); rerun triton")
     entry = index["models"][model]
+    if entry.get("task") == "vla":
+        from workflow_scripts.serving.vla import run_vla_sweep
+
+        return run_vla_sweep(
+            repository,
+            index,
+            model,
+            target,
+            dataset,
+            server_log,
+            concurrency,
+            protocols,
+            requests,
+            startup_timeout,
+            http_port,
+            grpc_port,
+            env_dir,
+            stability,
+            max_trials,
+        )
+    env = ensure(env_dir)
     ensemble = entry["ensembles"]["serve"]["name"]
     infer_model = next(iter(entry["inference_models"].values()))
     split = load_split(dataset, "val")
@@ -229,7 +250,9 @@ def run_sweep(
         shape = write_image_input(image, tmp / "image.json")
         repos = {"on": repository, "off": without_dynamic_batching(repository, tmp / "repo-no-batching")}
         for batching, repo in repos.items():
-            with serve(env, repo, server_log, http_port, grpc_port, startup_timeout) as server:
+            with serve(
+                env, repo, server_log, http_port, grpc_port, startup_timeout, models=triton_models_of(entry)
+            ) as server:
                 for protocol in protocols:
                     if batching == "on":
                         r = perf_analyzer(
@@ -270,9 +293,9 @@ def run_sweep(
     }
 
 
-def compare(rows: list[dict], model_only: list[dict], reference: dict, bench: dict | None, top: int) -> dict:
-    """Serving overhead vs in-process ORT (same job; and the bench JSON), and what batching buys at the top concurrency."""
-    out: dict = {"batching_gain_at_max_concurrency": {}, "overhead_vs_in_process": {}, "overhead_vs_bench": {}}
+def compare_batching(rows: list[dict], top: int) -> dict:
+    """Per protocol: throughput with dynamic batching on vs off at the top concurrency, and their ratio."""
+    out: dict = {}
     for protocol in sorted({r["protocol"] for r in rows}):
         on = next(
             (r for r in rows if r["protocol"] == protocol and r["batching"] == "on" and r["concurrency"] == top), None
@@ -281,12 +304,22 @@ def compare(rows: list[dict], model_only: list[dict], reference: dict, bench: di
             (r for r in rows if r["protocol"] == protocol and r["batching"] == "off" and r["concurrency"] == top), None
         )
         if on and off and off["throughput_infer_per_s"]:
-            out["batching_gain_at_max_concurrency"][protocol] = {
+            out[protocol] = {
                 "concurrency": top,
                 "throughput_on": on["throughput_infer_per_s"],
                 "throughput_off": off["throughput_infer_per_s"],
                 "gain": round(on["throughput_infer_per_s"] / off["throughput_infer_per_s"], 3),
             }
+    return out
+
+
+def compare(rows: list[dict], model_only: list[dict], reference: dict, bench: dict | None, top: int) -> dict:
+    """Serving overhead vs in-process ORT (same job; and the bench JSON), and what batching buys at the top concurrency."""
+    out: dict = {
+        "batching_gain_at_max_concurrency": compare_batching(rows, top),
+        "overhead_vs_in_process": {},
+        "overhead_vs_bench": {},
+    }
     sources = [("overhead_vs_in_process", reference["model_ms"]["p50"], reference["pipeline_ms"]["p50"], None)]
     if bench:
         sources.append(

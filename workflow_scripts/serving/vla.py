@@ -1,0 +1,285 @@
+"""Pi0 (task vla) through Triton: the client side of the served `{model}` python-backend model.
+
+- `episode_request`: one val episode as the model's request tensors (IMAGES, STATE, TOKENS, TOKEN_MASK, NOISE);
+- `write_perf_input`: perf_analyzer --input-data JSON of the first val episodes (their own noise);
+- `ActionClient`: episodes → actions through the server (tritonclient HTTP, a few requests in flight);
+- `run_vla_sweep`: the perf_analyzer sweep (dynamic batching on and off, every protocol and concurrency),
+  beside the in-process torch chunk timed in the same job (results/{target}/serving/{model}.json);
+- `evaluate_served_actions`: the val episodes through the server vs the in-process torch FP32 actions of the
+  same checkpoint, by the task's own loop (`tasks.vla.evaluate`) (results/{target}/serving/{model}_accuracy.json).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from workflow_scripts.core.envinfo import environment
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.metrics import latency_stats
+from workflow_scripts.core.pipeline import make_runner
+from workflow_scripts.models import get_family
+from workflow_scripts.serving.env import ensure
+from workflow_scripts.serving.repository import triton_models_of, without_dynamic_batching
+from workflow_scripts.serving.server import TritonServer, serve
+from workflow_scripts.tasks import vla
+
+# Served vs in-process actions on the same checkpoint, noise and device (FP32): the same code on both sides,
+# so only the batch the dynamic batcher forms can change the float summation order. Max abs error allowed:
+ACTION_TOLERANCE = 1e-4
+INPUT_TYPES = {"IMAGES": np.uint8, "STATE": np.float32, "TOKENS": np.int64, "TOKEN_MASK": np.bool_, "NOISE": np.float32}
+DATATYPES = {"IMAGES": "UINT8", "STATE": "FP32", "TOKENS": "INT64", "TOKEN_MASK": "BOOL", "NOISE": "FP32"}
+PERF_EPISODES = 4  # val episodes in the perf_analyzer input data (cycled through)
+
+
+def episode_request(episodes: dict, i: int, noise: bool = True) -> dict[str, np.ndarray]:
+    """Episode `i` of an episodes batch as one request's tensors (no batch dimension)."""
+    out = {
+        "IMAGES": episodes["images"][i],
+        "STATE": episodes["state"][i],
+        "TOKENS": episodes["token_ids"][i],
+        "TOKEN_MASK": episodes["token_mask"][i],
+    }
+    if noise:
+        out["NOISE"] = episodes["noise"][i]
+    return {k: np.ascontiguousarray(v, dtype=INPUT_TYPES[k]) for k, v in out.items()}
+
+
+def write_perf_input(dataset: Path, path: Path, count: int = PERF_EPISODES) -> int:
+    """perf_analyzer --input-data JSON: the first `count` val episodes, each with its own noise; returns how many."""
+    eps = vla.load_episodes(dataset, "val")
+    n = min(count, len(eps))
+    if n == 0:
+        raise PlanforgeError(f"{vla.index_path(dataset, 'val')}: no val episodes to send")
+    batch = eps.take(slice(0, n))
+    data = [
+        {k: {"content": v.reshape(-1).tolist(), "shape": list(v.shape)} for k, v in episode_request(batch, i).items()}
+        for i in range(n)
+    ]
+    path.write_text(json.dumps({"data": data}))
+    return n
+
+
+class ActionClient:
+    """Episodes → actions [B, chunk, dim] through the served model, one request per episode, `inflight` at a time."""
+
+    def __init__(self, server: TritonServer, model: str, inflight: int = 4, noise: bool = True) -> None:
+        import tritonclient.http as httpclient
+
+        self.http = httpclient
+        self.server = server
+        self.model = model
+        self.noise = noise
+        self.client = httpclient.InferenceServerClient(server.http_url, concurrency=inflight)
+        self.noise_seeds: list[int] = []
+
+    def request(self, tensors: dict[str, np.ndarray]):
+        inputs = []
+        for name, value in tensors.items():
+            inp = self.http.InferInput(name, [1, *value.shape], DATATYPES.get(name, "FP32"))
+            inp.set_data_from_numpy(value[None])
+            inputs.append(inp)
+        outs = [self.http.InferRequestedOutput("ACTIONS"), self.http.InferRequestedOutput("NOISE_SEED")]
+        return self.client.async_infer(self.model, inputs, outputs=outs)
+
+    def __call__(self, episodes: dict) -> np.ndarray:
+        pending = [self.request(episode_request(episodes, i, self.noise)) for i in range(len(episodes["images"]))]
+        actions = []
+        for p in pending:
+            try:
+                r = p.get_result()
+            except Exception as exc:  # tritonclient raises its own types; a dead server is the usual cause
+                if not self.server.alive():
+                    raise self.server.failure(f"tritonserver stopped while serving {self.model}") from None
+                raise PlanforgeError(f"{self.model}: inference through the server failed ({exc})") from None
+            actions.append(r.as_numpy("ACTIONS"))
+            self.noise_seeds.append(int(r.as_numpy("NOISE_SEED").reshape(-1)[0]))
+        return np.concatenate(actions)
+
+
+def in_process_runner(entry: dict, repository: Path, device: str, threads: int | None):
+    """The torch FP32 runner of the served checkpoint (the repository's copy), as the accuracy jobs build it."""
+    return make_runner(
+        "torch", repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], "fp32", device, threads
+    )
+
+
+def in_process_chunk(entry: dict, repository: Path, device: str, threads, dataset: Path, iterations: int) -> dict:
+    """One episode's chunk in this process (preprocess + Pi0Chunk, batch 1), timed right before the sweep."""
+    fam = get_family(entry["family"])
+    runner = in_process_runner(entry, repository, device, threads)
+    episode = vla.load_episodes(dataset, "val").take(slice(0, 1))
+    geo = fam.geometry(runner.model)
+    prepared = runner.prepare(fam.preprocess(episode, geo))
+    for _ in range(3):
+        runner(fam.preprocess(episode, geo))
+    chunk, pipeline = [], []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        runner.infer(prepared)
+        chunk.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        runner(fam.preprocess(episode, geo))
+        pipeline.append(time.perf_counter() - t0)
+    return {
+        "chunk_ms": latency_stats(chunk),
+        "pipeline_ms": latency_stats(pipeline),
+        "iterations": iterations,
+        "runner": runner.versions(),
+        "threads": threads,
+    }
+
+
+def run_vla_sweep(
+    repository: Path,
+    index: dict,
+    model: str,
+    target: str,
+    dataset: Path,
+    server_log: Path,
+    concurrency: list[int],
+    protocols: list[str],
+    requests: int,
+    startup_timeout: float,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    env_dir: Path | None = None,
+    stability: float = 25,
+    max_trials: int = 6,
+) -> dict:
+    """perf_analyzer on the served Pi0 model with val episodes as input data, dynamic batching on and off."""
+    from workflow_scripts.serving.sweep import compare_batching, perf_analyzer
+
+    env = ensure(env_dir)
+    entry = index["models"][model]
+    device = "cpu" if index["device"] == "cpu" else index["device"]
+    server_log.parent.mkdir(parents=True, exist_ok=True)
+    server_log.write_text("")
+    rows = []
+    t0 = time.perf_counter()
+    reference = in_process_chunk(entry, repository, device, index.get("threads"), dataset, min(requests, 50))
+    with tempfile.TemporaryDirectory(prefix="planforge-serving-") as tmp:
+        tmp = Path(tmp)
+        n = write_perf_input(dataset, tmp / "episodes.json")
+        repos = {"on": repository, "off": without_dynamic_batching(repository, tmp / "repo-no-batching")}
+        for batching, repo in repos.items():
+            with serve(
+                env, repo, server_log, http_port, grpc_port, startup_timeout, models=triton_models_of(entry)
+            ) as server:
+                for protocol in protocols:
+                    for c in concurrency:
+                        r = perf_analyzer(
+                            env,
+                            server,
+                            entry["model"],
+                            protocol,
+                            c,
+                            requests,
+                            str(tmp / "episodes.json"),
+                            None,
+                            tmp,
+                            stability,
+                            max_trials,
+                        )
+                        rows.append({"batching": batching, "protocol": protocol, **r})
+                        print(
+                            f"{model} batching {batching} {protocol} c{c}: p50 {r['latency_ms']['p50']:.2f} ms, "
+                            f"p99 {r['latency_ms']['p99']:.2f} ms, {r['throughput_infer_per_s']:.1f} chunks/s",
+                            flush=True,
+                        )
+    comparison = {"batching_gain_at_max_concurrency": compare_batching(rows, max(concurrency))}
+    comparison["overhead_vs_in_process_torch"] = {
+        protocol: {
+            "in_process_chunk_p50_ms": reference["chunk_ms"]["p50"],
+            "in_process_pipeline_p50_ms": reference["pipeline_ms"]["p50"],
+            "triton_p50_ms": c1["latency_ms"]["p50"],
+            "pipeline_ratio": round(c1["latency_ms"]["p50"] / reference["pipeline_ms"]["p50"], 3),
+        }
+        for protocol in protocols
+        for c1 in [r for r in rows if r["protocol"] == protocol and r["batching"] == "on" and r["concurrency"] == 1]
+    }
+    return {
+        "status": "ok",
+        "task": "vla",
+        "model": model,
+        "target": target,
+        "served_model": entry["model"],
+        "repository": str(repository),
+        "input_data": {"val_episodes": n, "inputs": sorted(DATATYPES), "noise": "each episode's own (NOISE given)"},
+        "requests_per_window": requests,
+        "stability_percentage": stability,
+        "max_trials": max_trials,
+        "timer": "perf_analyzer end to end per request: client send → server (queue, preprocess, prefix, "
+        "denoising steps) → client receive; one episode (one action chunk) per request, `concurrency` in flight",
+        "serving_settings": index.get("serving", {}),
+        "sweep": rows,
+        "in_process_reference": reference,
+        "comparison": comparison,
+        "server": {"log": str(server_log), "environment": env.versions()},
+        "seconds": round(time.perf_counter() - t0, 1),
+        "environment": environment(device),
+    }
+
+
+def evaluate_served_actions(
+    repository: Path,
+    index: dict,
+    model: str,
+    target: str,
+    dataset: Path,
+    server_log: Path,
+    batch: int,
+    max_images: int | None,
+    startup_timeout: float,
+    env_dir: Path | None = None,
+    tolerance: float = ACTION_TOLERANCE,
+) -> dict:
+    """The val episodes (their own noise) through the server vs in-process torch FP32 on the same checkpoint."""
+    env = ensure(env_dir)
+    entry = index["models"][model]
+    device = "cpu" if index["device"] == "cpu" else index["device"]
+    fam = get_family(entry["family"])
+    runner = in_process_runner(entry, repository, device, index.get("threads"))
+    server_log.parent.mkdir(parents=True, exist_ok=True)
+    server_log.write_text("")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="planforge-served-actions-") as tmp:
+        ref = Path(tmp) / "in_process.actions.npz"
+        local = vla.evaluate(vla.predictor(fam, runner, None), dataset, None, batch, max_images, "in-process", save=ref)
+        del runner
+        with serve(env, repository, server_log, timeout=startup_timeout, models=triton_models_of(entry)) as server:
+            client = ActionClient(server, entry["model"])
+            served = vla.evaluate(client, dataset, None, batch, max_images, f"{model} via triton", reference=ref)
+    record = {
+        "status": "ok",
+        "task": "vla",
+        "model": model,
+        "backend": "triton",
+        "precision": entry["precision"],
+        "target": target,
+        "served_model": entry["model"],
+        **{k: served[k] for k in ("episodes", "chunk_shape", "action_mse", "action_max_abs", "per_dim_max_abs")},
+        "noise": "each episode's own, sent as NOISE",
+        "noise_seeds": sorted(set(client.noise_seeds)),
+        "reference": {
+            "backend": "torch",
+            "precision": "fp32",
+            "device": device,
+            "what": "the same checkpoint in this process, the accuracy jobs' runner and loop (tasks.vla.evaluate)",
+            "seconds": local["seconds"],
+            "tolerance_max_abs": tolerance,
+            "matches": served["action_max_abs"] <= tolerance,
+        },
+        "seconds": served["seconds"],
+        "wall_seconds_with_server_start": round(time.perf_counter() - t0, 2),
+        "server": {"log": str(server_log), "environment": env.versions()},
+    }
+    if served["episodes"] != local["episodes"]:
+        raise PlanforgeError(
+            f"{model}: {served['episodes']} episodes through the server, {local['episodes']} in-process"
+        )
+    return record
