@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, make_workflow_copy, planned_outputs
 from workflow_scripts.config import validate
 from workflow_scripts.models import get_family
 from workflow_scripts.plan.jobs import Plan
@@ -242,3 +242,43 @@ def test_tracking_models_are_served_where_torch_runs_with_their_checkpoint_and_i
     assert "workflow_scripts/models/samurai.py" in plan.triton_code()
     no_torch = Plan(validate(cfg, check_files=False), available=lambda b: (b != "torch", "not installed"))
     assert no_torch.serving_outputs() == []
+
+
+def test_with_two_instances_every_sequence_stays_on_the_instance_that_holds_its_tracker(setup, tmp_path):
+    """The oldest strategy binds a sequence to one instance: 6 live sequences over 2 instances all track right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vids = setup["vids"]
+    models = {"t": {"family": "samurai", "checkpoint": str(setup["work"] / "t.pt")}}
+    build_repository(tmp_path / "repo", "cpu", "cpu", 1, models, {**SERVING, "instances": 2}, {})
+    with serve(ensure(), tmp_path / "repo", tmp_path / "server.log", timeout=120, models=["t"]) as server:
+        client = served.SequenceClient(server, "t", inflight=6)
+        with ThreadPoolExecutor(6) as pool:
+            jobs = [pool.submit(client.sequence, 10 + k, vids.frames[k % 2], vids.boxes[k % 2, 0]) for k in range(6)]
+            results = [j.result() for j in jobs]
+    for k, (boxes, scores) in enumerate(results):
+        np.testing.assert_allclose(scores[1:], results[k % 2][1][1:], rtol=1e-5)
+        np.testing.assert_allclose(boxes, results[k % 2][0], atol=1e-3)
+    log = (tmp_path / "server.log").read_text()
+    by_instance = {ln.split(": reaped")[0].split()[-1] for ln in log.splitlines() if "(END)" in ln}
+    assert by_instance == {"t_0_0", "t_0_1"}  # both instances held sequences
+    assert log.count("(END); live sequences") == 6
+
+
+def test_the_dag_serves_a_tracking_model_through_the_repository_the_sweep_and_the_served_accuracy(tmp_path):
+    cfg = {
+        "datasets": {"clips": {"kind": "videos", "seed": 0, "splits": {"val": 2}, "frames": 8, "frame_size": 96}},
+        "models": {"t": {"family": "samurai", "checkpoint": "samurai-tiny.yaml", "dataset": "clips"}},
+        "targets": {"cpu": {"device": "cpu", "threads": 1, "backends": {"torch": ["fp32"]}, "batch_sizes": [1]}},
+        "serving": {"enabled": True, "concurrency": [1, 2], "protocols": ["grpc"]},
+    }
+    work = make_workflow_copy(tmp_path / "wf", cfg)
+    planned = planned_outputs(work, "results/summary.md")
+    assert {
+        "artifacts/checkpoints/t.pt",
+        "artifacts/triton/cpu",
+        "results/cpu/serving/t.json",
+        "results/cpu/serving/t_accuracy.json",
+        "results/plots/cpu_serving_throughput_vs_p99.png",
+    } <= planned
+    assert not any("artifacts/onnx/t" in p for p in planned if "triton" in p)
