@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -213,9 +214,10 @@ def sequence_batching(idle_us: int, max_candidates: int, preferred: list[int], d
 
 def tracking_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None, serving: dict) -> dict:
     """`{name}`: the stateful python-backend model (`TrackerSequenceModel`) on the prepared checkpoint, copied
-    beside it; the sequence batcher's oldest strategy over up to `max_batch_size` live sequences per batch."""
+    beside it; the sequence batcher's oldest strategy with `max_batch_size` candidate sequences (a sequence
+    beyond them waits in Triton's backlog until one ends); each instance holds the trackers of its sequences."""
     (tmp / name / "1").mkdir(parents=True)
-    shutil_copy(m["checkpoint"], tmp / name / "1" / "checkpoint.pt")
+    shutil.copy2(m["checkpoint"], tmp / name / "1" / "checkpoint.pt")
     shim = SHIM.format(cls="TrackerSequenceModel").replace("serving.python_models", "serving.tracking")
     (tmp / name / "1" / "model.py").write_text(shim.replace("serving/python_models.py", "serving/tracking.py"))
     idle_us = int(serving.get("sequence_idle_us") or SEQUENCE_IDLE_US)
@@ -252,30 +254,31 @@ def tracking_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None
     }
 
 
-def shutil_copy(src, dst) -> None:
-    import shutil
-
-    shutil.copy2(src, dst)
-
-
 # -- client side ----------------------------------------------------------------------------------------------
 PERF_SEQUENCES = 4  # val sequences in the perf_analyzer input data (one stream each, round robin)
+PERF_INPUT_BYTES = 256 * 2**20  # frames' bytes at most in that input data
 
 
 def write_perf_input(dataset: Path, path: Path, count: int = PERF_SEQUENCES) -> tuple[int, int]:
     """perf_analyzer --input-data JSON: one stream per val sequence (its frames in order); returns (streams, frames).
 
-    Every step carries BOX, that frame's true box: the model reads it on START only, so whichever step
-    perf_analyzer starts a sequence on is prompted with the right box.
+    Frames travel as base64 of their raw bytes (a 1024 px frame as a JSON list of numbers would be ~10 MB);
+    at most PERF_INPUT_BYTES of frames, so large frames get fewer streams (at least one). Every step carries
+    BOX, that frame's true box: the model reads it on START only, so whichever step perf_analyzer starts a
+    sequence on is prompted with the right box.
     """
+    import base64
+
     vids = tracking.load_videos(dataset, "val")
-    n = min(count, len(vids))
-    if n == 0:
+    per_sequence = vids.frames[0].nbytes if len(vids) else 0
+    n = min(count, len(vids), max(1, PERF_INPUT_BYTES // max(per_sequence, 1)))
+    if len(vids) == 0:
         raise PlanforgeError(f"{tracking.index_path(dataset, 'val')}: no val sequences to send")
+    shape = list(vids.frames.shape[2:])
     streams = [
         [
             {
-                "FRAME": {"content": vids.frames[s, f].reshape(-1).tolist(), "shape": list(vids.frames.shape[2:])},
+                "FRAME": {"b64": base64.b64encode(vids.frames[s, f].tobytes()).decode(), "shape": shape},
                 "BOX": [float(v) for v in vids.boxes[s, f]],
             }
             for f in range(vids.frames.shape[1])
