@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "preferred_batch_sizes": [4, 8],  # dynamic_batching of the inference models (sizes > max_batch_size: error)
         "instances": 1,
         "onnx_backend": "python",  # python: ORT inside a python-backend model (the CPU server has no onnxruntime backend)
+        "sequence_idle_us": 5_000_000,  # tracking models: max_sequence_idle_microseconds; idle trackers are dropped
         "concurrency": [1, 2, 3, 4, 5, 6, 7, 8],
         "protocols": ["http", "grpc"],
         "requests": 50,  # per perf_analyzer measurement window (count_windows)

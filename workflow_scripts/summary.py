@@ -141,7 +141,8 @@ def serving_lines(records: list[dict], target: str) -> list[str]:
         return []
     lines = [
         "Serving through a real tritonserver (detection: ensemble preprocess → ONNX Runtime → postprocess; vla: "
-        "one python-backend model, preprocess + action chunk; batch 1 per request; perf_analyzer end to end):",
+        "one python-backend model, preprocess + action chunk; tracking: one stateful model behind the sequence "
+        "batcher, one frame per request, concurrency = live sequences; batch 1 per request; perf_analyzer end to end):",
         "",
         "| model | protocol | concurrency | batching | p50 ms | p99 ms | throughput infer/s | queue ms | compute ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -182,8 +183,23 @@ def serving_lines(records: list[dict], target: str) -> list[str]:
                 f"in-process torch preprocess + chunk {o['in_process_pipeline_p50_ms']:.2f} ms "
                 f"(**{o['pipeline_ratio']:.2f}×**)."
             )
+        for protocol, o in comp.get("overhead_vs_in_process_tracker", {}).items():
+            gain = comp.get("throughput_gain_at_max_live_sequences", {}).get(protocol)
+            top = max(r["concurrency"] for r in rec["sweep"])
+            lines.append(
+                f"- {rec['model']} {protocol}: served frame p50 {o['triton_p50_ms']:.2f} ms vs in-process "
+                f"Tracker.track {o['in_process_frame_p50_ms']:.2f} ms (**{o['ratio']:.2f}×**)"
+                + (f"; {top} live sequences give **{gain:.2f}×** the frames/s of one." if gain else ".")
+            )
         acc = accs.get(rec["model"])
-        if acc and "action_mse" in acc:
+        if acc and "auc" in acc:
+            ref = acc["reference"]
+            lines.append(
+                f"- {rec['model']} tracking through the sequence batcher ({acc['sequences']} val sequences, one "
+                f"correlation id each): AUC {acc['auc']:.4f} vs in-process torch {ref['precision']} {ref['auc']:.4f} "
+                f"(Δ {ref['delta_auc']:+.5f}, {'matches' if ref['matches'] else '**DIFFERS**'} within {ref['tolerance']:g})."
+            )
+        elif acc and "action_mse" in acc:
             ref = acc["reference"]
             lines.append(
                 f"- {rec['model']} actions through the server vs in-process torch {ref['precision']} on {acc['episodes']} "

@@ -43,6 +43,7 @@ FAMILIES.register(
     "dfine", FamilySpec("workflow_scripts.models.dfine", "detection", served=True, hub_ids=True, settings=("num_queries",))
 )
 FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla", artifacts=("checkpoint", "onnx")))
+FAMILIES.register("samurai", FamilySpec("workflow_scripts.models.samurai", "tracking", artifacts=("checkpoint",)))
 
 
 def family_settings(family: str, model_cfg: dict) -> dict:

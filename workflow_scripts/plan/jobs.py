@@ -560,8 +560,13 @@ class Plan:
         ok = "torch" in self.targets[target]["backends"] and self.available("torch")[0]
         return self.models_of_task("vla") if ok else []
 
+    def served_tracking(self, target: str) -> list[str]:
+        """tracking models (SAMURAI: the family's Tracker per sequence behind the sequence batcher), where torch runs."""
+        ok = "torch" in self.targets[target]["backends"] and self.available("torch")[0]
+        return self.models_of_task("tracking") if ok else []
+
     def served_here(self, target: str) -> list[str]:
-        return [*self.served_detection(target), *self.served_vla(target)]
+        return [*self.served_detection(target), *self.served_vla(target), *self.served_tracking(target)]
 
     def coserving(self, target: str) -> tuple[str, str] | None:
         """(vla model, detection model) loaded together in one server, where the target serves both kinds."""
@@ -593,7 +598,8 @@ class Plan:
         return [onnx_path(m, p) for m in self.served_detection(target) for p in self._served_precisions(target)]
 
     def triton_checkpoints(self, target: str, **_) -> list[str]:
-        return [self.model_artifact(target, m, "torch", "fp32") for m in self.served_vla(target)]
+        served = [*self.served_vla(target), *self.served_tracking(target)]
+        return [self.model_artifact(target, m, "torch", "fp32") for m in served]
 
     def coserving_settings(self, target: str, **_) -> dict[str, str]:
         """The co-serving job's models and their datasets."""
@@ -642,16 +648,19 @@ class Plan:
                 "checkpoint": self.model_artifact(target, m, "torch", "fp32"),
                 "episodes": {k: data.get(k, v) for k, v in EPISODE_DEFAULTS.items()},
             }
+        for m in self.served_tracking(target):
+            models[m] = {"family": self.family(m), "checkpoint": self.model_artifact(target, m, "torch", "fp32")}
         return models
 
     def triton_code(self) -> list[str]:
-        served = [*self.served_models(), *self.models_of_task("vla")]
+        served = [*self.served_models(), *self.models_of_task("vla"), *self.models_of_task("tracking")]
         families = sorted({family_file(self.family(m)) for m in served})
         return [*code_files("serving.repository", "serving.python_models"), *families]
 
     def triton_settings(self, target: str, **_) -> S.TritonRepositorySettings:
         t, acc, srv = self.targets[target], self.cfg["accuracy"], self.serving_cfg
         keys = ("max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "instances", "onnx_backend")
+        keys += ("sequence_idle_us",)
         thresholds = {k: acc[k] for k in ("conf", "iou", "max_det")}
         return S.TritonRepositorySettings(
             device=t["device"],

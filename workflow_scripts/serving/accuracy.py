@@ -8,6 +8,10 @@ the in-process ONNX Runtime mAP50-95 to within `--tolerance`, or the job fails.
 A vla model (Pi0): the val episodes with their own noise through the served model vs the in-process
 torch FP32 actions of the same checkpoint (`serving.vla.evaluate_served_actions`): the action MSE and max
 abs error are recorded, and a max abs error above `serving.vla.ACTION_TOLERANCE` fails the job.
+
+A tracking model (SAMURAI): the val sequences replayed through the sequence batcher, one correlation id each,
+scored by the task's OTB metrics vs `tasks.tracking.evaluate` in process on the same checkpoint
+(`serving.tracking.evaluate_served_tracking`); an AUC difference above `serving.tracking.AUC_TOLERANCE` fails.
 """
 
 from __future__ import annotations
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     index = read_json(a.repository / "planforge.json")
     if index["models"].get(a.model, {}).get("task") == "vla":
         return main_vla(a, s, index)
+    if index["models"].get(a.model, {}).get("task") == "tracking":
+        return main_tracking(a, s, index)
     record = evaluate_served(
         a.repository,
         a.model,
@@ -186,6 +192,27 @@ def main_vla(a, s: ServingAccuracySettings, index: dict) -> None:
     print(
         f"{a.out}: {record['episodes']} episodes through {record['served_model']}: action MSE "
         f"{record['action_mse']:.3g}, max abs {record['action_max_abs']:.3g} vs in-process torch fp32"
+    )
+
+
+def main_tracking(a, s: ServingAccuracySettings, index: dict) -> None:
+    from workflow_scripts.serving.tracking import evaluate_served_tracking
+
+    record = evaluate_served_tracking(
+        a.repository, index, a.model, a.target, a.dataset, a.server_log, s.max_images, s.startup_timeout_s
+    )
+    record["config_hash"] = s.config_hash
+    ref = record["reference"]
+    if not ref["matches"]:
+        raise PlanforgeError(
+            f"{a.out}: AUC through the server {record['auc']:.4f} differs from in-process torch fp32 "
+            f"{ref['auc']:.4f} by {ref['delta_auc']:+.4f} (tolerance {ref['tolerance']:g}); the served tracker or "
+            "its requests differ from the in-process path"
+        )
+    write_json(a.out, record)
+    print(
+        f"{a.out}: {record['sequences']} sequences through {record['served_model']}: AUC {record['auc']:.4f}, "
+        f"in-process {ref['auc']:.4f} (Δ {ref['delta_auc']:+.5f})"
     )
 
 

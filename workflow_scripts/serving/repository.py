@@ -104,8 +104,9 @@ def ensemble_config(name: str, steps: list[tuple[str, dict, dict]], max_batch_si
 
 def triton_models_of(entry: dict) -> list[str]:
     """The Triton models one served planforge model consists of (a repository index entry): what a job
-    measuring it loads. Detection: its ensembles and their pre, inference and post models; vla: its one model."""
-    if entry.get("task") == "vla":
+    measuring it loads. Detection: its ensembles and their pre, inference and post models; vla, tracking: its one
+    model."""
+    if entry.get("task") in ("vla", "tracking"):
         return [entry["model"]]
     names = [e["name"] for e in entry["ensembles"].values()]
     steps = [f"{n}_{s}" for n in names[:1] for s in ("pre", "post", "post_eval")]
@@ -223,6 +224,11 @@ def build_repository(
         for name, m in models.items():
             if FAMILIES[m["family"]].task == "vla":
                 index["models"][name] = vla_model(tmp, name, m, gpu, threads, serving)
+                continue
+            if FAMILIES[m["family"]].task == "tracking":
+                from workflow_scripts.serving.tracking import tracking_model  # it imports this module
+
+                index["models"][name] = tracking_model(tmp, name, m, gpu, threads, serving)
                 continue
             fam_params = {"family": m["family"], "imgsz": m["imgsz"]}
             model_in = [3, m["imgsz"], m["imgsz"]]

@@ -7,6 +7,8 @@ network, server queue, compute input/infer/output, client receive). The sweep ru
 repository's dynamic batching, and on a copy with dynamic batching removed. The bare inference
 model at concurrency 1 is measured too, to compare with the in-process ONNX Runtime bench.
 A vla model (Pi0) is one python-backend model, swept with val episodes as input data (`serving.vla`).
+A tracking model (SAMURAI) is one stateful model behind the sequence batcher, swept with whole val sequences
+(`--sequence-length`, concurrency = live sequences; `serving.tracking`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def perf_analyzer(
     workdir: Path,
     stability: float = 25,
     max_trials: int = 6,
+    extra_args: tuple[str, ...] = (),
 ) -> dict:
     """One perf_analyzer run at one concurrency level; a dead server or a failed run raises with the reason.
 
@@ -84,16 +87,19 @@ def perf_analyzer(
     throughput is requests per one-second window, not a measurement.)
     """
     out = workdir / f"{model}_{protocol}_c{concurrency}.csv"
-    row = _perf_run(env, server, model, protocol, concurrency, requests, input_data, shape, out, stability, max_trials)
+    args = (env, server, model, protocol, concurrency, requests, input_data, shape, out)
+    row = _perf_run(*args, stability, max_trials, extra_args)
     if row is None:
-        row = _perf_run(env, server, model, protocol, concurrency, requests, input_data, shape, out, 10000, 3)
+        row = _perf_run(*args, 10000, 3, extra_args)
     if row is None:
         raise PlanforgeError(f"perf_analyzer: no measurement of {model} ({protocol}, concurrency {concurrency})")
     row["stable"] = row.pop("_stability") == stability
     return row
 
 
-def _perf_run(env, server, model, protocol, concurrency, requests, input_data, shape, out, stability, max_trials):
+def _perf_run(
+    env, server, model, protocol, concurrency, requests, input_data, shape, out, stability, max_trials, extra
+):
     out.unlink(missing_ok=True)
     cmd = [
         str(env.perf_analyzer),
@@ -123,6 +129,7 @@ def _perf_run(env, server, model, protocol, concurrency, requests, input_data, s
     ]
     if shape:
         cmd += ["--shape", shape]
+    cmd += list(extra)  # e.g. a sequence model's --sequence-length
     proc = subprocess.run(cmd, env=env.client_env(), capture_output=True, text=True)
     if proc.returncode != 0 and server.alive() and "stable measurement" in proc.stdout + proc.stderr:
         return None
@@ -215,6 +222,26 @@ def run_sweep(
     if model not in index["models"]:
         raise PlanforgeError(f"{repository}: has no model {model!r} (it has {sorted(index['models'])}); rerun triton")
     entry = index["models"][model]
+    if entry.get("task") == "tracking":
+        from workflow_scripts.serving.tracking import run_tracking_sweep
+
+        return run_tracking_sweep(
+            repository,
+            index,
+            model,
+            target,
+            dataset,
+            server_log,
+            concurrency,
+            protocols,
+            requests,
+            startup_timeout,
+            http_port,
+            grpc_port,
+            env_dir,
+            stability,
+            max_trials,
+        )
     if entry.get("task") == "vla":
         from workflow_scripts.serving.vla import run_vla_sweep
 

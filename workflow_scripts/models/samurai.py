@@ -1,0 +1,865 @@
+"""SAMURAI family: SAM 2.1 video tracking (transformers' `Sam2VideoModel`) with SAMURAI's motion-aware
+additions (Yang et al. 2024, github.com/yangchris11/samurai, `sam2/modeling/sam2_base.py`).
+
+`SamuraiVideoModel` subclasses `Sam2VideoModel` and changes two steps of a tracked (non-prompt) frame:
+
+- **Motion-aware mask selection.** A Kalman filter on the box (`KalmanFilter`: 8-D constant velocity
+  state cx, cy, aspect, h and their velocities, upstream's noise weights) follows the chosen mask. For the
+  first `stable_frames` frames the decoder's best predicted-IoU mask is chosen and the filter is updated
+  while that IoU > `stable_iou` (else the count resets); after that the chosen candidate maximises
+  α·IoU(Kalman box, mask box) + (1 − α)·predicted IoU (α 0.25 for t / s / b+, 0.15 for l) and the filter is
+  updated unless the chosen predicted IoU < `stable_iou` (then the count resets). Upstream's exact
+  branches and comparisons (`>` in the warm-up, `<` after it). Objects appear when the object score logit
+  > `min_obj_score_logits` (−1 in SAMURAI's configs, 0 in SAM 2).
+- **Motion-aware memory selection.** A past frame qualifies for the memory bank when its chosen mask's
+  predicted IoU > 0.5, its object score > 0 and its Kalman IoU (when it has one) > 0; up to `memory_window`
+  (15) qualifying frames are collected newest first, the previous frame is always added, and the newest
+  `num_maskmem − 1` become the memories (with the prompt frame: 7). Upstream's scan skips the first
+  tracked frame (`range(frame_idx - 1, 1, -1)`); so does this one. Upstream never applies its motion
+  threshold (it stores `kf_ious` but reads `kf_score`); the paper does, and so does this by default
+  (`memory_kf_score: None` reproduces the code).
+
+The Kalman state lives in the inference session (one per sequence, one per object), never on the model,
+so one loaded model serves many live sequences. `Tracker` is the contract the tracking task and the
+Triton sequence model use: numpy frames in, xywh boxes out; it prunes the session after every frame so
+its memory does not grow with the sequence (`frames_held`, `state_bytes`).
+
+Checkpoints: architecture names with seeded random weights (nothing from the network) — `samurai-t.yaml`,
+`samurai-s.yaml`, `samurai-b+.yaml`, `samurai-l.yaml` (the published SAM 2.1 Hiera tiny / small / base+ /
+large configs at 1024 px: 38.9 / 46.0 / 80.8 / 224.4 M parameters, checked in the tests) and
+`samurai-tiny.yaml` (about 1 M parameters at 128 px, for CPU tests and the embedded default) — or a
+trained file (`train_samurai_demo.py`) holding the architecture, its config and the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from workflow_scripts.core.io import PlanforgeError, exception_line
+from workflow_scripts.models import check_image
+
+FORMAT = "planforge-samurai-v1"
+INPUT_NAME = "pixel_values"
+OUTPUT_NAMES = ("pred_masks", "object_score_logits")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+NO_OBJ_SCORE = -1024.0  # transformers' and upstream's logit for "no object" masks
+
+# SAMURAI's settings (upstream configs/samurai/sam2.1_hiera_*.yaml); `alpha` None: the size's own (ALPHA).
+SAMURAI_DEFAULTS: dict = {
+    "samurai": True,  # False: plain SAM 2 (no Kalman filter, no memory filter, objects appear at logit > 0)
+    "alpha": None,  # kf_score_weight
+    "stable_frames": 15,  # stable_frames_threshold
+    "stable_iou": 0.3,  # stable_ious_threshold
+    "min_obj_score_logits": -1.0,
+    "memory_filter": True,
+    "memory_iou": 0.5,  # memory_bank_iou_threshold
+    "memory_obj_score": 0.0,  # memory_bank_obj_score_threshold
+    "memory_kf_score": 0.0,  # memory_bank_kf_score_threshold; None: not applied (upstream's code)
+    "memory_window": 15,  # max_obj_ptrs_in_encoder - 1 qualifying frames scanned
+}
+ALPHA = {"t": 0.25, "s": 0.25, "b+": 0.25, "l": 0.15, "tiny": 0.25}
+
+_HIERA = {
+    "t": {
+        "hidden_size": 96,
+        "num_attention_heads": 1,
+        "blocks_per_stage": [1, 2, 7, 2],
+        "global_attention_blocks": [5, 7, 9],
+    },
+    "s": {
+        "hidden_size": 96,
+        "num_attention_heads": 1,
+        "blocks_per_stage": [1, 2, 11, 2],
+        "global_attention_blocks": [7, 10, 13],
+    },
+    "b+": {
+        "hidden_size": 112,
+        "num_attention_heads": 2,
+        "blocks_per_stage": [2, 3, 16, 3],
+        "global_attention_blocks": [12, 16, 20],
+        "window_positional_embedding_background_size": [14, 14],
+    },
+    "l": {
+        "hidden_size": 144,
+        "num_attention_heads": 2,
+        "blocks_per_stage": [2, 6, 36, 4],
+        "global_attention_blocks": [23, 33, 43],
+        "window_size_per_stage": [8, 4, 16, 8],
+    },
+}
+
+
+def _sam21(size: str) -> dict:
+    """Sam2VideoConfig kwargs of a published SAM 2.1 Hiera size (1024 px)."""
+    h = dict(_HIERA[size])
+    dim, heads = h["hidden_size"], h["num_attention_heads"]
+    h["embed_dim_per_stage"] = [dim, 2 * dim, 4 * dim, 8 * dim]
+    h["num_attention_heads_per_stage"] = [heads, 2 * heads, 4 * heads, 8 * heads]
+    return {
+        "vision_config": {
+            "model_type": "sam2_vision_model",
+            "backbone_config": {"model_type": "sam2_hiera_det_model", **h},
+            "backbone_channel_list": [8 * dim, 4 * dim, 2 * dim, dim],
+        }
+    }
+
+
+TINY_SIZE = 128
+_TINY_HIDDEN = 128  # > the memory width (64): transformers reshapes object pointers only when it is smaller
+# A few hundred K parameters at 128 px: the Hiera trunk, FPN, prompt encoder, mask decoder, memory attention and
+# memory encoder of SAM 2 with every width and depth cut down (feature maps 32 / 16 / 8).
+_TINY = {
+    "image_size": TINY_SIZE,
+    "vision_config": {
+        "model_type": "sam2_vision_model",
+        "backbone_config": {
+            "model_type": "sam2_hiera_det_model",
+            "hidden_size": 16,
+            "num_attention_heads": 1,
+            "image_size": [TINY_SIZE, TINY_SIZE],
+            "blocks_per_stage": [1, 1, 2, 1],
+            "embed_dim_per_stage": [16, 32, 64, 128],
+            "num_attention_heads_per_stage": [1, 1, 2, 2],
+            "window_size_per_stage": [8, 4, 8, 8],
+            "global_attention_blocks": [3],
+            "window_positional_embedding_background_size": [4, 4],
+        },
+        "backbone_channel_list": [128, 64, 32, 16],
+        "backbone_feature_sizes": [[TINY_SIZE // 4] * 2, [TINY_SIZE // 8] * 2, [TINY_SIZE // 16] * 2],
+        "fpn_hidden_size": _TINY_HIDDEN,
+    },
+    "prompt_encoder_config": {"hidden_size": _TINY_HIDDEN, "image_size": TINY_SIZE, "mask_input_channels": 8},
+    "mask_decoder_config": {
+        "hidden_size": _TINY_HIDDEN,
+        "mlp_dim": 128,
+        "num_attention_heads": 2,
+        "iou_head_hidden_dim": 64,
+    },
+    "memory_attention_hidden_size": _TINY_HIDDEN,
+    "memory_attention_num_layers": 2,
+    "memory_attention_feed_forward_hidden_size": 128,
+    "memory_attention_rope_feat_sizes": [TINY_SIZE // 16, TINY_SIZE // 16],
+    "memory_encoder_hidden_size": _TINY_HIDDEN,
+    "memory_encoder_output_channels": 64,  # transformers fixes the memory cross-attention input at 64
+    "mask_downsampler_embed_dim": _TINY_HIDDEN,
+    "memory_fuser_embed_dim": _TINY_HIDDEN,
+    "memory_fuser_intermediate_dim": 128,
+}
+
+# Architecture name → (SAMURAI size for α, Sam2VideoConfig keyword arguments).
+ARCHITECTURES: dict[str, tuple[str, dict]] = {
+    "samurai-t.yaml": ("t", _sam21("t")),
+    "samurai-s.yaml": ("s", _sam21("s")),
+    "samurai-b+.yaml": ("b+", _sam21("b+")),
+    "samurai-l.yaml": ("l", _sam21("l")),
+    "samurai-tiny.yaml": ("tiny", _TINY),
+}
+
+
+def is_architecture_name(checkpoint: str) -> bool:
+    return Path(str(checkpoint)).name in ARCHITECTURES
+
+
+def _config(kwargs: dict):
+    from transformers import Sam2VideoConfig
+
+    return Sam2VideoConfig(**kwargs)
+
+
+def _build(kwargs: dict, seed: int, device: str = "cpu"):
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = model_class()(_config(kwargs))
+    return model.eval()
+
+
+def build_architecture(name: str, seed: int = 0, device: str = "cpu"):
+    """`SamuraiVideoModel` of a named architecture with seeded random weights (`device="meta"`: shapes only)."""
+    key = Path(str(name)).name
+    if key not in ARCHITECTURES:
+        raise PlanforgeError(f"{name!r}: not a samurai architecture; one of {sorted(ARCHITECTURES)}")
+    size, kwargs = ARCHITECTURES[key]
+    model = _build(kwargs, seed, device)
+    model.planforge_source = {"format": FORMAT, "architecture": key, "size": size, "config": kwargs, "seed": seed}
+    return model
+
+
+def save_checkpoint(model, path: str | Path) -> None:
+    """The architecture, its config and the seed; a trained model's weights too (random ones are rebuilt)."""
+    import torch
+
+    source = dict(model.planforge_source)
+    if source.get("trained"):
+        source["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(source, path)
+
+
+def load_torch(checkpoint: str | Path, device: str = "cpu"):
+    """A `SamuraiVideoModel` from an architecture name or a checkpoint file; one line if it cannot be read."""
+    import torch
+
+    if is_architecture_name(str(checkpoint)) and not Path(checkpoint).is_file():
+        return build_architecture(str(checkpoint)).to(device)
+    try:
+        source = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - one line naming the file
+        raise PlanforgeError(f"{checkpoint}: not a readable samurai checkpoint ({exception_line(exc)})") from None
+    if not isinstance(source, dict) or source.get("format") != FORMAT:
+        raise PlanforgeError(f"{checkpoint}: not a {FORMAT} checkpoint (write it with prepare_checkpoint)")
+    try:
+        model = _build(source["config"], int(source["seed"]))
+        if "state_dict" in source:
+            model.load_state_dict({k: v.float() for k, v in source["state_dict"].items()})
+    except Exception as exc:  # noqa: BLE001
+        raise PlanforgeError(
+            f"{checkpoint}: its samurai config or weights do not load ({exception_line(exc)})"
+        ) from None
+    model.planforge_source = {k: v for k, v in source.items() if k != "state_dict"}
+    return model.to(device)
+
+
+def class_names(model) -> list[str]:
+    return []  # one tracked object, no classes
+
+
+def forward_output(raw):
+    return raw
+
+
+def input_size(model) -> int:
+    """The square image size frames are resized to."""
+    return int(model.config.image_size)
+
+
+def settings_for(model, settings: dict | None = None) -> dict:
+    """SAMURAI_DEFAULTS with the model size's α, overridden by `settings`; `samurai: False` is plain SAM 2."""
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(SAMURAI_DEFAULTS))
+    if unknown:
+        raise PlanforgeError(f"samurai settings: {unknown[0]!r} is not one of {sorted(SAMURAI_DEFAULTS)}")
+    size = getattr(model, "planforge_source", {}).get("size", "t")
+    out = {**SAMURAI_DEFAULTS, "alpha": ALPHA.get(size, 0.25), **settings}
+    if not out["samurai"]:
+        out.update(memory_filter=False, min_obj_score_logits=0.0)
+    return out
+
+
+# ---------------------------------------------------------------- Kalman filter and memory selection (numpy)
+
+
+class KalmanFilter:
+    """Upstream SAMURAI's box filter (from DeepSORT): state (cx, cy, a, h, vcx, vcy, va, vh), constant
+    velocity, noise proportional to the box height; measurement (cx, cy, a, h)."""
+
+    def __init__(self) -> None:
+        ndim = 4
+        self.motion_mat = np.eye(2 * ndim)
+        for i in range(ndim):
+            self.motion_mat[i, ndim + i] = 1.0
+        self.update_mat = np.eye(ndim, 2 * ndim)
+        self.std_position = 1.0 / 20
+        self.std_velocity = 1.0 / 160
+
+    def initiate(self, measurement) -> tuple[np.ndarray, np.ndarray]:
+        m = np.asarray(measurement, np.float64)
+        mean = np.r_[m, np.zeros_like(m)]
+        h = m[3]
+        std = [2 * self.std_position * h, 2 * self.std_position * h, 1e-2, 2 * self.std_position * h]
+        std += [10 * self.std_velocity * h, 10 * self.std_velocity * h, 1e-5, 10 * self.std_velocity * h]
+        return mean, np.diag(np.square(std))
+
+    def process_noise(self, mean) -> np.ndarray:
+        h = mean[3]
+        std = [self.std_position * h, self.std_position * h, 1e-2, self.std_position * h]
+        std += [self.std_velocity * h, self.std_velocity * h, 1e-5, self.std_velocity * h]
+        return np.diag(np.square(std))
+
+    def measurement_noise(self, mean) -> np.ndarray:
+        h = mean[3]
+        return np.diag(np.square([self.std_position * h, self.std_position * h, 1e-1, self.std_position * h]))
+
+    def predict(self, mean, covariance) -> tuple[np.ndarray, np.ndarray]:
+        f = self.motion_mat
+        return f @ mean, f @ covariance @ f.T + self.process_noise(mean)
+
+    def update(self, mean, covariance, measurement) -> tuple[np.ndarray, np.ndarray]:
+        import scipy.linalg
+
+        h = self.update_mat
+        projected_cov = h @ covariance @ h.T + self.measurement_noise(mean)
+        chol = scipy.linalg.cho_factor(projected_cov, lower=True, check_finite=False)
+        gain = scipy.linalg.cho_solve(chol, (covariance @ h.T).T, check_finite=False).T
+        innovation = np.asarray(measurement, np.float64) - h @ mean
+        return mean + innovation @ gain.T, covariance - gain @ projected_cov @ gain.T
+
+
+def xyxy_to_xyah(box) -> list[float]:
+    x1, y1, x2, y2 = box
+    h = y2 - y1
+    h = h if h != 0 else 1  # upstream: an empty mask's box [0, 0, 0, 0] becomes height 1
+    return [(x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / h, h]
+
+
+def xyah_to_xyxy(state) -> list[float]:
+    xc, yc, a, h = state[:4]
+    return [xc - a * h / 2, yc - h / 2, xc + a * h / 2, yc + h / 2]
+
+
+def box_iou(a, b) -> float:
+    """IoU of two xyxy boxes, upstream's rule: an all-zero second box (an empty mask) scores 0."""
+    if list(b) == [0, 0, 0, 0]:
+        return 0.0
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union != 0 else 0.0
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """xyxy of the pixels of a boolean mask (inclusive indices, upstream's convention); [0, 0, 0, 0] if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+
+
+def select_candidate(
+    state: dict, ious: np.ndarray, boxes: list, settings: dict, kf: KalmanFilter
+) -> tuple[int, float | None]:
+    """Upstream's multimask choice for one object on one tracked frame: (candidate index, its Kalman IoU or None).
+
+    `state` (per object: `mean`, `cov`, `stable`, `predicted`) is updated in place; `ious` are the decoder's
+    predicted IoUs and `boxes` the xyxy boxes of the candidates' masks (model pixels).
+    """
+    state["predicted"] = None
+    if state["mean"] is None or state["stable"] == 0:
+        k = int(np.argmax(ious))
+        state["mean"], state["cov"] = kf.initiate(xyxy_to_xyah(boxes[k]))
+        state["stable"] += 1
+        return k, None
+    state["mean"], state["cov"] = kf.predict(state["mean"], state["cov"])
+    state["predicted"] = xyah_to_xyxy(state["mean"])
+    if state["stable"] < settings["stable_frames"]:
+        k = int(np.argmax(ious))
+        if ious[k] > settings["stable_iou"]:
+            state["mean"], state["cov"] = kf.update(state["mean"], state["cov"], xyxy_to_xyah(boxes[k]))
+            state["stable"] += 1
+        else:
+            state["stable"] = 0
+        return k, None
+    kf_ious = np.array([box_iou(state["predicted"], b) for b in boxes])
+    alpha = settings["alpha"]
+    k = int(np.argmax(alpha * kf_ious + (1 - alpha) * ious))
+    if ious[k] < settings["stable_iou"]:
+        state["stable"] = 0
+    else:
+        state["mean"], state["cov"] = kf.update(state["mean"], state["cov"], xyxy_to_xyah(boxes[k]))
+    return k, float(kf_ious[k])
+
+
+def qualifies(out: dict, settings: dict) -> bool:
+    """Whether a tracked frame's output may enter the memory bank (mask IoU, object score, motion score)."""
+    kf_score = out.get("kf_score")
+    kf_ok = settings["memory_kf_score"] is None or kf_score is None or kf_score > settings["memory_kf_score"]
+    return (
+        out.get("best_iou_score", 0.0) > settings["memory_iou"]
+        and float(out["object_score_logits"].reshape(-1)[0]) > settings["memory_obj_score"]
+        and kf_ok
+    )
+
+
+def select_memory_frames(
+    outputs: dict, frame_idx: int, first_frame: int, settings: dict, num_maskmem: int
+) -> list[int]:
+    """The tracked frames whose memories the frame `frame_idx` attends to, oldest first (at most num_maskmem − 1).
+
+    Upstream's scan: frames frame_idx−1 down to first_frame+2 (the first tracked frame is skipped, as
+    upstream's `range(frame_idx - 1, 1, -1)` does with the prompt on frame 0), newest first, until
+    `memory_window` qualify; the previous frame is always added; the newest num_maskmem − 1 are kept.
+    """
+    valid: list[int] = []
+    for i in sorted((i for i in outputs if first_frame + 1 < i < frame_idx), reverse=True):
+        if qualifies(outputs[i], settings):
+            valid.insert(0, i)
+        if len(valid) >= settings["memory_window"]:
+            break
+    if frame_idx - 1 not in valid:
+        valid.append(frame_idx - 1)
+    return valid[-(num_maskmem - 1) :] if num_maskmem > 1 else []
+
+
+class SamuraiState:
+    """A session's SAMURAI state: its settings, the prompt frame, and one Kalman state per object."""
+
+    def __init__(self, settings: dict, first_frame: int = 0) -> None:
+        self.settings = settings
+        self.first_frame = first_frame
+        self.kf = KalmanFilter()
+        self.objects: dict[int, dict] = {}
+
+    def object(self, obj_idx: int) -> dict:
+        return self.objects.setdefault(obj_idx, {"mean": None, "cov": None, "stable": 0, "predicted": None})
+
+
+# ---------------------------------------------------------------- the model
+
+
+_MODEL_CLASS: list = []
+
+
+def model_class():
+    """`SamuraiVideoModel`, defined on first use so that importing this module does not import torch."""
+    if not _MODEL_CLASS:
+        _MODEL_CLASS.append(_make_model_class())
+    return _MODEL_CLASS[0]
+
+
+def _make_model_class():
+    import torch
+    import torch.nn.functional as F
+    from transformers import Sam2VideoModel
+
+    class SamuraiVideoModel(Sam2VideoModel):
+        """`Sam2VideoModel` whose tracked frames use SAMURAI's mask and memory selection when the session
+        carries a `SamuraiState` (`session.samurai`); without one it is exactly `Sam2VideoModel`."""
+
+        def _run_single_frame_inference(
+            self,
+            inference_session,
+            frame_idx,
+            obj_idx,
+            batch_size,
+            is_init_cond_frame,
+            point_inputs,
+            mask_inputs,
+            reverse,
+            prev_sam_mask_logits=None,
+            streaming=False,
+        ):
+            st = getattr(inference_session, "samurai", None)
+            plain = (
+                st is None
+                or is_init_cond_frame
+                or point_inputs is not None
+                or mask_inputs is not None
+                or prev_sam_mask_logits is not None
+                or batch_size != 1
+                or not self._use_multimask(False, None)
+            )
+            if plain:
+                return super()._run_single_frame_inference(
+                    inference_session,
+                    frame_idx,
+                    obj_idx,
+                    batch_size,
+                    is_init_cond_frame,
+                    point_inputs,
+                    mask_inputs,
+                    reverse,
+                    prev_sam_mask_logits,
+                    streaming,
+                )
+            feats, pos = self._prepare_vision_features(inference_session, frame_idx, batch_size)
+            high_res = [
+                x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
+                for x, s in zip(feats[:-1], self.backbone_feature_sizes[:-1])
+            ]
+            pix_feat = self._prepare_memory_conditioned_features(
+                inference_session=inference_session,
+                frame_idx=frame_idx,
+                obj_idx=obj_idx,
+                is_initial_conditioning_frame=False,
+                current_vision_features=feats[-1],
+                current_vision_positional_embeddings=pos[-1],
+                num_total_frames=inference_session.num_frames,
+                track_in_reverse_time=reverse,
+                streaming=streaming,
+            )
+            return self._samurai_heads(st, obj_idx, high_res + [pix_feat])
+
+        def _samurai_heads(self, st: SamuraiState, obj_idx: int, image_embeddings: list) -> dict:
+            """`_single_frame_forward` of a tracked frame (no prompt, multimask) with SAMURAI's choice of mask."""
+            emb = image_embeddings[-1]
+            batch = emb.shape[0]
+            pe = self.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
+            points = torch.zeros(batch, 1, 1, 2, dtype=emb.dtype, device=emb.device)
+            labels = -torch.ones(batch, 1, 1, dtype=torch.int32, device=emb.device)
+            sparse, dense = self.prompt_encoder(
+                input_points=points, input_labels=labels, input_boxes=None, input_masks=None
+            )
+            low_multi, iou_scores, tokens, obj_logits = self.mask_decoder(
+                image_embeddings=emb,
+                image_positional_embeddings=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+                high_resolution_features=image_embeddings[:-1],
+            )
+            appearing = obj_logits > st.settings["min_obj_score_logits"]
+            low_multi = torch.where(appearing[:, None, None], low_multi, NO_OBJ_SCORE)
+            high_multi = (
+                F.interpolate(
+                    low_multi.squeeze(1).float(),
+                    size=(self.image_size, self.image_size),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                .unsqueeze(1)
+                .to(low_multi.dtype)
+            )
+            ious = iou_scores[0, 0].float().cpu().numpy()
+            kf_score = None
+            if st.settings["samurai"]:
+                boxes = [mask_box(m) for m in (high_multi[0, 0] > 0).cpu().numpy()]
+                k, kf_score = select_candidate(st.object(obj_idx), ious, boxes, st.settings, st.kf)
+            else:
+                k = int(torch.argmax(iou_scores[0, 0]))
+            pick = torch.tensor([[k]], device=emb.device)  # argmax over [batch, objects] in transformers
+            b, o = torch.arange(batch, device=emb.device), torch.arange(1, device=emb.device)
+            token = tokens[b, o, pick] if tokens.size(2) > 1 else tokens[:, :, 0]
+            pointer = self.object_pointer_proj(token)
+            lam = appearing.to(pointer.dtype)
+            pointer = lam * pointer + (1 - lam) * self.no_object_pointer
+            return {
+                "pred_masks": low_multi[b, o, pick],
+                "object_pointer": pointer,
+                "high_res_masks": high_multi[b, o, pick],
+                "object_score_logits": obj_logits,
+                "best_iou_score": float(ious[k]),
+                "kf_score": kf_score,
+            }
+
+        def _gather_memory_frame_outputs(self, inference_session, obj_idx, frame_idx, track_in_reverse_time=False):
+            st = getattr(inference_session, "samurai", None)
+            if st is None or not st.settings["memory_filter"] or track_in_reverse_time:
+                return super()._gather_memory_frame_outputs(
+                    inference_session, obj_idx, frame_idx, track_in_reverse_time
+                )
+            outputs = inference_session.output_dict_per_obj[obj_idx]
+            cond = outputs["cond_frame_outputs"]
+            if not cond:
+                raise ValueError(
+                    "maskmem_features in conditioning outputs cannot be empty when not is_initial_conditioning_frame"
+                )
+            selected, unselected = self._select_closest_cond_frames(frame_idx, cond, self.config.max_cond_frame_num)
+            picked = [(0, out) for out in selected.values()]
+            non_cond = outputs["non_cond_frame_outputs"]
+            frames = select_memory_frames(non_cond, frame_idx, st.first_frame, st.settings, self.num_maskmem)
+            # oldest first, as upstream's t_pos 1 … num_maskmem − 1; the newest selected frame has offset 1
+            for i, idx in enumerate(frames):
+                picked.append((len(frames) - i, non_cond.get(idx, unselected.get(idx))))
+            return picked
+
+    return SamuraiVideoModel
+
+
+# ---------------------------------------------------------------- ONNX parts (a finding, not a backend yet)
+
+
+def onnx_parts(model, pointer_tokens: int = 0) -> dict:
+    """The tracker's four heavy parts as plain modules (eval mode) with example inputs, for torch.onnx.export.
+
+    What a part-wise ONNX tracker would run, with the Kalman filter and the memory bookkeeping in Python:
+    `image_encoder` (pixels → two high-res maps, the top map and its position encoding), `mask_decoder` (a
+    tracked frame: no prompt, multimask frozen on; the prompt frame needs a second graph with points and
+    multimask off), `memory_encoder` (top map, mask logits, object score → memory and its position
+    encoding) and `memory_attention` (top map + a variable number of memory tokens). The memory length can
+    be a dynamic axis, but the number of object-pointer tokens (`num_k_exclude_rope`) is a Python int in
+    transformers' RoPE attention, so it is frozen in the graph: one graph per pointer count (it grows for
+    the first `max_object_pointers_in_encoder` frames, then stays).
+    """
+    import torch
+
+    class ImageEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixels):
+            v = self.m.get_image_features(pixels, return_dict=True)
+            f, p = v.fpn_hidden_states, v.fpn_position_encoding
+            return f[0], f[1], f[2], p[2]
+
+    class MaskDecoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, feat_s0, feat_s1, pix_feat):
+            m, b = self.m, pix_feat.shape[0]
+            pe = m.get_image_wide_positional_embeddings().repeat(b, 1, 1, 1)
+            points = torch.zeros(b, 1, 1, 2, dtype=pix_feat.dtype)
+            labels = -torch.ones(b, 1, 1, dtype=torch.int32)
+            sparse, dense = m.prompt_encoder(
+                input_points=points, input_labels=labels, input_boxes=None, input_masks=None
+            )
+            return m.mask_decoder(
+                image_embeddings=pix_feat,
+                image_positional_embeddings=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+                high_resolution_features=[feat_s0, feat_s1],
+            )
+
+    class MemoryEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, top, mask_logits, object_score_logits):
+            feats, pos = self.m._encode_new_memory(top, mask_logits, object_score_logits, is_mask_from_pts=False)
+            return feats.float(), pos
+
+    class MemoryAttention(torch.nn.Module):
+        def __init__(self, m, pointers):
+            super().__init__()
+            self.m, self.pointers = m, pointers
+
+        def forward(self, top, top_pos, memory, memory_pos):
+            return self.m.memory_attention(
+                current_vision_features=top,
+                current_vision_position_embeddings=top_pos,
+                memory=memory,
+                memory_posision_embeddings=memory_pos,
+                num_object_pointer_tokens=self.pointers,
+            )
+
+    s = input_size(model)
+    (h0, w0), (h1, w1), (h, w) = model.backbone_feature_sizes
+    c, mem = model.hidden_dim, model.mem_dim
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    n = h * w * 3 + pointer_tokens  # three memory frames
+    return {
+        "image_encoder": (ImageEncoder(model).eval(), (rand(1, 3, s, s),), ("pixels",), None),
+        "mask_decoder": (
+            MaskDecoder(model).eval(),
+            (rand(1, c // 8, h0, w0), rand(1, c // 4, h1, w1), rand(1, c, h, w)),
+            ("feat_s0", "feat_s1", "pix_feat"),
+            None,
+        ),
+        "memory_encoder": (
+            MemoryEncoder(model).eval(),
+            (rand(h * w, 1, c), rand(1, 1, s, s), torch.ones(1, 1, 1)),
+            ("top", "mask_logits", "object_score_logits"),
+            None,
+        ),
+        "memory_attention": (
+            MemoryAttention(model, pointer_tokens).eval(),
+            (rand(h * w, 1, c), rand(h * w, 1, c), rand(n, 1, mem), rand(n, 1, mem)),
+            ("top", "top_pos", "memory", "memory_pos"),
+            {"memory": {0: "tokens"}, "memory_pos": {0: "tokens"}},
+        ),
+    }
+
+
+def export_part(module, args, names, dynamic_axes, path) -> None:
+    """torch.onnx export (TorchScript exporter, as the other families) of one part; the module stays in eval mode."""
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            module, args, str(path), input_names=list(names), dynamic_axes=dynamic_axes, opset_version=17, dynamo=False
+        )
+    module.eval()  # the exporter restores the wrapper's mode onto every submodule
+
+
+# ---------------------------------------------------------------- the Tracker contract
+
+
+def preprocess_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 RGB → 3xSxS float32, resized (bilinear) and ImageNet-normalised as SAM 2's processor does."""
+    from PIL import Image
+
+    if frame.shape[0] != size or frame.shape[1] != size:
+        frame = np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
+    x = (frame.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def mask_to_frame(pred_masks, size: int, height: int, width: int) -> np.ndarray:
+    """Low-res mask logits [.., h, w] → boolean HxW mask of the frame (model size, then frame size, as the processor)."""
+    import torch.nn.functional as F
+
+    m = pred_masks.reshape(1, 1, *pred_masks.shape[-2:]).float()
+    m = F.interpolate(m, (size, size), mode="bilinear", align_corners=False)
+    m = F.interpolate(m, (height, width), mode="bilinear", align_corners=False)
+    return (m[0, 0] > 0).cpu().numpy()
+
+
+def _xywh(box_xyxy) -> np.ndarray:
+    x1, y1, x2, y2 = box_xyxy
+    return np.array([x1, y1, x2 - x1 + 1, y2 - y1 + 1], np.float64)
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of every tensor reachable through dicts, lists and tuples."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+class Tracker:
+    """One live sequence of one object: `start` on the prompt frame with its box, then `track` per frame.
+
+    The session (memories, Kalman state) belongs to this tracker; it keeps the prompt frame's output and,
+    of the tracked frames, only those a later frame can still read: the last `max_object_pointers − 1` (object
+    pointers, and plain SAM 2's memories) and the newest `num_maskmem − 1` that qualify for SAMURAI's memory.
+    """
+
+    OBJ_ID = 1
+
+    def __init__(self, model, settings: dict | None = None) -> None:
+        self.model = model
+        self.settings = settings_for(model, settings)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.size = input_size(model)
+        self.session = None
+        self.frame_idx = -1
+        self.last_box = np.zeros(4)
+        self.frame_shape: tuple[int, int] = (0, 0)
+        self.last_mask: np.ndarray | None = None  # the last frame's boolean HxW mask
+        self.last_logits = None  # its low-res mask logits (torch, on the model's device)
+
+    @property
+    def frames_held(self) -> int:
+        if self.session is None:
+            return 0
+        return sum(
+            len(o["cond_frame_outputs"]) + len(o["non_cond_frame_outputs"])
+            for o in self.session.output_dict_per_obj.values()
+        )
+
+    def state_bytes(self) -> int:
+        s = self.session
+        if s is None:
+            return 0
+        return tensor_bytes(
+            [
+                s.output_dict_per_obj,
+                s.processed_frames or {},
+                s.cache._vision_features,
+                s.point_inputs_per_obj,
+                s.mask_inputs_per_obj,
+            ]
+        )
+
+    def _pixels(self, frame: np.ndarray):
+        import torch
+
+        return torch.from_numpy(preprocess_frame(frame, self.size)).to(self.device, self.dtype)
+
+    def start(self, frame: np.ndarray, box_xywh) -> np.ndarray:
+        """Prompt frame and the object's box (x, y, w, h pixels) → the box of the mask on that frame."""
+        import torch
+        from transformers import Sam2VideoInferenceSession
+
+        check_image(frame, "frame")
+        box = np.asarray(box_xywh, np.float64).reshape(-1)
+        if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+            raise PlanforgeError(f"box: expected (x, y, w, h) with w, h > 0; got {np.asarray(box_xywh).tolist()}")
+        self.close()
+        h, w = frame.shape[:2]
+        self.frame_shape = (h, w)
+        self.session = Sam2VideoInferenceSession(
+            video_height=h,
+            video_width=w,
+            inference_device=self.device,
+            inference_state_device=self.device,
+            video_storage_device=self.device,
+            dtype=self.dtype,
+        )
+        self.session.samurai = SamuraiState(self.settings, first_frame=0)
+        sx, sy = self.size / w, self.size / h
+        x1, y1, x2, y2 = box[0] * sx, box[1] * sy, (box[0] + box[2]) * sx, (box[1] + box[3]) * sy
+        obj_idx = self.session.obj_id_to_idx(self.OBJ_ID)
+        coords = torch.tensor([[[[x1, y1], [x2, y2]]]], dtype=torch.float32)
+        labels = torch.tensor([[[2, 3]]], dtype=torch.int32)
+        self.session.add_point_inputs(obj_idx, 0, {"point_coords": coords, "point_labels": labels})
+        self.session.obj_with_new_inputs = [self.OBJ_ID]
+        self.frame_idx = 0
+        out = self.model(inference_session=self.session, frame=self._pixels(frame), frame_idx=0)
+        mask = mask_to_frame(out.pred_masks, self.size, h, w)
+        self.last_mask, self.last_logits = mask, out.pred_masks
+        self.last_box = _xywh(mask_box(mask)) if mask.any() else box.copy()
+        self._prune()
+        return self.last_box.copy()
+
+    def track(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """The next frame → (box xywh, object score logit). Lost (empty mask): the Kalman prediction, score ≤ 0."""
+        if self.session is None:
+            raise PlanforgeError("Tracker.track before Tracker.start: give the prompt frame and box first")
+        check_image(frame, "frame")
+        if frame.shape[:2] != self.frame_shape:
+            raise PlanforgeError(
+                f"frame: {frame.shape[0]}x{frame.shape[1]}, but this sequence is {self.frame_shape[0]}x{self.frame_shape[1]}"
+            )
+        self.frame_idx += 1
+        out = self.model(inference_session=self.session, frame=self._pixels(frame), frame_idx=self.frame_idx)
+        score = float(out.object_score_logits.reshape(-1)[0])
+        mask = mask_to_frame(out.pred_masks, self.size, *self.frame_shape)
+        self.last_mask, self.last_logits = mask, out.pred_masks
+        if mask.any():
+            self.last_box = _xywh(mask_box(mask))
+        else:
+            score = min(score, 0.0)
+            predicted = self.session.samurai.object(0).get("predicted")
+            if predicted is not None:
+                h, w = self.frame_shape
+                sx, sy = w / self.size, h / self.size
+                x1, y1, x2, y2 = predicted
+                self.last_box = np.array([x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy], np.float64)
+        self._prune()
+        return self.last_box.copy(), score
+
+    def _prune(self) -> None:
+        """Drop what no later frame reads: old frames' pixels and outputs, tracked frames' full-size masks."""
+        s, t = self.session, self.frame_idx
+        s.processed_frames = {t: s.processed_frames[t]}
+        cfg = self.model.config
+        window = max(self.model.num_maskmem - 1, cfg.max_object_pointers_in_encoder - 1)
+        for obj_idx, outputs in s.output_dict_per_obj.items():
+            non_cond = outputs["non_cond_frame_outputs"]
+            keep = {i for i in non_cond if i > t - window}
+            if self.settings["memory_filter"]:
+                keep |= set(
+                    select_memory_frames(non_cond, t + 1, s.samurai.first_frame, self.settings, self.model.num_maskmem)
+                )
+            for i in list(non_cond):
+                if i not in keep:
+                    del non_cond[i]
+                else:
+                    non_cond[i].pop("high_res_masks", None)
+            tracked = s.frames_tracked_per_obj[obj_idx]
+            for i in list(tracked):
+                if i not in keep:
+                    del tracked[i]
+
+    def close(self) -> None:
+        """Drop all state of the sequence."""
+        if self.session is not None:
+            self.session.reset_inference_session()
+            self.session.processed_frames = None
+        self.session = None
+        self.frame_idx = -1
+        self.last_mask = self.last_logits = None
+
+
+def tracker(model, settings: dict | None = None) -> Tracker:
+    """A `Tracker` over a loaded model (on its own device and dtype) with SAMURAI's settings overridden by `settings`."""
+    return Tracker(model, settings)
