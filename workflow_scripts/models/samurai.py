@@ -860,6 +860,22 @@ class Tracker:
         self.last_mask = self.last_logits = None
 
 
+# what the tracking task tells a family about the runner that holds its model (tasks.tracking.tracker_settings)
+RUNNER_KEYS = ("backend", "precision", "device", "mode", "compile_mode", "options")
+
+
 def tracker(model, settings: dict | None = None) -> Tracker:
-    """A `Tracker` over a loaded model (on its own device and dtype) with SAMURAI's settings overridden by `settings`."""
+    """A `Tracker` over a loaded model (on its own device and dtype) with SAMURAI's settings overridden by `settings`.
+
+    `settings` may also carry the runner's facts (`RUNNER_KEYS`): the tracker runs the module eagerly, frame by
+    frame, so a runner that would compile or capture it (torch-compile*, torch-cudagraph) is refused in one line.
+    """
+    settings = dict(settings or {})
+    runner = {k: settings.pop(k) for k in RUNNER_KEYS if k in settings}
+    mode = runner.get("mode") or "eager"
+    if mode != "eager":
+        raise PlanforgeError(
+            f"samurai on {runner.get('backend')}: the tracker steps its module eagerly per frame; {mode} is not "
+            "built for it yet (use the torch backend)"
+        )
     return Tracker(model, settings)
