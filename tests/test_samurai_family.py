@@ -157,7 +157,7 @@ def test_state_stays_bounded_over_a_long_sequence(tiny):
     cap = 1 + max(tiny.num_maskmem - 1, tiny.config.max_object_pointers_in_encoder - 1) + tiny.num_maskmem - 1
     assert max(held) <= cap
     assert max(sizes[22:]) <= max(sizes[:22])  # no growth once the window is full
-    assert len(tr.session.processed_frames) == 1
+    assert not tr.session.processed_frames and not tr.session.cache._vision_features
     # the next frame attends to the prompt frame and the frames of SAMURAI's rule, newest at offset 1
     s, t = tr.session, tr.frame_idx + 1
     non_cond = s.output_dict_per_obj[0]["non_cond_frame_outputs"]
@@ -250,3 +250,16 @@ def test_demo_training_clips_loss_and_auc():
     assert torch.isfinite(loss) and set(parts) == {"mask", "iou", "obj", "box"} and parts["box"] > 0
     grads = [p.grad for p in model.memory_attention.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)  # the tracked frames train the memory path
+
+
+def test_demo_checkpoint_tracks_far_better_than_its_random_initialisation():
+    from pathlib import Path
+
+    from workflow_scripts import train_samurai_demo as demo
+
+    trained = samurai.load_torch(Path(__file__).resolve().parents[1] / "weights" / "samurai-demo.pt")
+    rng = np.random.default_rng(8)  # neither the training nor the validation clips of its record
+    clips = [demo.make_clip(rng, 6, 128) for _ in range(3)]
+    got = demo.evaluate(trained, clips)["auc"]
+    random = demo.evaluate(samurai.build_architecture("samurai-tiny.yaml"), clips)["auc"]
+    assert got > random + 0.2, (got, random)

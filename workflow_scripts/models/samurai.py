@@ -716,9 +716,10 @@ def tensor_bytes(obj) -> int:
 class Tracker:
     """One live sequence of one object: `start` on the prompt frame with its box, then `track` per frame.
 
-    The session (memories, Kalman state) belongs to this tracker; it keeps the prompt frame's output and,
-    of the tracked frames, only those a later frame can still read: the last `max_object_pointers − 1` (object
-    pointers, and plain SAM 2's memories) and the newest `num_maskmem − 1` that qualify for SAMURAI's memory.
+    The session (memories, Kalman state) belongs to this tracker; between frames it keeps the prompt frame's
+    output and, of the tracked frames, only those a later frame can still read — the last
+    `max_object_pointers − 1` (object pointers, and plain SAM 2's memories) and the newest `num_maskmem − 1`
+    that qualify for SAMURAI's memory — without their masks, and no pixels or image features.
     """
 
     OBJ_ID = 1
@@ -828,9 +829,11 @@ class Tracker:
         return self.last_box.copy(), score
 
     def _prune(self) -> None:
-        """Drop what no later frame reads: old frames' pixels and outputs, tracked frames' full-size masks."""
+        """Drop what no later frame reads: the frame's pixels and image features (the next frame computes its
+        own), the outputs of frames no later frame attends to, and every kept output's masks."""
         s, t = self.session, self.frame_idx
-        s.processed_frames = {t: s.processed_frames[t]}
+        s.processed_frames = {}
+        s.cache.clear_all()  # at 1024 px the FPN maps and their position encodings are ~100 MB
         cfg = self.model.config
         window = max(self.model.num_maskmem - 1, cfg.max_object_pointers_in_encoder - 1)
         for obj_idx, outputs in s.output_dict_per_obj.items():
@@ -845,6 +848,9 @@ class Tracker:
                     del non_cond[i]
                 else:
                     non_cond[i].pop("high_res_masks", None)
+                    non_cond[i].pop("pred_masks", None)  # only a prompt frame's masks are ever read back
+            for out in outputs["cond_frame_outputs"].values():
+                out.pop("high_res_masks", None)
             tracked = s.frames_tracked_per_obj[obj_idx]
             for i in list(tracked):
                 if i not in keep:
