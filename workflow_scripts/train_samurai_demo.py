@@ -25,6 +25,7 @@ import numpy as np
 
 from workflow_scripts.core.io import PlanforgeError, atomic_path, read_json, run_cli, write_json
 from workflow_scripts.models import samurai
+from workflow_scripts.tasks import tracking
 
 THRESHOLDS = np.linspace(0.0, 1.0, 21)
 
@@ -92,6 +93,25 @@ def make_clip(rng: np.random.Generator, frames: int, size: int) -> tuple[np.ndar
     return video, masks
 
 
+def videos_clip(rng: np.random.Generator, frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, masks) of one sequence from the tracking task's own generator (`make_videos`: textured
+    background, a moving, scale-changing target, two distractors crossing it, some in front)."""
+    masks: list = []
+    video, _, _, _ = tracking._sequence(rng, frames, size, 2, masks=masks)
+    return video, np.stack(masks)
+
+
+def task_val_clips(count: int, frames: int, size: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The tracking task's val sequences (`make_videos` split val, seed `seed`): the first of them are the
+    embedded default's `clips` val split when frames, size and seed match it (24, 160, 0)."""
+    rng = np.random.default_rng([seed, 1])  # make_videos' val stream
+    out = []
+    for _ in range(count):
+        video, boxes, _, _ = tracking._sequence(rng, frames, size, 2)
+        out.append((video, boxes))
+    return out
+
+
 def mask_xywh(mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -117,8 +137,8 @@ def evaluate(model, clips: list[tuple[np.ndarray, np.ndarray]], settings: dict |
     """Success AUC of the real Tracker on `clips`, and of a box that never moves."""
     tr = samurai.tracker(model, settings)
     aucs, static = [], []
-    for video, masks in clips:
-        truth = [mask_xywh(m) for m in masks]
+    for video, truth_or_masks in clips:  # masks [T, S, S] (this script's clips) or boxes [T, 4] (the task's)
+        truth = [mask_xywh(m) for m in truth_or_masks] if truth_or_masks.ndim == 3 else list(truth_or_masks)
         tr.start(video[0], truth[0])
         got = [tr.track(f)[0] for f in video[1:]]
         aucs.append(success_auc([iou_xywh(g, t) for g, t in zip(got, truth[1:])]))
@@ -266,7 +286,11 @@ def train(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     rng = np.random.default_rng(a.seed)
     val_rng = np.random.default_rng(a.seed + 1000)
-    val = [make_clip(val_rng, a.val_frames, samurai.TINY_SIZE) for _ in range(a.val_clips)]
+    if a.clips == "videos":  # the task's own val sequences (the embedded default's are the first 4)
+        val = task_val_clips(a.val_clips, a.val_frames, a.val_size)
+    else:
+        val = [make_clip(val_rng, a.val_frames, samurai.TINY_SIZE) for _ in range(a.val_clips)]
+    make = videos_clip if a.clips == "videos" else make_clip
     earlier: list[dict] = []
     if a.init:  # a later leg: the weights of a checkpoint this script wrote, its record kept
         model = samurai.load_torch(a.init).float().to(a.device)
@@ -327,7 +351,7 @@ def train(a: argparse.Namespace) -> dict:
     model.train()
     step = 0
     while time.perf_counter() - t0 < a.minutes * 60:
-        clips = [make_clip(rng, a.frames, size) for _ in range(a.batch)]
+        clips = [make(rng, a.frames, size) for _ in range(a.batch)]
         video = np.stack([c[0] for c in clips], 1)  # [T, B, S, S, 3]
         masks = torch.from_numpy(np.stack([c[1] for c in clips], 1).astype(np.float32)).to(a.device)
         pixels = torch.from_numpy(
@@ -373,6 +397,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     p.add_argument("--box-weight", type=float, default=0.0, help="weight of the box-prompted mask loss on later frames")
     p.add_argument("--init", type=Path, help="start from a checkpoint this script wrote (its JSON beside it)")
+    p.add_argument(
+        "--clips",
+        choices=("shapes", "videos"),
+        default="shapes",
+        help="training and validation clips: this script's moving shapes, or the tracking task's generator "
+        "(train clips from their own stream; validation = the task's val sequences at --val-size)",
+    )
+    p.add_argument("--val-size", type=int, default=160, help="--clips videos: the val frame size (the default's clips)")
     p.add_argument("--val-clips", type=int, default=12)
     p.add_argument("--val-frames", type=int, default=24)
     p.add_argument("--eval-every", type=int, default=0, help="evaluate (and save) every N steps; 0: at the end")

@@ -101,8 +101,10 @@ def _path(rng: np.random.Generator, frames: int, size: int, w: float, h: float, 
     return out
 
 
-def _sequence(rng: np.random.Generator, frames: int, size: int, distractors: int):
-    """One sequence: frames [F, H, W, 3] uint8, target boxes [F, 4] xywh, visible fraction [F], its description."""
+def _sequence(rng: np.random.Generator, frames: int, size: int, distractors: int, masks: list | None = None):
+    """One sequence: frames [F, H, W, 3] uint8, target boxes [F, 4] xywh, visible fraction [F], its description.
+
+    `masks`: a list that receives the target's visible mask per frame ([H, W] bool; the tiny tracker's training)."""
     names = list(COLOURS)
     colour = names[rng.integers(len(names))]
     others = [c for c in names if c != colour]
@@ -146,6 +148,8 @@ def _sequence(rng: np.random.Generator, frames: int, size: int, distractors: int
             img[m] = COLOURS[d["colour"]]
             hidden |= m & target
         video[f] = np.clip(img, 0, 255).astype(np.uint8)
+        if masks is not None:
+            masks.append(target & ~hidden)
         boxes[f] = (*(centres[f] - wh[f] / 2), *wh[f])
         visible[f] = 1 - hidden.sum() / max(1, target.sum())
     about = {"shape": shape, "colour": colour, "distractors": [(d["shape"], d["colour"], d["front"]) for d in movers]}
