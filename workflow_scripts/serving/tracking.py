@@ -41,7 +41,7 @@ from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import BadImage, check_image, get_family
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.python_models import BadInput, _Model
-from workflow_scripts.serving.repository import SHIM, _tensor, model_config, triton_models_of
+from workflow_scripts.serving.repository import _tensor, model_config, shim, triton_models_of
 from workflow_scripts.serving.server import TritonServer, serve
 from workflow_scripts.tasks import tracking
 
@@ -218,8 +218,7 @@ def tracking_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None
     beyond them waits in Triton's backlog until one ends); each instance holds the trackers of its sequences."""
     (tmp / name / "1").mkdir(parents=True)
     shutil.copy2(m["checkpoint"], tmp / name / "1" / "checkpoint.pt")
-    shim = SHIM.format(cls="TrackerSequenceModel").replace("serving.python_models", "serving.tracking")
-    (tmp / name / "1" / "model.py").write_text(shim.replace("serving/python_models.py", "serving/tracking.py"))
+    (tmp / name / "1" / "model.py").write_text(shim("TrackerSequenceModel", "tracking"))
     idle_us = int(serving.get("sequence_idle_us") or SEQUENCE_IDLE_US)
     mbs = serving["max_batch_size"]
     params = {
