@@ -45,11 +45,13 @@ def _gpu_config() -> dict:
 def test_the_default_plans_every_model_backend_precision_and_batch():
     plan = _plan(DEFAULT)
     bench = plan.bench_outputs()
-    # detectors × (torch fp32, ort fp32, ort int8_minmax) × batches, and the tiny Pi0 on torch and ort fp32 × batches
-    assert len(bench) == 2 * 3 * 2 + 2 * 2
+    # detectors × (torch fp32, ort fp32, ort int8_minmax) × batches, the tiny Pi0 on torch and ort fp32 × batches,
+    # the tiny SAMURAI on torch fp32 × batches (batch = live sequences)
+    assert len(bench) == 2 * 3 * 2 + 2 * 2 + 2
     assert "results/cpu/bench/dfine-demo/onnxruntime_int8_minmax_b4.json" in bench
     assert "results/cpu/bench/pi0-tiny/torch_fp32_b4.json" in bench
     assert "results/cpu/bench/pi0-tiny/onnxruntime_fp32_b4.json" in bench
+    assert "results/cpu/bench/samurai-tiny/torch_fp32_b4.json" in bench
     assert sorted(plan.accuracy_outputs()) == sorted(
         [
             *(
@@ -59,6 +61,7 @@ def test_the_default_plans_every_model_backend_precision_and_batch():
             ),
             "results/cpu/accuracy/pi0-tiny/torch_fp32.json",  # the vla reference: the others' actions compare to it
             "results/cpu/accuracy/pi0-tiny/onnxruntime_fp32.json",
+            "results/cpu/accuracy/samurai-tiny/torch_fp32.json",
         ]
     )
     assert plan.calibration_cache_outputs() == [
@@ -66,10 +69,13 @@ def test_the_default_plans_every_model_backend_precision_and_batch():
         "artifacts/calib/yolo-demo/minmax.cache",
     ]
     assert plan.final_outputs()[0] == "results/summary.md"
-    # Pi0's episodes have no calibration images: its static INT8 run is skipped, with the reason
+    # Pi0's episodes have no calibration images: its static INT8 run is skipped, with the reason; SAMURAI has no
+    # single ONNX graph (its parts export, no ONNX Runtime tracker yet): its ONNX Runtime runs are skipped
     assert plan.unavailable_lines() == [
         "cpu: onnxruntime int8_minmax: pi0-tiny not run: int8_minmax calibrates on images of a calib split; task "
-        "vla has none (its data: episodes: camera images, robot state, prompt token ids, noise)"
+        "vla has none (its data: episodes: camera images, robot state, prompt token ids, noise)",
+        "cpu: onnxruntime: samurai-tiny not run: family samurai runs only on backends that read its checkpoint "
+        "(no onnx yet)",
     ]
 
 
