@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from workflow_scripts.core.deps import source_file
+from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import PRECISIONS
 from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.core.registry import Registry, load_plugins
@@ -267,6 +268,15 @@ def runner_file(name: str) -> str:
 def get_runner_class(name: str) -> type[Runner]:
     spec = BACKENDS[name]
     return getattr(importlib.import_module(spec.module_path), spec.cls)
+
+
+def by_name(batch: dict[str, np.ndarray], types: dict, source) -> dict[str, np.ndarray]:
+    """Named input arrays (Pi0) for a graph that declares `types` (name → numpy type): each in its type, in order;
+    one line naming the file if the graph needs an input the batch lacks."""
+    missing = sorted(set(types) - set(batch))
+    if missing:
+        raise PlanforgeError(f"{source}: the model needs inputs {missing}; got {sorted(batch)}")
+    return {n: np.ascontiguousarray(batch[n], dtype=t) for n, t in types.items()}
 
 
 class Runner:

@@ -14,7 +14,7 @@ import numpy as np
 import openvino as ov
 
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.runners import Runner
+from workflow_scripts.runners import Runner, by_name
 
 
 class OpenVinoRunner(Runner):
@@ -56,10 +56,7 @@ class OpenVinoRunner(Runner):
 
     def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         if isinstance(batch, dict):
-            missing = sorted(set(self.input_types) - set(batch))
-            if missing:
-                raise PlanforgeError(f"{self.path}: the model needs inputs {missing}; got {sorted(batch)}")
-            return {n: np.ascontiguousarray(batch[n], dtype=t) for n, t in self.input_types.items()}
+            return by_name(batch, self.input_types, self.path)
         return np.ascontiguousarray(batch, dtype=np.float32)
 
     def infer(self, prepared: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:

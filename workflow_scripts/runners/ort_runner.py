@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import parse
-from workflow_scripts.runners import BACKENDS, Runner
+from workflow_scripts.runners import BACKENDS, Runner, by_name
 
 GRAPH_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -67,10 +67,7 @@ class OrtRunner(Runner):
 
     def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         if isinstance(batch, dict):
-            missing = sorted(set(self.input_types) - set(batch))
-            if missing:
-                raise PlanforgeError(f"{self.path}: the ONNX graph needs inputs {missing}; got {sorted(batch)}")
-            return {n: np.ascontiguousarray(batch[n], dtype=t) for n, t in self.input_types.items()}
+            return by_name(batch, self.input_types, self.path)
         return np.ascontiguousarray(batch, dtype=np.float32)
 
     def infer(self, prepared: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:

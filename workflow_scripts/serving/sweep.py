@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import subprocess
 import tempfile
@@ -200,6 +201,13 @@ def in_process_reference(repository: Path, index: dict, model: str, image, itera
     }
 
 
+# tasks whose served model is not the detection ensemble: their sweep function (same arguments as below, plus the index)
+TASK_SWEEPS = {
+    "vla": ("workflow_scripts.serving.vla", "run_vla_sweep"),
+    "tracking": ("workflow_scripts.serving.tracking", "run_tracking_sweep"),
+}
+
+
 def run_sweep(
     repository: Path,
     model: str,
@@ -222,46 +230,13 @@ def run_sweep(
     if model not in index["models"]:
         raise PlanforgeError(f"{repository}: has no model {model!r} (it has {sorted(index['models'])}); rerun triton")
     entry = index["models"][model]
-    if entry.get("task") == "tracking":
-        from workflow_scripts.serving.tracking import run_tracking_sweep
-
-        return run_tracking_sweep(
-            repository,
-            index,
-            model,
-            target,
-            dataset,
-            server_log,
-            concurrency,
-            protocols,
-            requests,
-            startup_timeout,
-            http_port,
-            grpc_port,
-            env_dir,
-            stability,
-            max_trials,
-        )
-    if entry.get("task") == "vla":
-        from workflow_scripts.serving.vla import run_vla_sweep
-
-        return run_vla_sweep(
-            repository,
-            index,
-            model,
-            target,
-            dataset,
-            server_log,
-            concurrency,
-            protocols,
-            requests,
-            startup_timeout,
-            http_port,
-            grpc_port,
-            env_dir,
-            stability,
-            max_trials,
-        )
+    if entry.get("task") in TASK_SWEEPS:  # a python model of its own (Pi0, a tracker): its own client and inputs
+        module, name = TASK_SWEEPS[entry["task"]]
+        sweep = getattr(importlib.import_module(module), name)
+        return sweep(
+            repository, index, model, target, dataset, server_log, concurrency, protocols, requests,
+            startup_timeout, http_port, grpc_port, env_dir, stability, max_trials,
+        )  # fmt: skip
     env = ensure(env_dir)
     ensemble = entry["ensembles"]["serve"]["name"]
     infer_model = next(iter(entry["inference_models"].values()))
