@@ -113,3 +113,14 @@ def copy_built(built: Path, dest: Path) -> Path:
 @pytest.fixture
 def workflow_copy(built_workflow: Path, tmp_path: Path) -> Path:
     return copy_built(built_workflow, tmp_path / "wf")
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_power_mode():
+    """The Jetson power mode is cached per process (`core.machine.power_mode`): a test that sets one through
+    PLANFORGE_POWER_MODE must not leave it to the next test."""
+    from workflow_scripts.core import machine
+
+    machine.power_mode.cache_clear()
+    yield
+    machine.power_mode.cache_clear()
