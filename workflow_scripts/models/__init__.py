@@ -73,6 +73,22 @@ def check_image(image, name: str = "IMAGE") -> None:
         raise BadImage(f"{name}: expected HxWx3 uint8 RGB with H,W ≥ 1; got {got or 'a scalar'} {dtype}")
 
 
+def read_saved_source(checkpoint, fmt: str, family: str) -> dict:
+    """The dict a family wrote with torch.save (its `format` key is `fmt`: Pi0's and SAMURAI's checkpoints);
+    one line naming the file if it cannot be read or is another kind of file."""
+    import torch
+
+    from workflow_scripts.core.io import PlanforgeError, exception_line
+
+    try:
+        source = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - one line naming the file
+        raise PlanforgeError(f"{checkpoint}: not a readable {family} checkpoint ({exception_line(exc)})") from None
+    if not isinstance(source, dict) or source.get("format") != fmt:
+        raise PlanforgeError(f"{checkpoint}: not a {fmt} checkpoint (write it with prepare_checkpoint)")
+    return source
+
+
 def get_family(name: str) -> ModuleType:
     """The module implementing model family `name`."""
     return importlib.import_module(FAMILIES[name].module)

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.core.envinfo import transformers_checks_off
-from workflow_scripts.core.io import PlanforgeError, exception_line
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.models import read_saved_source
 
 INPUT_NAME = "pixel_values"
 INPUT_NAMES = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask", "state", "noise")
@@ -112,16 +113,10 @@ def save_checkpoint(model, path: str | Path) -> None:
 
 def load_torch(checkpoint: str | Path, device: str = "cpu"):
     """A `Pi0Chunk` from an architecture name or a prepared checkpoint file; one line if it cannot be read."""
-    import torch
 
     if is_architecture_name(str(checkpoint)) and not Path(checkpoint).is_file():
         return build_architecture(str(checkpoint)).to(device)
-    try:
-        source = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - one line naming the file
-        raise PlanforgeError(f"{checkpoint}: not a readable pi0 checkpoint ({exception_line(exc)})") from None
-    if not isinstance(source, dict) or source.get("format") != FORMAT:
-        raise PlanforgeError(f"{checkpoint}: not a {FORMAT} checkpoint (write it with prepare_checkpoint)")
+    source = read_saved_source(checkpoint, FORMAT, "pi0")
     chunk = chunk_class()(_build(source["config"], int(source["seed"])))
     chunk.planforge_source = source
     return chunk.to(device)
@@ -290,15 +285,10 @@ def checkpoint_geometry(checkpoint: str | Path) -> dict:
     tensor shapes; building the 3.5 B model on a CPU takes a minute and 14 GB)."""
     import types
 
-    import torch
-
     if is_architecture_name(str(checkpoint)) and not Path(checkpoint).is_file():
         kwargs = ARCHITECTURES[Path(str(checkpoint)).name]
     else:
-        try:
-            kwargs = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
-        except Exception as exc:  # noqa: BLE001 - one line naming the file
-            raise PlanforgeError(f"{checkpoint}: not a readable pi0 checkpoint ({exception_line(exc)})") from None
+        kwargs = read_saved_source(checkpoint, FORMAT, "pi0")["config"]
     return geometry(types.SimpleNamespace(config=_config(kwargs)))
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.core.io import PlanforgeError, exception_line
-from workflow_scripts.models import check_image
+from workflow_scripts.models import check_image, read_saved_source
 
 FORMAT = "planforge-samurai-v1"
 INPUT_NAME = "pixel_values"
@@ -201,16 +201,10 @@ def save_checkpoint(model, path: str | Path) -> None:
 
 def load_torch(checkpoint: str | Path, device: str = "cpu"):
     """A `SamuraiVideoModel` from an architecture name or a checkpoint file; one line if it cannot be read."""
-    import torch
 
     if is_architecture_name(str(checkpoint)) and not Path(checkpoint).is_file():
         return build_architecture(str(checkpoint)).to(device)
-    try:
-        source = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - one line naming the file
-        raise PlanforgeError(f"{checkpoint}: not a readable samurai checkpoint ({exception_line(exc)})") from None
-    if not isinstance(source, dict) or source.get("format") != FORMAT:
-        raise PlanforgeError(f"{checkpoint}: not a {FORMAT} checkpoint (write it with prepare_checkpoint)")
+    source = read_saved_source(checkpoint, FORMAT, "samurai")
     try:
         model = _build(source["config"], int(source["seed"]))
         if "state_dict" in source:

@@ -16,7 +16,7 @@ from typing import Any
 
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.machine import power_mode
-from workflow_scripts.power import Sampler
+from workflow_scripts.power import Sampler, energy_summary, timed_window
 from workflow_scripts.power.tegrastats import read_jetson_clocks
 
 TOTAL = "Power TOT"
@@ -46,27 +46,15 @@ def parse_stats(stats: dict[str, Any]) -> dict[str, Any] | None:
 def summarize(samples: list[dict], seconds: float, inferences: int) -> dict[str, Any]:
     """Mean total power over the window, energy, energy per inference, inferences per joule, rails and loads."""
     mean_w = sum(s["total_mw"] for s in samples) / len(samples) / 1e3 if samples else None
-    energy = mean_w * seconds if mean_w is not None else None
     rails = sorted({r for s in samples for r in s["rails"]})
     loads = [s["gpu_load_pct"] for s in samples if s["gpu_load_pct"] is not None]
-    temps: dict[str, float] = {}
-    for s in samples:
-        for k, v in s["temperatures_c"].items():
-            temps[k] = max(temps.get(k, v), v)
     return {
-        "mean_power_w": round(mean_w, 4) if mean_w is not None else None,
-        "energy_j": round(energy, 4) if energy is not None else None,
-        "energy_per_inference_j": energy / inferences if energy and inferences else None,
-        "inferences_per_joule": inferences / energy if energy else None,
+        **energy_summary(mean_w, seconds, inferences, loads, [s["temperatures_c"] for s in samples], len(samples)),
         "total_rails": [TOTAL],
         "rails_mean_mw": {
             r: round(sum(s["rails"][r] for s in samples if r in s["rails"]) / sum(r in s["rails"] for s in samples), 1)
             for r in rails
         },
-        "gr3d_load_pct_mean": round(sum(loads) / len(loads), 1) if loads else None,
-        "temperatures_max_c": temps,
-        "samples": len(samples),
-        "window_s": round(seconds, 4),
         "jtop_board": {k: samples[-1][k] for k in ("jetson_clocks", "nvp_model")} if samples else None,
     }
 
@@ -119,11 +107,8 @@ class JtopSampler(Sampler):
 
     def result(self, inferences: int) -> dict[str, Any]:
         parsed = [(t, parse_stats(s)) for t, s in self.readings]
-        window = [p for t, p in parsed if p is not None and self.t_start <= t <= self.t_stop]
-        note = None
-        if not window:  # a loop shorter than one update: the first reading after it started stands for it
-            window = [p for t, p in parsed if p is not None and t >= self.t_start][:1]
-            note = "timed loop shorter than jtop's interval: one reading stands for the whole loop"
+        window, short = timed_window(parsed, self.t_start, self.t_stop)
+        note = "timed loop shorter than jtop's interval: one reading stands for the whole loop" if short else None
         if not any(p is not None for _, p in parsed):
             note = "jtop reported no 'Power TOT' (no INA3221 readable on this board?)"
         return {

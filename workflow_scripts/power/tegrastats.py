@@ -21,7 +21,7 @@ from typing import Any
 
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.machine import power_mode
-from workflow_scripts.power import Sampler
+from workflow_scripts.power import Sampler, energy_summary, timed_window
 
 AGX_ORIN_RAILS = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")
 ORIN_NX_NANO_RAILS = ("VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC")
@@ -98,23 +98,11 @@ def summarize(samples: list[dict], seconds: float, inferences: int) -> dict[str,
     }
     used = total_rails(mean_mw) if mean_mw else []
     mean_w = sum(mean_mw[r] for r in used) / 1e3 if used else None
-    energy = mean_w * seconds if mean_w is not None else None
     loads = [s["gr3d_load_pct"] for s in samples if s["gr3d_load_pct"] is not None]
-    temps: dict[str, float] = {}
-    for s in samples:
-        for k, v in s["temperatures_c"].items():
-            temps[k] = max(temps.get(k, v), v)
     return {
-        "mean_power_w": round(mean_w, 4) if mean_w is not None else None,
-        "energy_j": round(energy, 4) if energy is not None else None,
-        "energy_per_inference_j": energy / inferences if energy and inferences else None,
-        "inferences_per_joule": inferences / energy if energy else None,
+        **energy_summary(mean_w, seconds, inferences, loads, [s["temperatures_c"] for s in samples], len(samples)),
         "total_rails": used,
         "rails_mean_mw": {r: round(v, 1) for r, v in mean_mw.items()},
-        "gr3d_load_pct_mean": round(sum(loads) / len(loads), 1) if loads else None,
-        "temperatures_max_c": temps,
-        "samples": len(samples),
-        "window_s": round(seconds, 4),
     }
 
 
@@ -169,13 +157,8 @@ class TegrastatsSampler(Sampler):
             self.reader.join(timeout=5)
 
     def result(self, inferences: int) -> dict[str, Any]:
-        window = [parse_line(ln) for t, ln in self.lines if self.t_start <= t <= self.t_stop]
-        window = [s for s in window if s is not None]
-        note = None
-        if not window:  # a loop shorter than one interval: use the first reading after it started
-            after = [parse_line(ln) for t, ln in self.lines if t >= self.t_start]
-            window = [s for s in after if s is not None][:1]
-            note = "timed loop shorter than the tegrastats interval: one reading stands for the whole loop"
+        window, short = timed_window([(t, parse_line(ln)) for t, ln in self.lines], self.t_start, self.t_stop)
+        note = "timed loop shorter than the tegrastats interval: one reading stands for the whole loop" if short else None
         if window and not any(s["rails"] for s in window):
             note = "tegrastats printed no power rails (JetPack prints them for root: set PLANFORGE_TEGRASTATS)"
         return {
