@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="planforge-compile-graph-") as tmp:
         run = Run(a, Path(tmp))
         for model in a.models:
-            prepared = run.row(model=model, kind="prepare", run=lambda model=model: {"artifact": str(run.prepare(model))})
+            prepared = run.row(
+                model=model, kind="prepare", run=lambda model=model: {"artifact": str(run.prepare(model))}
+            )
             if prepared["status"] != "ok":  # e.g. ultralytics not installed on the GPU machine
                 continue
             if model == "dfine-x":  # the quick rows first: a run stopped at its time limit still has them
@@ -173,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
                         artifact = run.prepare("dfine-x", {"num_queries": n})
                         return {"pipeline": _summary(run.pipeline("dfine-x", artifact, "torch-cudagraph", 1))}
 
-                    run.row(model=model, backend="torch-cudagraph", batch=1, num_queries=n, kind="num_queries", run=queries)
+                    run.row(
+                        model=model, backend="torch-cudagraph", batch=1, num_queries=n, kind="num_queries", run=queries
+                    )
             for batch in a.yolo_batches if MODELS[model][0] == "yolo" else a.dfine_batches:
                 run.compare(model, Path(prepared["artifact"]), batch)
         run.save()

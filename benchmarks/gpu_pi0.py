@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
+from benchmarks.rows import run_row  # noqa: E402
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
 from workflow_scripts.bench import bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
-from workflow_scripts.core.io import exception_line, run_cli, write_json  # noqa: E402
+from workflow_scripts.core.io import run_cli, write_json  # noqa: E402
 from workflow_scripts.models import pi0  # noqa: E402
 from workflow_scripts.plan.settings import Stability  # noqa: E402
 from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
@@ -98,20 +97,7 @@ class Run:
         )
 
     def row(self, **what) -> dict:
-        fn = what.pop("run")
-        t0 = time.perf_counter()
-        try:
-            what.update(fn())
-            what["status"] = "ok"
-        except Exception as exc:  # one row's failure must not lose the others
-            what.update(status="failed", error=exception_line(exc), where=traceback.format_exc(limit=-4)[-900:])
-        what["wall_s"] = round(time.perf_counter() - t0, 1)
-        self.rows.append(what)
-        self.save()
-        print(json.dumps({k: v for k, v in what.items() if k not in ("record", "where")})[:600], flush=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return what
+        return run_row(self.rows, self.save, **what)
 
     def options(self, backend: str, extra: dict) -> dict:
         return {**BACKENDS[backend].options, "channels_last": False, **extra}

@@ -263,3 +263,67 @@ def test_demo_checkpoint_tracks_far_better_than_its_random_initialisation():
     got = demo.evaluate(trained, clips)["auc"]
     random = demo.evaluate(samurai.build_architecture("samurai-tiny.yaml"), clips)["auc"]
     assert got > random + 0.2, (got, random)
+
+
+def test_mask_boxes_on_the_device_equal_mask_box_on_the_host():
+    rng = np.random.default_rng(3)
+    masks = rng.random((6, 40, 52)) > 0.97
+    masks[1] = False  # empty → [0, 0, 0, 0]
+    masks[2] = False
+    masks[2, 0, 0] = True  # one pixel in the corner: also [0, 0, 0, 0], but found
+    masks[3, 5:9, 30:51] = True
+    got = samurai.mask_boxes(torch.from_numpy(masks)).tolist()
+    assert got == [samurai.mask_box(m) for m in masks]
+
+
+def _track(model, frames, box, **settings) -> tuple[list, list]:
+    tr = samurai.Tracker(model, settings)
+    boxes, logits = [tr.start(frames[0], box)], [tr.last_logits.clone()]
+    for f in frames[1:]:
+        boxes.append(tr.track(f))
+        logits.append(tr.last_logits.clone())
+    return boxes, logits
+
+
+def test_parts_replayed_from_stand_in_graphs_track_exactly_as_eager_fake_cuda():
+    """The graph modes' bookkeeping (static inputs per signature, copies of the outputs, one graph per memory
+    length) on the CPU: `ShapeGraphs`' stand-in re-runs each part into its static outputs where a CUDA graph
+    would replay (no CUDA here), and every frame's box, score and mask logits equal the eager tracker's."""
+    frames, box = clip(12)
+    eager = samurai.load_torch("samurai-tiny.yaml")
+    graphed = samurai.load_torch("samurai-tiny.yaml")
+    parts = samurai.accelerate(graphed, "cudagraph", stand_in=True)
+    want, want_logits = _track(eager, frames, box)
+    got, got_logits = _track(graphed, frames, box)
+    for t, (a, b) in enumerate(zip(want_logits, got_logits)):
+        assert torch.equal(a, b), f"frame {t}"
+    assert [np.asarray(w[0] if isinstance(w, tuple) else w).tolist() for w in want] == [
+        np.asarray(g[0] if isinstance(g, tuple) else g).tolist() for g in got
+    ]
+    record = samurai.parts_record(graphed)
+    assert record["mode"] == "cudagraph" and set(record["parts"]) == set(samurai.PARTS)
+    assert record["parts"]["image_encoder"]["graphs"] == 1  # one frame size
+    assert record["parts"]["memory_attention"]["graphs"] > 1  # the memory bank grows over the first frames
+    assert all(p["eager_because"] is None for p in record["parts"].values())
+    assert parts["fns"]["heads"].graphs  # the tracked frames' heads went through their graph
+    with pytest.raises(PlanforgeError, match="already run as cudagraph"):
+        samurai.accelerate(graphed, "compile-graph", stand_in=True)
+
+
+def test_compiled_parts_track_as_eager_and_graph_modes_refuse_a_cpu_model():
+    """torch.compile of the fixed-shape parts (dynamo's `eager` backend here: the same traced graphs without
+    inductor's code generation, which would take minutes on 2 CPU cores)."""
+    frames, box = clip(6)
+    eager = samurai.load_torch("samurai-tiny.yaml")
+    compiled = samurai.load_torch("samurai-tiny.yaml")
+    tr = samurai.tracker(compiled, {"mode": "compile", "compile_backend": "eager", "backend": "torch-compile"})
+    assert samurai.parts_record(compiled)["parts"]["image_encoder"]["compiled"]
+    want, _ = _track(eager, frames, box)
+    tr.close()
+    got, _ = _track(compiled, frames, box)
+    np.testing.assert_allclose(np.asarray([np.asarray(g[0] if isinstance(g, tuple) else g) for g in got]),
+                               np.asarray([np.asarray(w[0] if isinstance(w, tuple) else w) for w in want]), atol=1e-3)  # fmt: skip
+    with pytest.raises(PlanforgeError, match="needs the model on a CUDA device"):
+        samurai.tracker(samurai.load_torch("samurai-tiny.yaml"), {"mode": "cudagraph", "backend": "torch-cudagraph"})
+    with pytest.raises(PlanforgeError, match="is not built for it"):
+        samurai.tracker(eager, {"mode": "tensorrt", "backend": "tensorrt"})

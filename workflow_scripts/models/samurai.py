@@ -361,9 +361,31 @@ def qualifies(out: dict, settings: dict) -> bool:
     kf_ok = settings["memory_kf_score"] is None or kf_score is None or kf_score > settings["memory_kf_score"]
     return (
         out.get("best_iou_score", 0.0) > settings["memory_iou"]
-        and float(out["object_score_logits"].reshape(-1)[0]) > settings["memory_obj_score"]
+        and _object_score(out) > settings["memory_obj_score"]
         and kf_ok
     )
+
+
+def _object_score(out: dict) -> float:
+    """A frame output's object score logit: the host copy the tracked heads keep, else read from the device."""
+    score = out.get("object_score")
+    return float(out["object_score_logits"].reshape(-1)[0]) if score is None else score
+
+
+def mask_boxes(masks):
+    """xyxy boxes [N, 4] (int64, on the masks' device) of boolean masks [N, H, W]: `mask_box` per mask, computed
+    with reductions on the device (no host copy of the masks); an empty mask gives [0, 0, 0, 0]."""
+    import torch
+
+    n, h, w = masks.shape
+    rows, cols = masks.any(dim=2), masks.any(dim=1)  # [N, H], [N, W]
+    ys, xs = torch.arange(h, device=masks.device), torch.arange(w, device=masks.device)
+    y1 = torch.where(rows, ys, h).amin(dim=1)
+    y2 = torch.where(rows, ys, -1).amax(dim=1)
+    x1 = torch.where(cols, xs, w).amin(dim=1)
+    x2 = torch.where(cols, xs, -1).amax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1)
+    return torch.where(rows.any(dim=1)[:, None], boxes, 0)
 
 
 def select_memory_frames(
@@ -479,21 +501,42 @@ def _make_model_class():
             """`_single_frame_forward` of a tracked frame (no prompt, multimask) with SAMURAI's choice of mask."""
             emb = image_embeddings[-1]
             batch = emb.shape[0]
-            pe = self.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
-            points = torch.zeros(batch, 1, 1, 2, dtype=emb.dtype, device=emb.device)
-            labels = -torch.ones(batch, 1, 1, dtype=torch.int32, device=emb.device)
-            sparse, dense = self.prompt_encoder(
-                input_points=points, input_labels=labels, input_boxes=None, input_masks=None
+            low_multi, iou_scores, tokens, obj_logits, high_multi, boxes = self._tracked_heads(
+                emb, image_embeddings[0], image_embeddings[1], float(st.settings["min_obj_score_logits"])
             )
-            low_multi, iou_scores, tokens, obj_logits = self.mask_decoder(
-                image_embeddings=emb,
-                image_positional_embeddings=pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-                high_resolution_features=image_embeddings[:-1],
-            )
-            appearing = obj_logits > st.settings["min_obj_score_logits"]
+            # what the host decides with, in one transfer: the candidates' predicted IoUs, their boxes, the score
+            n = iou_scores.shape[-1]
+            host = torch.cat([iou_scores[0, 0].float(), boxes.reshape(-1).float(), obj_logits.reshape(-1)[:1].float()])
+            host = host.cpu().numpy().astype(np.float64)
+            ious, obj_score = host[:n], float(host[-1])
+            kf_score = None
+            if st.settings["samurai"]:
+                cand = [[int(v) for v in host[n + 4 * i : n + 4 * i + 4]] for i in range(n)]
+                k, kf_score = select_candidate(st.object(obj_idx), ious, cand, st.settings, st.kf)
+            else:
+                k = int(np.argmax(ious))
+            pick = torch.tensor([[k]], device=emb.device)  # argmax over [batch, objects] in transformers
+            b, o = torch.arange(batch, device=emb.device), torch.arange(1, device=emb.device)
+            token = tokens[b, o, pick] if tokens.size(2) > 1 else tokens[:, :, 0]
+            pointer = self.object_pointer_proj(token)
+            lam = (obj_logits > st.settings["min_obj_score_logits"]).to(pointer.dtype)
+            pointer = lam * pointer + (1 - lam) * self.no_object_pointer
+            return {
+                "pred_masks": low_multi[b, o, pick],
+                "object_pointer": pointer,
+                "high_res_masks": high_multi[b, o, pick],
+                "object_score_logits": obj_logits,
+                "object_score": obj_score,
+                "best_iou_score": float(ious[k]),
+                "kf_score": kf_score,
+            }
+
+        def _tracked_heads(self, emb, feat_s0, feat_s1, min_obj_score_logits: float):
+            """The tensor work of a tracked frame's heads (one CUDA graph in the graph modes): the decoder's
+            candidates, hidden when the object score is ≤ the threshold, at the model's resolution, and each
+            candidate's box on the device (xyxy, `mask_box`'s convention) so that the host reads 4 numbers a mask."""
+            low_multi, iou_scores, tokens, obj_logits = self._tracked_decoder(emb, feat_s0, feat_s1)
+            appearing = obj_logits > min_obj_score_logits
             low_multi = torch.where(appearing[:, None, None], low_multi, NO_OBJ_SCORE)
             high_multi = (
                 F.interpolate(
@@ -505,27 +548,26 @@ def _make_model_class():
                 .unsqueeze(1)
                 .to(low_multi.dtype)
             )
-            ious = iou_scores[0, 0].float().cpu().numpy()
-            kf_score = None
-            if st.settings["samurai"]:
-                boxes = [mask_box(m) for m in (high_multi[0, 0] > 0).cpu().numpy()]
-                k, kf_score = select_candidate(st.object(obj_idx), ious, boxes, st.settings, st.kf)
-            else:
-                k = int(torch.argmax(iou_scores[0, 0]))
-            pick = torch.tensor([[k]], device=emb.device)  # argmax over [batch, objects] in transformers
-            b, o = torch.arange(batch, device=emb.device), torch.arange(1, device=emb.device)
-            token = tokens[b, o, pick] if tokens.size(2) > 1 else tokens[:, :, 0]
-            pointer = self.object_pointer_proj(token)
-            lam = appearing.to(pointer.dtype)
-            pointer = lam * pointer + (1 - lam) * self.no_object_pointer
-            return {
-                "pred_masks": low_multi[b, o, pick],
-                "object_pointer": pointer,
-                "high_res_masks": high_multi[b, o, pick],
-                "object_score_logits": obj_logits,
-                "best_iou_score": float(ious[k]),
-                "kf_score": kf_score,
-            }
+            return low_multi, iou_scores, tokens, obj_logits, high_multi, mask_boxes(high_multi[0, 0] > 0)
+
+        def _tracked_decoder(self, emb, feat_s0, feat_s1):
+            """Prompt encoder (no prompt) and mask decoder of a tracked frame, multimask: the candidates' low-res
+            logits, predicted IoUs, output tokens and the object score logit (the part an ONNX graph replaces)."""
+            batch = emb.shape[0]
+            pe = self.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
+            points = torch.zeros(batch, 1, 1, 2, dtype=emb.dtype, device=emb.device)
+            labels = -torch.ones(batch, 1, 1, dtype=torch.int32, device=emb.device)
+            sparse, dense = self.prompt_encoder(
+                input_points=points, input_labels=labels, input_boxes=None, input_masks=None
+            )
+            return self.mask_decoder(
+                image_embeddings=emb,
+                image_positional_embeddings=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+                high_resolution_features=[feat_s0, feat_s1],
+            )
 
         def _gather_memory_frame_outputs(self, inference_session, obj_idx, frame_idx, track_in_reverse_time=False):
             st = getattr(inference_session, "samurai", None)
@@ -669,24 +711,39 @@ def export_part(module, args, names, dynamic_axes, path) -> None:
 # ---------------------------------------------------------------- the Tracker contract
 
 
-def preprocess_frame(frame: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 RGB → 3xSxS float32, resized (bilinear) and ImageNet-normalised as SAM 2's processor does."""
-    from PIL import Image
+def frame_pixels(frame: np.ndarray, size: int, device="cpu", dtype=None):
+    """HxWx3 uint8 RGB → 3xSxS tensor on `device`: resized (bilinear, antialiased as PIL's) and ImageNet-normalised
+    as SAM 2's processor does; the uint8 frame is what crosses to the device."""
+    import torch
+    import torch.nn.functional as F
 
-    if frame.shape[0] != size or frame.shape[1] != size:
-        frame = np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
-    x = (frame.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float() / 255.0
+    if x.shape[1] != size or x.shape[2] != size:
+        x = F.interpolate(x[None], (size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    mean = torch.as_tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
+    std = torch.as_tensor(IMAGENET_STD, device=x.device)[:, None, None]
+    x = (x - mean) / std
+    return x if dtype is None else x.to(dtype)
+
+
+def preprocess_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """`frame_pixels` on the CPU, as float32 numpy (the training script and tests)."""
+    return frame_pixels(frame, size).numpy()
 
 
 def mask_to_frame(pred_masks, size: int, height: int, width: int) -> np.ndarray:
     """Low-res mask logits [.., h, w] → boolean HxW mask of the frame (model size, then frame size, as the processor)."""
+    return frame_mask(pred_masks, size, height, width).cpu().numpy()
+
+
+def frame_mask(pred_masks, size: int, height: int, width: int):
+    """`mask_to_frame` on the logits' device (a boolean tensor)."""
     import torch.nn.functional as F
 
     m = pred_masks.reshape(1, 1, *pred_masks.shape[-2:]).float()
     m = F.interpolate(m, (size, size), mode="bilinear", align_corners=False)
     m = F.interpolate(m, (height, width), mode="bilinear", align_corners=False)
-    return (m[0, 0] > 0).cpu().numpy()
+    return m[0, 0] > 0
 
 
 def _xywh(box_xyxy) -> np.ndarray:
@@ -728,8 +785,25 @@ class Tracker:
         self.frame_idx = -1
         self.last_box = np.zeros(4)
         self.frame_shape: tuple[int, int] = (0, 0)
-        self.last_mask: np.ndarray | None = None  # the last frame's boolean HxW mask
-        self.last_logits = None  # its low-res mask logits (torch, on the model's device)
+        self.last_logits = None  # the last frame's low-res mask logits (torch, on the model's device)
+        self._mask = None  # its boolean HxW mask on the device (`last_mask` copies it to the host when read)
+
+    @property
+    def last_mask(self) -> np.ndarray | None:
+        """The last frame's boolean HxW mask (numpy)."""
+        return None if self._mask is None else self._mask.cpu().numpy()
+
+    def _read_frame_result(self, pred_masks, score=None) -> tuple[np.ndarray, bool, float | None]:
+        """The frame's mask (kept on the device), its xyxy box, whether it is empty, and the score: one host copy."""
+        import torch
+
+        self._mask = frame_mask(pred_masks, self.size, *self.frame_shape)
+        self.last_logits = pred_masks
+        parts = [mask_boxes(self._mask[None])[0].float(), self._mask.any().reshape(1).float()]
+        if score is not None:
+            parts.append(score.reshape(-1)[:1].float())
+        host = torch.cat(parts).cpu().numpy()
+        return host[:4].astype(np.int64), bool(host[4]), (float(host[5]) if score is not None else None)
 
     @property
     def frames_held(self) -> int:
@@ -755,9 +829,8 @@ class Tracker:
         )
 
     def _pixels(self, frame: np.ndarray):
-        import torch
 
-        return torch.from_numpy(preprocess_frame(frame, self.size)).to(self.device, self.dtype)
+        return frame_pixels(frame, self.size, self.device, self.dtype)
 
     def start(self, frame: np.ndarray, box_xywh) -> np.ndarray:
         """Prompt frame and the object's box (x, y, w, h pixels) → the box of the mask on that frame."""
@@ -789,9 +862,8 @@ class Tracker:
         self.session.obj_with_new_inputs = [self.OBJ_ID]
         self.frame_idx = 0
         out = self.model(inference_session=self.session, frame=self._pixels(frame), frame_idx=0)
-        mask = mask_to_frame(out.pred_masks, self.size, h, w)
-        self.last_mask, self.last_logits = mask, out.pred_masks
-        self.last_box = _xywh(mask_box(mask)) if mask.any() else box.copy()
+        xyxy, found, _ = self._read_frame_result(out.pred_masks)
+        self.last_box = _xywh(xyxy) if found else box.copy()
         self._prune()
         return self.last_box.copy()
 
@@ -806,11 +878,9 @@ class Tracker:
             )
         self.frame_idx += 1
         out = self.model(inference_session=self.session, frame=self._pixels(frame), frame_idx=self.frame_idx)
-        score = float(out.object_score_logits.reshape(-1)[0])
-        mask = mask_to_frame(out.pred_masks, self.size, *self.frame_shape)
-        self.last_mask, self.last_logits = mask, out.pred_masks
-        if mask.any():
-            self.last_box = _xywh(mask_box(mask))
+        xyxy, found, score = self._read_frame_result(out.pred_masks, out.object_score_logits)
+        if found:
+            self.last_box = _xywh(xyxy)
         else:
             score = min(score, 0.0)
             predicted = self.session.samurai.object(0).get("predicted")
@@ -850,6 +920,10 @@ class Tracker:
                 if i not in keep:
                     del tracked[i]
 
+    def describe(self) -> dict:
+        """How the model's per-frame parts run (`parts_record`)."""
+        return parts_record(self.model)
+
     def close(self) -> None:
         """Drop all state of the sequence."""
         if self.session is not None:
@@ -857,25 +931,146 @@ class Tracker:
             self.session.processed_frames = None
         self.session = None
         self.frame_idx = -1
-        self.last_mask = self.last_logits = None
+        self._mask = self.last_logits = None
 
 
 # what the tracking task tells a family about the runner that holds its model (tasks.tracking.tracker_settings)
-RUNNER_KEYS = ("backend", "precision", "device", "mode", "compile_mode", "options")
+RUNNER_KEYS = (
+    "backend",
+    "precision",
+    "device",
+    "mode",
+    "compile_mode",
+    "compile_backend",
+    "inductor_options",
+    "options",
+)
+TRACKER_MODES = ("eager", "cudagraph", "compile", "compile-graph")  # the torch runner modes the tracker runs
+PARTS = ("image_encoder", "memory_attention", "heads", "memory_encoder")  # what a frame runs, heaviest first
+COMPILED_PARTS = ("image_encoder", "heads", "memory_encoder")  # fixed shapes: one inductor compile each
+
+
+def accelerate(
+    model,
+    mode: str,
+    inductor_options: dict | None = None,
+    compile_backend: str = "inductor",
+    compile_mode: str | None = None,
+    stand_in: bool = False,
+) -> dict:
+    """Run the model's per-frame parts compiled and / or from CUDA graphs (once per model; every tracker of the
+    model shares them, as the runner's one module is shared by all live sequences).
+
+    The four parts (`PARTS`) are what a tracked frame spends its kernels on: the image encoder (Hiera, FPN and
+    the decoder's high-res projections), the memory attention over the selected memories and object pointers,
+    the heads (prompt encoder, mask decoder, candidate masks at model size and their boxes) and the memory
+    encoder. Between them the session's bookkeeping and SAMURAI's Kalman choice stay eager, in Python.
+    - `cudagraph`: each part replayed from a CUDA graph per input signature (`core.cudagraphs.ShapeGraphs`);
+      the memory attention gets one graph per memory length (it grows over the first frames of a sequence).
+    - `compile`: the fixed-shape parts compiled by torch.compile (`compile_backend`, `compile_mode`), run as
+      compiled; the memory attention eager (its length changes: one compile per length).
+    - `compile-graph`: inductor's kernels of the fixed-shape parts (`inductor_options`), all four parts in CUDA
+      graphs.
+    `stand_in`: CPU tests only — `ShapeGraphs` re-runs instead of replaying (there is no CUDA here).
+    """
+    import torch
+
+    from workflow_scripts.core.cudagraphs import ShapeGraphs, graph_pool
+
+    done = getattr(model, "planforge_parts", None)
+    if done is not None:
+        if done["mode"] != mode:
+            raise PlanforgeError(f"samurai: this model's parts already run as {done['mode']}, not {mode}")
+        return done
+    if mode not in TRACKER_MODES[1:]:
+        raise PlanforgeError(f"samurai: tracker mode {mode!r} is not one of {list(TRACKER_MODES)}")
+    graphed = mode in ("cudagraph", "compile-graph")
+    if graphed and not stand_in and next(model.parameters()).device.type != "cuda":
+        raise PlanforgeError(f"samurai: {mode} needs the model on a CUDA device (it is on the CPU)")
+    from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoVisionEncoderOutput
+
+    image_features = model.get_image_features
+
+    def image_encoder(pixel_values):
+        out = image_features(pixel_values, return_dict=True)
+        return tuple(out.fpn_hidden_states), tuple(out.fpn_position_encoding)
+
+    fns = {
+        "image_encoder": image_encoder,
+        "memory_attention": model.memory_attention.forward,
+        "heads": model._tracked_heads,
+        "memory_encoder": model._encode_new_memory,
+    }
+    compiled: set[str] = set()
+    if mode in ("compile", "compile-graph"):
+        for name in COMPILED_PARTS:
+            if mode == "compile-graph":
+                fns[name] = torch.compile(fns[name], backend="inductor", options=inductor_options, dynamic=False)
+            else:
+                fns[name] = torch.compile(fns[name], backend=compile_backend, mode=compile_mode, dynamic=False)
+            compiled.add(name)
+            if not graphed:  # reduce-overhead keeps its outputs in its own graphs' pool: the session keeps copies
+                fns[name] = _cloning(fns[name])
+    if graphed:
+        pool = graph_pool(stand_in)
+        fns = {k: ShapeGraphs(f, k, pool, compiled=k in compiled, stand_in=stand_in) for k, f in fns.items()}
+    run_image = fns["image_encoder"]
+
+    def get_image_features(pixel_values, **kwargs):
+        feats, pos = run_image(pixel_values)
+        return Sam2VideoVisionEncoderOutput(fpn_hidden_states=list(feats), fpn_position_encoding=list(pos))
+
+    model.get_image_features = get_image_features
+    model.memory_attention.forward = fns["memory_attention"]
+    model._tracked_heads = fns["heads"]
+    model._encode_new_memory = fns["memory_encoder"]
+    model.planforge_parts = {"mode": mode, "fns": fns, "compiled": sorted(compiled)}
+    return model.planforge_parts
+
+
+def _cloning(fn):
+    from torch.utils._pytree import tree_map
+
+    def call(*args, **kwargs):
+        return tree_map(lambda t: t.clone() if hasattr(t, "clone") else t, fn(*args, **kwargs))
+
+    return call
+
+
+def parts_record(model) -> dict:
+    """How the model's per-frame parts run (the bench JSON's `tracker`): eager, compiled, graphs captured."""
+    done = getattr(model, "planforge_parts", None)
+    if done is None:
+        return {"mode": "eager"}
+    parts = {}
+    for name in PARTS:
+        fn = done["fns"][name]
+        info = fn.describe() if hasattr(fn, "describe") else {}
+        parts[name] = {"compiled": name in done["compiled"], **info}
+    return {"mode": done["mode"], "parts": parts}
 
 
 def tracker(model, settings: dict | None = None) -> Tracker:
     """A `Tracker` over a loaded model (on its own device and dtype) with SAMURAI's settings overridden by `settings`.
 
-    `settings` may also carry the runner's facts (`RUNNER_KEYS`): the tracker runs the module eagerly, frame by
-    frame, so a runner that would compile or capture it (torch-compile*, torch-cudagraph) is refused in one line.
+    `settings` may also carry the runner's facts (`RUNNER_KEYS`): a torch runner's mode (`TRACKER_MODES`) makes
+    the tracker run the model's per-frame parts compiled and / or from CUDA graphs (`accelerate`); any other
+    backend is refused in one line.
     """
     settings = dict(settings or {})
     runner = {k: settings.pop(k) for k in RUNNER_KEYS if k in settings}
     mode = runner.get("mode") or "eager"
-    if mode != "eager":
+    if mode not in TRACKER_MODES:
         raise PlanforgeError(
-            f"samurai on {runner.get('backend')}: the tracker steps its module eagerly per frame; {mode} is not "
-            "built for it yet (use the torch backend)"
+            f"samurai on {runner.get('backend')}: the tracker runs a torch module ({', '.join(TRACKER_MODES)}); "
+            f"{mode} is not built for it (use a torch backend)"
+        )
+    if mode != "eager":
+        accelerate(
+            model,
+            mode,
+            inductor_options=runner.get("inductor_options"),
+            compile_backend=runner.get("compile_backend") or "inductor",
+            compile_mode=runner.get("compile_mode"),
         )
     return Tracker(model, settings)

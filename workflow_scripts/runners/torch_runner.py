@@ -10,7 +10,6 @@ recorded apart from the timed iterations.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -18,38 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from workflow_scripts.core.cudagraphs import HostScalarsAsFills, capturable  # noqa: F401 - re-exported
 from workflow_scripts.core.envinfo import transformers_checks_off
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import parse
 from workflow_scripts.runners import BACKENDS, Runner
-
-
-class HostScalarsAsFills(TorchDispatchMode):
-    """While a CUDA graph is captured: `gpu_tensor[i] = 3` becomes a fill kernel, not a host copy.
-
-    PyTorch writes a Python number into a CUDA tensor by copying a fresh 0-dim CPU tensor, which
-    capture refuses (pageable host memory). transformers' D-FINE does this for its feature-map
-    shapes on every forward; the values are fixed for the captured input size, so a fill with the
-    value as a kernel argument replays the same result. Any other host copy still fails loudly.
-    """
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.copy_.default:
-            dst, src = args[0], args[1]
-            if dst.is_cuda and src.device.type == "cpu" and src.dim() == 0:
-                return dst.fill_(src.item())
-        return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def capturable():
-    """What a CUDA graph capture of a transformers model needs around it: host scalars written into
-    device tensors become fills (above), and transformers' shape checks are off."""
-    with transformers_checks_off(), HostScalarsAsFills():
-        yield
-
 
 # torch-compile-graph: inductor settings per compile mode. Inductor's own "max-autotune" also turns on its
 # CUDA graphs (cudagraph trees), which cannot run inside the runner's plain graph capture; its kernels and

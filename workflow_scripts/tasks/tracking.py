@@ -347,6 +347,8 @@ def tracker_settings(runner) -> dict:
         "device": runner.device,
         "mode": getattr(runner, "mode", None),  # torch: eager | cudagraph | compile | compile-graph
         "compile_mode": getattr(runner, "compile_mode", None),
+        "compile_backend": getattr(runner, "compile_backend", None),
+        "inductor_options": getattr(runner, "inductor_options", None),
         "options": dict(runner.options),
     }
 
@@ -432,6 +434,7 @@ def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: in
                 "after_loop_max": int(max(end_bytes)),
             },
             "gpu_bytes_per_sequence": (after_start - before) / batch if before is not None else None,
+            **({"tracker": live[0][0].describe()} if hasattr(live[0][0], "describe") else {}),
         }
 
     return {

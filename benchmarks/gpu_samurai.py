@@ -1,0 +1,173 @@
+"""SAMURAI on a GPU: one frame of each live sequence per timed call, through the pipeline's own bench and accuracy
+steps (the same code the DAG's jobs run for `config/tracking_gpu.yaml`, without Snakemake: the lent GPU machine
+has no Snakemake).
+
+For each model: make its clips (`make_videos`), prepare its checkpoint (`samurai-t.yaml` / `samurai-l.yaml`: the
+published SAM 2.1 Hiera sizes at 1024 px with seeded random weights; `samurai-demo`: the trained tiny tracker at
+128 px, whose success AUC means something), then for each row (backend, precision, options) run the bench step
+(`workflow_scripts.bench.bench`: warm-up, timed loop, stability verdict; per-frame latency by the host clock,
+the prompt frame timed apart, memory per live sequence, how each per-frame part ran) and the accuracy step
+(`workflow_scripts.accuracy.evaluate`: OTB success AUC on the clips; the ratio to the torch FP32 eager row).
+
+Rows: torch eager FP32 / FP16 / BF16; the per-frame parts replayed from CUDA graphs (`torch-cudagraph`);
+inductor's kernels of the fixed-shape parts in CUDA graphs (`torch-compile-graph`); compiled without graphs
+(`torch-compile`, compile mode default). The JSON is rewritten after every row.
+
+    python benchmarks/gpu_samurai.py --models samurai-t samurai-l --out results/samurai_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
+
+from benchmarks.rows import run_row  # noqa: E402
+from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
+from workflow_scripts.bench import bench  # noqa: E402
+from workflow_scripts.config import DEFAULTS  # noqa: E402
+from workflow_scripts.core.io import run_cli, write_json  # noqa: E402
+from workflow_scripts.plan.settings import Stability  # noqa: E402
+from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
+from workflow_scripts.runners import BACKENDS  # noqa: E402
+from workflow_scripts.tasks.tracking import make_videos  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# model → (checkpoint, clips: frame size, frames per clip)
+MODELS = {
+    "samurai-t": ("samurai-t.yaml", 1024, 48),
+    "samurai-l": ("samurai-l.yaml", 1024, 48),
+    "samurai-demo": (str(REPO / "weights/samurai-demo.pt"), 160, 24),
+}
+# (backend, precision, option overrides); fp32 is the accuracy reference
+ROWS = {
+    "fp32": ("torch", "fp32", {}),
+    "fp16": ("torch", "fp16", {}),
+    "bf16": ("torch", "bf16", {}),
+    "fp16-graph": ("torch-cudagraph", "fp16", {}),
+    "fp32-graph": ("torch-cudagraph", "fp32", {}),
+    "fp16-compile": ("torch-compile", "fp16", {"compile_mode": "default"}),
+    "fp16-compile-graph": ("torch-compile-graph", "fp16", {"cache_dir": None}),
+}
+
+
+class Run:
+    def __init__(self, a: argparse.Namespace, work: Path) -> None:
+        self.a, self.work = a, work
+        self.rows: list[dict] = []
+
+    def save(self) -> None:
+        write_json(
+            self.a.out,
+            {
+                "gpu": torch.cuda.get_device_name(0) if self.a.device == "cuda" else None,
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "command": "python benchmarks/gpu_samurai.py " + " ".join(sys.argv[1:]),
+                "models": {m: MODELS[m] for m in self.a.models},
+                "clips": self.a.clips,
+                "warmup": self.a.warmup,
+                "iterations": self.a.iterations,
+                "rows": self.rows,
+            },
+        )
+
+    def prepare(self, model: str) -> tuple[Path, Path, Path]:
+        checkpoint, size, frames = MODELS[model]
+        dataset = self.work / f"clips-{size}"
+        if not dataset.exists():
+            settings = {"seed": 0, "splits": {"val": self.a.clips}, "frames": frames, "frame_size": size}
+            make_videos(dataset, {**settings, "distractors": 2}, "val")
+        artifact, info = self.work / f"{model}.pt", self.work / f"{model}.json"
+        if not artifact.exists():
+            prepare_checkpoint("samurai", Path(checkpoint), artifact, info)
+        return dataset, artifact, info
+
+    def options(self, backend: str, extra: dict) -> dict:
+        return {**BACKENDS[backend].options, "channels_last": False, **extra}
+
+    def bench(self, model: str, name: str, batch: int) -> dict:
+        backend, precision, extra = ROWS[name]
+        if backend.startswith("torch-compile"):
+            torch._dynamo.reset()  # a fresh dynamo cache per runner: no recompile limit across rows
+        dataset, artifact, _ = self.prepare(model)
+        r = bench(
+            model, "samurai", artifact, backend, precision, batch, 0, dataset, "h200", self.a.device, self.a.threads,
+            self.options(backend, extra), self.a.warmup, self.a.iterations, 0.25,
+            "nvml" if self.a.device == "cuda" else "none", "gpu_samurai", min_seconds=self.a.min_seconds,
+            stability=Stability(**DEFAULTS["bench"]["stability"]),
+        )  # fmt: skip
+        lat = r["latency_ms"]
+        return {
+            "p50_ms": lat["p50"],
+            "p90_ms": lat["p90"],
+            "p99_ms": lat["p99"],
+            "fps_per_stream": round(1000.0 * batch / lat["p50"], 1) if batch == 1 else None,
+            "frames_per_s": round(1000.0 * batch / lat["p50"], 1),
+            "prompt_p50_ms": r["prompt_ms"]["p50"],
+            "state_bytes": r["state_bytes"],
+            "gpu_bytes_per_sequence": r["gpu_bytes_per_sequence"],
+            "tracker": r.get("tracker"),
+            "stable": r["stable"],
+            "peak_gpu_bytes": r["memory"].get("peak_gpu_bytes"),
+            "record": r,
+        }
+
+    def accuracy(self, model: str, name: str) -> dict:
+        backend, precision, extra = ROWS[name]
+        if backend.startswith("torch-compile"):
+            torch._dynamo.reset()
+        dataset, artifact, info = self.prepare(model)
+        s = default_settings(
+            0, self.a.device, self.a.threads, batch=1, backend_options=self.options(backend, extra), power="none",
+            gpu=None,
+        )  # fmt: skip
+        r = evaluate(model, "samurai", artifact, info, backend, precision, dataset, "h200", s)
+        out = {k: r[k] for k in ("sequences", "frames", "auc", "precision_20", "norm_precision", "tracked_fps")}
+        ref = next((x for x in self.rows if x.get("model") == model and x.get("row") == "fp32" and "auc" in x), None)
+        out["auc_ratio_to_fp32"] = round(out["auc"] / ref["auc"], 4) if ref and ref["auc"] else None
+        out["per_sequence_auc"] = [p["auc"] for p in r["per_sequence"]]
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="the JSON to write (rewritten after every row)")
+    p.add_argument("--models", nargs="+", default=["samurai-t", "samurai-l"], choices=list(MODELS))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--bench", nargs="*", default=["fp16", "fp16-graph", "fp16-compile-graph"], choices=list(ROWS))
+    p.add_argument("--accuracy", nargs="*", default=["fp32", "fp16", "fp16-graph"], choices=list(ROWS))
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="live sequences per timed call")
+    p.add_argument("--repeat", type=int, default=1, help="bench each row this many times (separate runners)")
+    p.add_argument("--clips", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--threads", type=int, default=8)
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_samurai: no CUDA GPU here; run it on the GPU machine")
+    if a.accuracy and a.accuracy[0] != "fp32":
+        a.accuracy = ["fp32", *[n for n in a.accuracy if n != "fp32"]]  # the reference first
+    with tempfile.TemporaryDirectory(prefix="planforge-samurai-") as tmp:
+        run = Run(a, Path(tmp))
+        for model in a.models:
+            for name in a.accuracy:
+                run_row(run.rows, run.save, kind="accuracy", model=model, row=name, backend=ROWS[name][0],
+                        precision=ROWS[name][1], run=lambda model=model, name=name: run.accuracy(model, name))  # fmt: skip
+            for name in a.bench:
+                for batch, _ in ((b, n) for b in a.batches for n in range(a.repeat)):
+                    run_row(run.rows, run.save, kind="bench", model=model, row=name, backend=ROWS[name][0],
+                            precision=ROWS[name][1], batch=batch,
+                            run=lambda model=model, name=name, batch=batch: run.bench(model, name, batch))  # fmt: skip
+        run.save()
+    print(f"{a.out}: {sum(r['status'] == 'ok' for r in run.rows)} of {len(run.rows)} rows ok")
+
+
+if __name__ == "__main__":
+    run_cli(main)
