@@ -1,6 +1,7 @@
 rule accuracy:
     input:
         artifact=w(PLAN.model_artifact),
+        companions=w(PLAN.artifact_companions),
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
         baseline=w(PLAN.baseline_accuracy),
@@ -34,6 +35,7 @@ rule accuracy_vla:
     """vla models: also save the actions; the baseline's are the reference the others are scored against."""
     input:
         artifact=w(PLAN.model_artifact),
+        companions=w(PLAN.artifact_companions),
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
         baseline=w(PLAN.baseline_accuracy),

@@ -1,6 +1,7 @@
 rule bench:
     input:
         artifact=w(PLAN.model_artifact),
+        companions=w(PLAN.artifact_companions),
         val=val_annotations,
         code=measure_code("bench"),
     output:

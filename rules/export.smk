@@ -22,12 +22,14 @@ rule export_onnx:
     input:
         ckpt="artifacts/checkpoints/{model}.pt",
         val=val_annotations,
-        code=model_code("export"),
+        code=lambda w: PLAN.export_code(w.model),
     output:
         onnx="artifacts/onnx/{model}/fp32.onnx",
         report="artifacts/onnx/{model}/fp32.json",
     log:
         "logs/onnx/{model}/fp32.log",
+    wildcard_constraints:
+        model=_one_of(PLAN.models_without_onnx_parts()),
     conda:
         "../envs/export.yaml"
     params:
@@ -44,3 +46,12 @@ rule export_onnx:
         " --dataset {params.dataset} --out {output.onnx} --report {output.report} --imgsz {params.imgsz}"
         " --opset {params.opset} {params.batch_flag} --simplify {params.simplify}"
         " --check-images {params.check_images} --max-abs-error {params.max_abs_error} > {log} 2>&1"
+
+
+use rule export_onnx as export_onnx_parts with:
+    output:
+        onnx="artifacts/onnx/{model}/fp32.onnx",
+        parts=PLAN.onnx_part_patterns(),
+        report="artifacts/onnx/{model}/fp32.json",
+    wildcard_constraints:
+        model=_one_of(PLAN.models_with_onnx_parts()),

@@ -48,6 +48,7 @@ rule power_plot:
 rule pictures:
     input:
         artifact=w(PLAN.model_artifact),
+        companions=w(PLAN.artifact_companions),
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
         code=w(PLAN.picture_code),

@@ -25,7 +25,9 @@ def _plan(config: dict, missing: tuple[str, ...] = (), gpu: str = "NVIDIA H200")
     def available(backend):
         return (False, f"{backend}: not installed on this machine") if backend in missing else (True, "")
 
-    return Plan(validate(config, check_files=False), available=available, gpu_name=lambda: gpu, trt_builder=lambda: None)
+    return Plan(
+        validate(config, check_files=False), available=available, gpu_name=lambda: gpu, trt_builder=lambda: None
+    )
 
 
 def _gpu_config() -> dict:
@@ -45,13 +47,14 @@ def _gpu_config() -> dict:
 def test_the_default_plans_every_model_backend_precision_and_batch():
     plan = _plan(DEFAULT)
     bench = plan.bench_outputs()
-    # detectors × (torch fp32, ort fp32, ort int8_minmax) × batches, the tiny Pi0 on torch and ort fp32 × batches,
-    # the tiny SAMURAI on torch fp32 × batches (batch = live sequences)
-    assert len(bench) == 2 * 3 * 2 + 2 * 2 + 2
+    # detectors × (torch fp32, ort fp32, ort int8_minmax) × batches, the tiny Pi0 and the tiny SAMURAI on torch and
+    # ort fp32 × batches (SAMURAI's batch = live sequences)
+    assert len(bench) == 2 * 3 * 2 + 2 * 2 + 2 * 2
     assert "results/cpu/bench/dfine-demo/onnxruntime_int8_minmax_b4.json" in bench
     assert "results/cpu/bench/pi0-tiny/torch_fp32_b4.json" in bench
     assert "results/cpu/bench/pi0-tiny/onnxruntime_fp32_b4.json" in bench
     assert "results/cpu/bench/samurai-tiny/torch_fp32_b4.json" in bench
+    assert "results/cpu/bench/samurai-tiny/onnxruntime_fp32_b4.json" in bench
     assert sorted(plan.accuracy_outputs()) == sorted(
         [
             *(
@@ -62,6 +65,7 @@ def test_the_default_plans_every_model_backend_precision_and_batch():
             "results/cpu/accuracy/pi0-tiny/torch_fp32.json",  # the vla reference: the others' actions compare to it
             "results/cpu/accuracy/pi0-tiny/onnxruntime_fp32.json",
             "results/cpu/accuracy/samurai-tiny/torch_fp32.json",
+            "results/cpu/accuracy/samurai-tiny/onnxruntime_fp32.json",
         ]
     )
     assert plan.calibration_cache_outputs() == [
@@ -69,14 +73,23 @@ def test_the_default_plans_every_model_backend_precision_and_batch():
         "artifacts/calib/yolo-demo/minmax.cache",
     ]
     assert plan.final_outputs()[0] == "results/summary.md"
-    # Pi0's episodes have no calibration images: its static INT8 run is skipped, with the reason; SAMURAI has no
-    # single ONNX graph (its parts export, no ONNX Runtime tracker yet): its ONNX Runtime runs are skipped
+    # Pi0's episodes and SAMURAI's videos have no calibration images: their static INT8 runs are skipped, with the
+    # reason
     assert plan.unavailable_lines() == [
         "cpu: onnxruntime int8_minmax: pi0-tiny not run: int8_minmax calibrates on images of a calib split; task "
         "vla has none (its data: episodes: camera images, robot state, prompt token ids, noise)",
-        "cpu: onnxruntime: samurai-tiny not run: family samurai runs only on backends that read its checkpoint "
-        "(no onnx yet)",
+        "cpu: onnxruntime int8_minmax: samurai-tiny not run: int8_minmax calibrates on images of a calib split; task "
+        "tracking has none (its data: videos: frame sequences with the target's box on every frame)",
     ]
+    # SAMURAI's ONNX Runtime jobs read its four parts and its checkpoint (the tracker's torch glue)
+    assert plan.artifact_companions("cpu", "samurai-tiny", "onnxruntime", "fp32") == [
+        "artifacts/onnx/samurai-tiny/fp32.memory_attention.onnx",
+        "artifacts/onnx/samurai-tiny/fp32.mask_decoder.onnx",
+        "artifacts/onnx/samurai-tiny/fp32.memory_encoder.onnx",
+        "artifacts/checkpoints/samurai-tiny.pt",
+    ]
+    assert plan.artifact_companions("cpu", "samurai-tiny", "torch", "fp32") == []
+    assert plan.artifact_companions("cpu", "pi0-tiny", "onnxruntime", "fp32") == []
 
 
 def test_an_uninstalled_backend_plans_nothing_and_says_why():

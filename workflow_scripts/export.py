@@ -3,11 +3,16 @@
 The check runs ONNX Runtime and the torch module on the same real, preprocessed inputs (the task's:
 images, or Pi0's episodes) at batch 1 and batch N (a dynamic-batch export that fails at run time fails here
 instead) and records the max abs error per output in a JSON beside the model.
+
+A family exported as several graphs (`FamilySpec.onnx_parts`: SAMURAI's image encoder, memory attention, mask
+decoder and memory encoder) writes its first part at the model's path and the others beside it, and checks each
+part on the calls its torch model makes while it runs the task's check inputs (`export_parts`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -108,6 +113,10 @@ def export(
     """Export, simplify, check; write the ONNX file and its report only if the check passes."""
     import onnx
 
+    if FAMILIES[family].onnx_parts:
+        return export_parts(
+            family, checkpoint, dataset, out, report, imgsz, opset, simplify_method, check_images, max_abs_error
+        )
     fam = get_family(family)
     task = get_task(FAMILIES[family].task)
     if not hasattr(task, "export_check_inputs"):
@@ -162,6 +171,86 @@ def export(
     return record
 
 
+def _graph_io(model) -> dict:
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    return {
+        "inputs": [{"name": i.name, "shape": dims(i)} for i in model.graph.input],
+        "outputs": [{"name": o.name, "shape": dims(o)} for o in model.graph.output],
+    }
+
+
+def export_parts(
+    family: str,
+    checkpoint: Path,
+    dataset: Path,
+    out: Path,
+    report: Path,
+    imgsz: int,
+    opset: int,
+    simplify_method: str,
+    check_images: int,
+    max_abs_error: float,
+) -> dict:
+    """Export a family's parts (`fam.part_files(out)`: the first at `out`), simplify each, check each against torch on
+    the calls the torch model makes on the task's check inputs; write every file and the report only if all pass."""
+    import onnx
+    import onnxruntime as ort
+
+    fam = get_family(family)
+    task = get_task(FAMILIES[family].task)
+    model = fam.load_torch(checkpoint)
+    inputs = task.export_check_inputs(fam, model, dataset, check_images, imgsz)
+    files = fam.part_files(out)
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        tmps = {part: stack.enter_context(atomic_path(path)) for part, path in files.items()}
+        facts = fam.export_parts(model, tmps, opset)
+        t_export = time.perf_counter() - t0
+        simplifiers = {part: simplify(tmp, simplify_method) for part, tmp in tmps.items()}
+        for tmp in tmps.values():
+            onnx.checker.check_model(str(tmp))
+        calls = fam.record_parts(model, inputs["frames"], inputs["boxes"])
+        sessions = {p: ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]) for p, tmp in tmps.items()}
+        errors = fam.check_parts(calls, sessions)
+        worst_part, worst = max(
+            ((p, o["checked_error"]) for p, e in errors.items() for o in e["outputs"].values()), key=lambda x: x[1]
+        )
+        if worst > max_abs_error:
+            raise PlanforgeError(
+                f"{files[worst_part]}: ONNX part {worst_part} differs from PyTorch by {worst:.4g} (> export.max_abs_error "
+                f"{max_abs_error}); the export is wrong, see the log"
+            )
+        first = next(iter(tmps.values()))
+        graph = onnx.load(str(first))
+        for key, value in fam.parts_metadata(checkpoint, files).items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(graph, str(first))
+        record = {
+            **facts,
+            "checkpoint": str(checkpoint),
+            "opset": opset,
+            "dynamic_batch": False,  # one object per tracker: batch 1
+            "simplifier": simplifiers,
+            "export_seconds": round(t_export, 2),
+            "total_seconds": round(time.perf_counter() - t0, 2),
+            "files": {
+                part: {"path": str(files[part]), "size_bytes": tmp.stat().st_size, **_graph_io(onnx.load(str(tmp)))}
+                for part, tmp in tmps.items()
+            },
+            "check": {
+                "sequences": len(inputs["frames"]),
+                "reference": "torch eager FP32 on CPU: each part's calls while the torch tracker runs the val sequences",
+                "parts": errors,
+                "max_abs_error": worst,
+                "tolerance": max_abs_error,
+            },
+            "libraries": library_versions(("torch", "transformers", "onnx", "onnxsim", "onnxslim", "onnxruntime")),
+        }
+    write_json(report, record)
+    return record
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", required=True)
@@ -189,9 +278,10 @@ def main(argv: list[str] | None = None) -> None:
         a.check_images,
         a.max_abs_error,
     )
+    checked = r["check"].get("images", r["check"].get("sequences"))
     print(
         f"{a.out}: opset {r['opset']}, simplified by {r['simplifier']}, max abs error vs torch "
-        f"{r['check']['max_abs_error']:.3g} on {r['check']['images']} images"
+        f"{r['check']['max_abs_error']:.3g} on {checked} {'images' if 'images' in r['check'] else 'sequences'}"
     )
 
 

@@ -29,6 +29,9 @@ class FamilySpec:
     settings: tuple[str, ...] = ()
     # the backend artifact kinds it makes (runners.BackendSpec.artifact): its torch module, an ONNX export, engines
     artifacts: tuple[str, ...] = ("checkpoint", "onnx", "engine")
+    # an ONNX export of several graphs: the parts that lie beside `fp32.onnx` as `fp32.<part>.onnx` (SAMURAI's);
+    # the export rule declares them, and the ONNX jobs read them and the checkpoint (the family's torch glue)
+    onnx_parts: tuple[str, ...] = ()
 
     def backend_problem(self, name: str, artifact: str) -> str | None:
         """Why this family cannot run on a backend that reads `artifact`, or None."""
@@ -40,10 +43,19 @@ class FamilySpec:
 FAMILIES: Registry[FamilySpec] = Registry("model family")
 FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection", served=True))
 FAMILIES.register(
-    "dfine", FamilySpec("workflow_scripts.models.dfine", "detection", served=True, hub_ids=True, settings=("num_queries",))
+    "dfine",
+    FamilySpec("workflow_scripts.models.dfine", "detection", served=True, hub_ids=True, settings=("num_queries",)),
 )
 FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla", artifacts=("checkpoint", "onnx")))
-FAMILIES.register("samurai", FamilySpec("workflow_scripts.models.samurai", "tracking", artifacts=("checkpoint",)))
+FAMILIES.register(
+    "samurai",
+    FamilySpec(
+        "workflow_scripts.models.samurai",
+        "tracking",
+        artifacts=("checkpoint", "onnx"),
+        onnx_parts=("memory_attention", "mask_decoder", "memory_encoder"),
+    ),
+)
 
 
 def family_settings(family: str, model_cfg: dict) -> dict:

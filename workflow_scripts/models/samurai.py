@@ -33,6 +33,7 @@ trained file (`train_samurai_demo.py`) holding the architecture, its config and 
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +227,9 @@ def forward_output(raw):
 
 
 def input_size(model) -> int:
-    """The square image size frames are resized to."""
+    """The square image size frames are resized to (`model`: the torch model, or an ONNX Runtime runner of its parts)."""
+    if _is_ort_runner(model):
+        model = ort_model(model)
     return int(model.config.image_size)
 
 
@@ -593,77 +596,113 @@ def _make_model_class():
     return SamuraiVideoModel
 
 
-# ---------------------------------------------------------------- ONNX parts (a finding, not a backend yet)
+# ---------------------------------------------------------------- ONNX parts and the ONNX Runtime tracker
+
+# The four parts a tracked frame runs, as the hook points `accelerate` replaces: the image encoder's file is the
+# model's `fp32.onnx` (the path the DAG names), the other three lie beside it (`part_files`).
+ONNX_PARTS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
+PART_INPUTS = {
+    "image_encoder": ("pixel_values",),
+    "memory_attention": ("top", "top_pos", "memory", "memory_pos", "pointers", "pointers_pos"),
+    "mask_decoder": ("pix_feat", "feat_s0", "feat_s1"),
+    "memory_encoder": ("top", "mask_logits", "object_score_logits", "is_mask_from_pts"),
+}
+PART_OUTPUTS = {
+    "image_encoder": ("feat_s0", "feat_s1", "top", "top_pos"),
+    "memory_attention": ("conditioned",),
+    "mask_decoder": ("low_res_masks", "iou_scores", "tokens", "object_score_logits"),
+    "memory_encoder": ("maskmem_features", "maskmem_pos_enc"),
+}
+# the memory grows over the first frames and the object-pointer count with it: both are dynamic axes
+PART_DYNAMIC = {
+    "memory_attention": {
+        "memory": {0: "memory_tokens"},
+        "memory_pos": {0: "memory_tokens"},
+        "pointers": {0: "pointer_tokens"},
+        "pointers_pos": {0: "pointer_tokens"},
+    }
+}
+PARTS_KEY = "planforge_samurai_parts"  # the fp32.onnx's metadata: the other parts' files, the checkpoint (JSON)
 
 
-def onnx_parts(model, pointer_tokens: int = 0) -> dict:
-    """The tracker's four heavy parts as plain modules (eval mode) with example inputs, for torch.onnx.export.
+def part_files(onnx_path: str | Path) -> dict[str, Path]:
+    """Each part's graph: the image encoder is `onnx_path` itself, the others `<stem>.<part>.onnx` beside it."""
+    p = Path(onnx_path)
+    return {part: p if part == "image_encoder" else p.with_name(f"{p.stem}.{part}.onnx") for part in ONNX_PARTS}
 
-    What a part-wise ONNX tracker would run, with the Kalman filter and the memory bookkeeping in Python:
-    `image_encoder` (pixels → two high-res maps, the top map and its position encoding), `mask_decoder` (a
-    tracked frame: no prompt, multimask frozen on; the prompt frame needs a second graph with points and
-    multimask off), `memory_encoder` (top map, mask logits, object score → memory and its position
-    encoding) and `memory_attention` (top map + a variable number of memory tokens). The memory length can
-    be a dynamic axis, but the number of object-pointer tokens (`num_k_exclude_rope`) is a Python int in
-    transformers' RoPE attention, so it is frozen in the graph: one graph per pointer count (it grows for
-    the first `max_object_pointers_in_encoder` frames, then stays).
+
+def onnx_parts(model) -> dict:
+    """The four parts as plain modules (eval mode) with example inputs, for torch.onnx.export.
+
+    - `image_encoder`: pixels → the two high-res maps (already projected for the decoder), the top map and its
+      position encoding (the lower levels' encodings are read by nothing in the video model).
+    - `memory_attention`: the top map attends to the spatial memories and the object pointers, given as two
+      inputs so that the pointer count (`num_k_exclude_rope`, a Python int in transformers' RoPE attention)
+      is traced from the pointers' shape, a dynamic axis like the memory length: one graph for every count.
+    - `mask_decoder`: a tracked frame's decoder (no prompt, multimask frozen on): `_tracked_decoder`. The prompt
+      frame's (a box, multimask off) stays in torch: it runs once per sequence.
+    - `memory_encoder`: `_encode_new_memory` with `is_mask_from_pts` an input (the prompt frame binarises its
+      mask, a tracked frame takes its sigmoid), before the bfloat16 rounding the caller does in torch.
     """
     import torch
+    import torch.nn.functional as F
 
     class ImageEncoder(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
 
-        def forward(self, pixels):
-            v = self.m.get_image_features(pixels, return_dict=True)
+        def forward(self, pixel_values):
+            v = self.m.get_image_features(pixel_values, return_dict=True)
             f, p = v.fpn_hidden_states, v.fpn_position_encoding
             return f[0], f[1], f[2], p[2]
+
+    class MemoryAttention(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, top, top_pos, memory, memory_pos, pointers, pointers_pos):
+            return self.m.memory_attention(
+                current_vision_features=top,
+                current_vision_position_embeddings=top_pos,
+                memory=torch.cat([memory, pointers]),
+                memory_posision_embeddings=torch.cat([memory_pos, pointers_pos]),
+                num_object_pointer_tokens=pointers.shape[0],  # traced: a Shape op, not a constant
+            )
 
     class MaskDecoder(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
 
-        def forward(self, feat_s0, feat_s1, pix_feat):
-            m, b = self.m, pix_feat.shape[0]
-            pe = m.get_image_wide_positional_embeddings().repeat(b, 1, 1, 1)
-            points = torch.zeros(b, 1, 1, 2, dtype=pix_feat.dtype)
-            labels = -torch.ones(b, 1, 1, dtype=torch.int32)
-            sparse, dense = m.prompt_encoder(
-                input_points=points, input_labels=labels, input_boxes=None, input_masks=None
-            )
-            return m.mask_decoder(
-                image_embeddings=pix_feat,
-                image_positional_embeddings=pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-                high_resolution_features=[feat_s0, feat_s1],
-            )
+        def forward(self, pix_feat, feat_s0, feat_s1):
+            return self.m._tracked_decoder(pix_feat, feat_s0, feat_s1)
 
     class MemoryEncoder(torch.nn.Module):
+        """transformers' `_encode_new_memory` (eval mode) with the mask binarisation chosen by an input."""
+
         def __init__(self, m):
             super().__init__()
             self.m = m
 
-        def forward(self, top, mask_logits, object_score_logits):
-            feats, pos = self.m._encode_new_memory(top, mask_logits, object_score_logits, is_mask_from_pts=False)
-            return feats.float(), pos
-
-    class MemoryAttention(torch.nn.Module):
-        def __init__(self, m, pointers):
-            super().__init__()
-            self.m, self.pointers = m, pointers
-
-        def forward(self, top, top_pos, memory, memory_pos):
-            return self.m.memory_attention(
-                current_vision_features=top,
-                current_vision_position_embeddings=top_pos,
-                memory=memory,
-                memory_posision_embeddings=memory_pos,
-                num_object_pointer_tokens=self.pointers,
-            )
+        def forward(self, top, mask_logits, object_score_logits, is_mask_from_pts):
+            m = self.m
+            (h, w), batch = m.backbone_feature_sizes[-1], top.shape[1]
+            size = tuple(4 * s for s in m.prompt_encoder.mask_input_size)
+            if tuple(mask_logits.shape[2:]) != size:  # frame masks come at the model's size: fixed at export
+                mask_logits = F.interpolate(
+                    mask_logits, size=size, align_corners=False, mode="bilinear", antialias=True
+                )
+            pix = top.permute(1, 2, 0).reshape(batch, m.hidden_dim, h, w)
+            mask = torch.where(is_mask_from_pts, (mask_logits > 0).to(mask_logits.dtype), torch.sigmoid(mask_logits))
+            mask = mask * m.config.sigmoid_scale_for_mem_enc + m.config.sigmoid_bias_for_mem_enc
+            feats, pos = m.memory_encoder(pix, mask)
+            if m.occlusion_spatial_embedding_parameter is not None:
+                appearing = (object_score_logits > 0).float()
+                occluded = m.occlusion_spatial_embedding_parameter[..., None, None].expand(*feats.shape)
+                feats = feats + (1 - appearing[..., None]) * occluded
+            return feats.flatten(2).permute(2, 0, 1), pos.flatten(2).permute(2, 0, 1)
 
     s = input_size(model)
     (h0, w0), (h1, w1), (h, w) = model.backbone_feature_sizes
@@ -673,39 +712,291 @@ def onnx_parts(model, pointer_tokens: int = 0) -> dict:
     def rand(*shape):
         return torch.randn(*shape, generator=g)
 
-    n = h * w * 3 + pointer_tokens  # three memory frames
+    split = max(1, c // mem)  # tokens per object pointer
     return {
-        "image_encoder": (ImageEncoder(model).eval(), (rand(1, 3, s, s),), ("pixels",), None),
+        "image_encoder": (ImageEncoder(model).eval(), (rand(1, 3, s, s),)),
+        # three memory frames and two pointers: the rotary encoding's repeat over memory frames is traced
+        "memory_attention": (
+            MemoryAttention(model).eval(),
+            (rand(h * w, 1, c), rand(h * w, 1, c), rand(3 * h * w, 1, mem), rand(3 * h * w, 1, mem))
+            + (rand(2 * split, 1, mem), rand(2 * split, 1, mem)),
+        ),
         "mask_decoder": (
             MaskDecoder(model).eval(),
-            (rand(1, c // 8, h0, w0), rand(1, c // 4, h1, w1), rand(1, c, h, w)),
-            ("feat_s0", "feat_s1", "pix_feat"),
-            None,
+            (rand(1, c, h, w), rand(1, c // 8, h0, w0), rand(1, c // 4, h1, w1)),
         ),
         "memory_encoder": (
             MemoryEncoder(model).eval(),
-            (rand(h * w, 1, c), rand(1, 1, s, s), torch.ones(1, 1, 1)),
-            ("top", "mask_logits", "object_score_logits"),
-            None,
-        ),
-        "memory_attention": (
-            MemoryAttention(model, pointer_tokens).eval(),
-            (rand(h * w, 1, c), rand(h * w, 1, c), rand(n, 1, mem), rand(n, 1, mem)),
-            ("top", "top_pos", "memory", "memory_pos"),
-            {"memory": {0: "tokens"}, "memory_pos": {0: "tokens"}},
+            (rand(h * w, 1, c), rand(1, 1, s, s), torch.ones(1, 1, 1), torch.tensor([False])),
         ),
     }
 
 
-def export_part(module, args, names, dynamic_axes, path) -> None:
+def export_part(module, args, part: str, path, opset: int = 17) -> None:
     """torch.onnx export (TorchScript exporter, as the other families) of one part; the module stays in eval mode."""
     import torch
 
     with torch.no_grad():
         torch.onnx.export(
-            module, args, str(path), input_names=list(names), dynamic_axes=dynamic_axes, opset_version=17, dynamo=False
+            module,
+            args,
+            str(path),
+            input_names=list(PART_INPUTS[part]),
+            output_names=list(PART_OUTPUTS[part]),
+            dynamic_axes=PART_DYNAMIC.get(part),
+            opset_version=opset,
+            dynamo=False,
         )
     module.eval()  # the exporter restores the wrapper's mode onto every submodule
+
+
+def export_parts(model, files: dict[str, Path], opset: int = 17) -> dict:
+    """Export the four parts of a loaded model to `files` (part → path); what the export report records."""
+    for part, (module, args) in onnx_parts(model).items():
+        export_part(module, args, part, files[part], opset)
+    return {
+        "exporter": "torch.onnx (TorchScript), four parts: " + ", ".join(ONNX_PARTS),
+        "parts": {p: {"inputs": list(PART_INPUTS[p]), "outputs": list(PART_OUTPUTS[p])} for p in ONNX_PARTS},
+        "dynamic_axes": {p: {k: v[0] for k, v in d.items()} for p, d in PART_DYNAMIC.items()},
+        "in_torch": "the prompt frame's decoder (a box, multimask off; once per sequence), the memory and object-pointer "
+        "assembly, the object-pointer projection, SAMURAI's Kalman choice and memory selection, mask resizing",
+    }
+
+
+def parts_metadata(checkpoint: str | Path, files: dict[str, Path]) -> dict[str, str]:
+    """The metadata the image encoder's file carries (`PARTS_KEY`, JSON): the other parts' file names and the
+    checkpoint the ONNX Runtime tracker takes its torch glue from (path and sha256, so a stale pair is refused)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest() if Path(checkpoint).is_file() else None
+    names = {p: Path(f).name for p, f in files.items() if p != "image_encoder"}
+    return {PARTS_KEY: json.dumps({"checkpoint": str(checkpoint), "checkpoint_sha256": digest, "parts": names})}
+
+
+# -- the hook points in numpy: what ONNX Runtime is fed from a hook's arguments, and what the hook returns
+
+
+def _np(t) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy())
+
+
+def _feed_image_encoder(pixel_values, **_):
+    return {"pixel_values": _np(pixel_values.float())}
+
+
+def _feed_memory_attention(
+    current_vision_features,
+    memory,
+    current_vision_position_embeddings=None,
+    memory_posision_embeddings=None,
+    num_object_pointer_tokens=0,
+):
+    n = len(memory) - int(num_object_pointer_tokens)
+    mem, pos = _np(memory.float()), _np(memory_posision_embeddings.float())
+    return {
+        "top": _np(current_vision_features.float()),
+        "top_pos": _np(current_vision_position_embeddings.float()),
+        "memory": mem[:n],
+        "memory_pos": pos[:n],
+        "pointers": mem[n:],
+        "pointers_pos": pos[n:],
+    }
+
+
+def _feed_mask_decoder(emb, feat_s0, feat_s1):
+    return {"pix_feat": _np(emb.float()), "feat_s0": _np(feat_s0.float()), "feat_s1": _np(feat_s1.float())}
+
+
+def _feed_memory_encoder(current_vision_feats, pred_masks_high_res, object_score_logits, is_mask_from_pts):
+    return {
+        "top": _np(current_vision_feats.float()),
+        "mask_logits": _np(pred_masks_high_res.float()),
+        "object_score_logits": _np(object_score_logits.float()),
+        "is_mask_from_pts": np.array([bool(is_mask_from_pts)]),
+    }
+
+
+def _result(part: str, outs: list):
+    """A part's ONNX Runtime outputs as its hook point returns them (torch tensors sharing the arrays)."""
+    import torch
+
+    t = [torch.from_numpy(o) for o in outs]
+    if part == "image_encoder":
+        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoVisionEncoderOutput
+
+        return Sam2VideoVisionEncoderOutput(fpn_hidden_states=t[:3], fpn_position_encoding=[None, None, t[3]])
+    if part == "memory_attention":
+        return t[0]
+    if part == "memory_encoder":  # rounded as transformers does, by torch: the same bits for the same floats
+        return t[0].to(torch.bfloat16), t[1]
+    return tuple(t)
+
+
+def _arrays(part: str, result) -> list[np.ndarray]:
+    """A hook's result (torch's or `_result`'s) as float32 arrays in the order of PART_OUTPUTS."""
+    if part == "image_encoder":
+        f, p = result.fpn_hidden_states, result.fpn_position_encoding
+        result = (f[0], f[1], f[2], p[2])
+    elif part == "memory_attention":
+        result = (result,)
+    return [_np(t.float()) for t in result]
+
+
+FEEDS = {
+    "image_encoder": _feed_image_encoder,
+    "memory_attention": _feed_memory_attention,
+    "mask_decoder": _feed_mask_decoder,
+    "memory_encoder": _feed_memory_encoder,
+}
+
+
+def _hook_targets(model) -> dict[str, tuple[object, str]]:
+    """(object, attribute) of each part's hook point on a model instance."""
+    return {
+        "image_encoder": (model, "get_image_features"),
+        "memory_attention": (model.memory_attention, "forward"),
+        "mask_decoder": (model, "_tracked_decoder"),
+        "memory_encoder": (model, "_encode_new_memory"),
+    }
+
+
+def record_parts(model, frames: np.ndarray, boxes: np.ndarray, settings: dict | None = None) -> list:
+    """Track each sequence (`frames` [S, F, H, W, 3], first boxes [S, 4]) with the torch model and record every call
+    of its four parts: (part, ONNX feed, torch's result as arrays). The model is left as it was."""
+    calls: list = []
+    targets = _hook_targets(model)
+
+    def recording(part, fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            calls.append((part, FEEDS[part](*args, **kwargs), _arrays(part, out)))
+            return out
+
+        return call
+
+    for part, (obj, name) in targets.items():
+        setattr(obj, name, recording(part, getattr(obj, name)))
+    try:
+        for seq, box in zip(frames, boxes):
+            t = Tracker(model, settings)
+            t.start(seq[0], box)
+            for frame in seq[1:]:
+                t.track(frame)
+            t.close()
+    finally:
+        for obj, name in targets.values():
+            del obj.__dict__[name]  # back to the class's method
+    return calls
+
+
+BF16_OUTPUTS = {("memory_encoder", "maskmem_features")}  # kept in bfloat16 by transformers (and by `_result`)
+
+
+def _bf16_ulp(x: np.ndarray) -> np.ndarray:
+    """The spacing of bfloat16 values (7 stored mantissa bits) at each |x|."""
+    _, exp = np.frexp(np.abs(x).astype(np.float32))
+    return np.ldexp(np.float32(1), exp - 8).astype(np.float32)
+
+
+def check_parts(calls: list, sessions: dict) -> dict:
+    """Max abs error, per part and output, of ONNX Runtime (`sessions`: part → session) against torch on the recorded
+    calls (`record_parts`), through the same numpy conversion the ONNX Runtime tracker uses.
+
+    `checked_error` is what an export gates on: the max abs error, except for outputs stored in bfloat16, where
+    two float32 results a rounding error apart may round to neighbouring bfloat16 values: there it is the error
+    beyond one bfloat16 step of the reference (`bf16_steps`: how many values took the neighbouring step)."""
+    errors: dict = {}
+    for part, feed, ref in calls:
+        got = _arrays(part, _result(part, sessions[part].run(None, feed)))
+        e = errors.setdefault(part, {"calls": 0, "outputs": {}})
+        e["calls"] += 1
+        for name, g, r in zip(PART_OUTPUTS[part], got, ref):
+            if g.shape != r.shape:
+                raise PlanforgeError(f"samurai {part}: ONNX output {name} has shape {g.shape}, torch gives {r.shape}")
+            o = e["outputs"].setdefault(name, {"max_abs_error": 0.0, "max_abs_reference": 0.0, "checked_error": 0.0})
+            d = np.abs(g - r)
+            o["max_abs_error"] = max(o["max_abs_error"], float(d.max()))
+            o["max_abs_reference"] = max(o["max_abs_reference"], float(np.abs(r).max()))
+            if (part, name) in BF16_OUTPUTS:
+                step = _bf16_ulp(r)
+                o["bf16_steps"] = o.get("bf16_steps", 0) + int(((d > 0) & (d <= step)).sum())
+                d = np.where(d <= step, 0, d)
+            o["checked_error"] = max(o["checked_error"], float(d.max()))
+        if part == "memory_attention":
+            e.setdefault("pointer_tokens", set()).add(len(feed["pointers"]))
+            e.setdefault("memory_tokens", set()).add(len(feed["memory"]))
+    for e in errors.values():
+        for k in ("pointer_tokens", "memory_tokens"):
+            if k in e:
+                e[k] = sorted(e[k])
+    return errors
+
+
+# -- the ONNX Runtime tracker: the torch model's four hook points run by ONNX Runtime sessions
+
+_ORT_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _is_ort_runner(obj) -> bool:
+    return hasattr(obj, "session") and hasattr(obj, "open_session") and hasattr(obj, "path")
+
+
+def ort_model(runner):
+    """The torch model whose four parts run in the runner's ONNX Runtime sessions (one per part, the runner's
+    providers and threads), built once per runner and shared by its trackers. The glue (prompt frame's decoder,
+    memory assembly, pointer projection, Kalman filter) comes from the checkpoint named in the export's metadata."""
+    import json
+
+    model = _ORT_MODELS.get(runner)
+    if model is not None:
+        return model
+    path = Path(runner.path)
+    raw = runner.session.get_modelmeta().custom_metadata_map.get(PARTS_KEY)
+    if raw is None:
+        raise PlanforgeError(f"{path}: no {PARTS_KEY} metadata; not a samurai parts export of this workflow, rerun it")
+    meta = json.loads(raw)
+    ckpt = Path(meta["checkpoint"])
+    if not is_architecture_name(str(ckpt)) or ckpt.is_file():
+        if not ckpt.is_file():
+            raise PlanforgeError(
+                f"{path}: its checkpoint {ckpt} (the tracker's torch glue) is missing; rerun the export"
+            )
+        import hashlib
+
+        if meta.get("checkpoint_sha256") and hashlib.sha256(ckpt.read_bytes()).hexdigest() != meta["checkpoint_sha256"]:
+            raise PlanforgeError(f"{path}: exported from another {ckpt} than the one there now; rerun the export")
+    model = load_torch(ckpt)
+    files = part_files(path)
+    sessions = {"image_encoder": runner.session}
+    for part in ONNX_PARTS[1:]:
+        if files[part].name != meta["parts"].get(part):
+            raise PlanforgeError(f"{path}: its metadata names no {files[part].name}; rerun the export")
+        if not files[part].is_file():
+            raise PlanforgeError(f"{files[part]}: missing (the {part} of {path}); rerun the export")
+        sessions[part] = runner.open_session(files[part])
+
+    def hook(part, session):
+        feed = FEEDS[part]
+
+        def call(*args, **kwargs):
+            return _result(part, session.run(None, feed(*args, **kwargs)))
+
+        return call
+
+    for part, (obj, name) in _hook_targets(model).items():
+        setattr(obj, name, hook(part, sessions[part]))
+    model.planforge_parts = {
+        "mode": "onnxruntime",
+        "record": {
+            "mode": "onnxruntime",
+            "parts": {p: {"runs_in": "onnxruntime", "file": str(f)} for p, f in files.items()},
+            "in_torch": "prompt frame's decoder, memory assembly, object-pointer projection, Kalman choice, mask resizing",
+            "providers": runner.session.get_providers(),
+        },
+    }
+    _ORT_MODELS[runner] = model
+    return model
 
 
 # ---------------------------------------------------------------- the Tracker contract
@@ -1042,6 +1333,8 @@ def parts_record(model) -> dict:
     done = getattr(model, "planforge_parts", None)
     if done is None:
         return {"mode": "eager"}
+    if "record" in done:  # the ONNX Runtime tracker (`ort_model`)
+        return done["record"]
     parts = {}
     for name in PARTS:
         fn = done["fns"][name]
@@ -1054,11 +1347,21 @@ def tracker(model, settings: dict | None = None) -> Tracker:
     """A `Tracker` over a loaded model (on its own device and dtype) with SAMURAI's settings overridden by `settings`.
 
     `settings` may also carry the runner's facts (`RUNNER_KEYS`): a torch runner's mode (`TRACKER_MODES`) makes
-    the tracker run the model's per-frame parts compiled and / or from CUDA graphs (`accelerate`); any other
-    backend is refused in one line.
+    the tracker run the model's per-frame parts compiled and / or from CUDA graphs (`accelerate`). `model` may
+    also be an ONNX Runtime runner of the parts export: its four parts then run in ONNX Runtime (`ort_model`).
+    Any other backend is refused in one line.
     """
     settings = dict(settings or {})
     runner = {k: settings.pop(k) for k in RUNNER_KEYS if k in settings}
+    if _is_ort_runner(model):  # an ONNX Runtime runner of the parts export (tasks.tracking.tracked_model)
+        if runner.get("precision", "fp32") != "fp32":
+            raise PlanforgeError(f"samurai on {runner.get('backend')}: the parts are exported in fp32 only")
+        return Tracker(ort_model(model), settings)
+    if not hasattr(model, "parameters"):
+        raise PlanforgeError(
+            f"samurai on {runner.get('backend')}: the tracker runs a torch module or the ONNX Runtime parts; "
+            "this backend gives neither"
+        )
     mode = runner.get("mode") or "eager"
     if mode not in TRACKER_MODES:
         raise PlanforgeError(

@@ -69,6 +69,11 @@ def onnx_path(model: str, variant: str) -> str:
     return f"artifacts/onnx/{model}/{variant}.onnx"
 
 
+def onnx_part_path(model: str, part: str) -> str:
+    """A graph that travels beside a model's fp32.onnx (FamilySpec.onnx_parts: SAMURAI's parts)."""
+    return f"artifacts/onnx/{model}/fp32.{part}.onnx"
+
+
 class Plan:
     """Everything the DAG is built from, for one validated config on this machine.
 
@@ -360,6 +365,28 @@ class Plan:
             return engine_path(target, model, precision, batch or max(self.targets[target]["batch_sizes"]))
         return onnx_path(model, spec.artifact_variant(precision))
 
+    def onnx_parts(self, model: str) -> list[str]:
+        """The graphs beside the model's fp32.onnx that its export also writes (none for a one-graph export)."""
+        return [onnx_part_path(model, p) for p in FAMILIES[self.family(model)].onnx_parts]
+
+    def models_with_onnx_parts(self) -> list[str]:
+        return [m for m in self.models if FAMILIES[self.family(m)].onnx_parts]
+
+    def models_without_onnx_parts(self) -> list[str]:
+        return [m for m in self.models if not FAMILIES[self.family(m)].onnx_parts]
+
+    def onnx_part_patterns(self) -> list[str]:
+        """The export rule's extra outputs for models with parts: `fp32.<part>.onnx` per part their families name."""
+        parts = dict.fromkeys(p for m in self.models_with_onnx_parts() for p in FAMILIES[self.family(m)].onnx_parts)
+        return [onnx_part_path("{model}", p) for p in parts]
+
+    def artifact_companions(self, target: str, model: str, backend: str, precision: str, **_) -> list[str]:
+        """What a job reads beside its artifact: for an ONNX backend on a parts export, the other parts and the
+        prepared checkpoint (the family's torch glue, named in the export's metadata); else nothing."""
+        if BACKENDS[backend].artifact != "onnx" or not FAMILIES[self.family(model)].onnx_parts:
+            return []
+        return [*self.onnx_parts(model), f"artifacts/checkpoints/{model}.pt"]
+
     def is_baseline(self, backend: str, precision: str) -> bool:
         return (backend, precision) == (self.baseline["backend"], self.baseline["precision"])
 
@@ -391,6 +418,11 @@ class Plan:
 
     def model_code(self, step: str, model: str) -> list[str]:
         return [*code_files(step), family_file(self.family(model))]
+
+    def export_code(self, model: str) -> list[str]:
+        """The export's code: `model_code`, and the model's task (its `export_check_inputs`, imported by name)."""
+        task = FAMILIES[self.family(model)].task
+        return [*code_files("export", f"workflow_scripts.tasks.{task}"), family_file(self.family(model))]
 
     def _run_code(self, step: str, model: str, backend: str, *extra: str) -> list[str]:
         """A job's code when it runs a model on a backend: the step (and `extra` modules), the model's task and

@@ -53,17 +53,23 @@ class OrtRunner(Runner):
     ) -> None:
         super().__init__(model, precision, device, threads, options)
         self.path = Path(model)  # the ONNX file (a family reads what it needs from it: Pi0's geometry)
-        providers = self.options["providers"]
-        try:
-            self.session = ort.InferenceSession(str(model), session_options(threads, self.options), providers=providers)
-        except Exception as exc:  # ORT raises its own exception types for a damaged model
-            raise PlanforgeError(
-                f"{model}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]}); rerun the export"
-            ) from None
+        self.session = self.open_session(model)
         self.input_name = self.session.get_inputs()[0].name
         # every input the graph kept, with its numpy type (a named-input model, Pi0, feeds them by name)
         self.input_types = {i.name: ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def open_session(self, path: str | Path) -> ort.InferenceSession:
+        """An InferenceSession of an ONNX file with this runner's providers and threads (the model's own, and the
+        files that travel with it: SAMURAI's other parts); one line naming the file if it does not load."""
+        try:
+            return ort.InferenceSession(
+                str(path), session_options(self.threads, self.options), providers=self.options["providers"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for a damaged model
+            raise PlanforgeError(
+                f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]}); rerun the export"
+            ) from None
 
     def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         if isinstance(batch, dict):

@@ -339,6 +339,19 @@ def evaluate(new_tracker: Callable, dataset, checkpoint_info, batch: int, max_im
     }
 
 
+EXPORT_CHECK_SEQUENCES = 1  # one sequence already calls every part on a prompt frame and on tracked frames
+
+
+def export_check_inputs(fam, model, dataset, count: int, imgsz: int) -> dict[str, np.ndarray]:
+    """What a parts export is checked on against torch: the first val sequence (at most `count`; frames
+    [S, F, H, W, 3]) and its first box [S, 4]; the family records its parts' calls while torch tracks it
+    (`record_parts`: its memory length and object-pointer count grow over the first frames, so each part meets
+    every shape a longer sequence would give it once the sequence outlasts the memory bank)."""
+    vids = load_videos(dataset, "val")
+    n = max(1, min(count, len(vids), EXPORT_CHECK_SEQUENCES))
+    return {"frames": vids.frames[:n], "boxes": vids.boxes[:n, 0]}
+
+
 def tracker_settings(runner) -> dict:
     """What a family's `tracker` learns about the backend that holds its model (`runner.model`)."""
     return {
