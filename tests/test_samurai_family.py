@@ -39,7 +39,8 @@ def tiny():
 
 def test_family_is_registered_for_the_tracking_task():
     spec = FAMILIES["samurai"]
-    assert spec.task == "tracking" and spec.artifacts == ("checkpoint",)
+    assert spec.task == "tracking" and spec.artifacts == ("checkpoint", "onnx")
+    assert spec.onnx_parts == tuple(samurai.ONNX_PARTS[1:])  # the image encoder is the model's fp32.onnx itself
     assert get_family("samurai") is samurai
 
 

@@ -1,6 +1,10 @@
-"""Which parts of the SAMURAI tracker export to ONNX and run in ONNX Runtime (samurai-tiny, real exports)."""
+"""SAMURAI in ONNX Runtime: its four parts export (the memory attention with a dynamic memory length and object-pointer
+count), each is checked against torch by the export step, and the ONNX Runtime tracker follows the torch tracker
+(samurai-demo weights, real exports, real ONNX Runtime sessions)."""
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -8,54 +12,142 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from tests.conftest import REPO  # noqa: E402
+from workflow_scripts import export  # noqa: E402
+from workflow_scripts.core.io import PlanforgeError  # noqa: E402
+from workflow_scripts.core.pipeline import make_runner  # noqa: E402
 from workflow_scripts.models import samurai  # noqa: E402
+from workflow_scripts.tasks import tracking  # noqa: E402
 
-
-def _run(path, names, args):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {n: a.numpy() for n, a in zip(names, args)})
+CLIPS = {"seed": 0, "splits": {"val": 2}, "frames": 20, "frame_size": 128, "distractors": 2}
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return samurai.load_torch("samurai-tiny.yaml")
+def exported(tmp_path_factory):
+    """The demo tracker's parts exported by the export step, beside its checkpoint and a small videos dataset."""
+    root = tmp_path_factory.mktemp("samurai_ort")
+    ckpt = root / "samurai-demo.pt"
+    shutil.copy(REPO / "weights/samurai-demo.pt", ckpt)
+    tracking.make_videos(root / "clips", CLIPS, "val")
+    out = root / "onnx/fp32.onnx"
+    record = _export(ckpt, root / "clips", out, root / "onnx/fp32.json", "auto", 0.05)
+    return {"root": root, "ckpt": ckpt, "out": out, "record": record}
 
 
-@pytest.mark.parametrize("part", ["image_encoder", "mask_decoder", "memory_encoder"])
-def test_fixed_shape_parts_export_and_match_torch(tiny, part, tmp_path):
-    module, args, names, dynamic = samurai.onnx_parts(tiny)[part]
-    with torch.no_grad():
-        ref = module(*args)
-    samurai.export_part(module, args, names, dynamic, tmp_path / f"{part}.onnx")
-    got = _run(tmp_path / f"{part}.onnx", names, args)
-    tol = 4e-3 if part == "memory_encoder" else 1e-4  # the memory is rounded to bfloat16 (transformers does)
-    for g, r in zip(got, ref if isinstance(ref, tuple) else (ref,)):
-        np.testing.assert_allclose(g, r.numpy(), atol=tol, rtol=tol)
-    assert not any(m.training for m in tiny.modules())
+def _export(ckpt, dataset, out, report, simplify, max_abs_error):
+    """The export step as the rule calls it (imgsz and the dynamic-batch flag mean nothing to the parts)."""
+    return export.export("samurai", ckpt, dataset, out, report, 0, 17, True, simplify, 4, max_abs_error)
 
 
-def test_memory_attention_takes_any_memory_length_but_a_fixed_pointer_count(tiny, tmp_path):
-    module, args, names, dynamic = samurai.onnx_parts(tiny, pointer_tokens=8)["memory_attention"]
-    path = tmp_path / "memory_attention.onnx"
-    samurai.export_part(module, args, names, dynamic, path)
-    top, top_pos, _, _ = args
+def _runner(path):
+    return make_runner("onnxruntime", path, "samurai", "fp32", threads=2)
+
+
+def _track(tracker, frames, box):
+    out = [(tracker.start(frames[0], box), np.nan)]
+    out += [tracker.track(f) for f in frames[1:]]
+    tracker.close()
+    return np.array([b for b, _ in out]), np.array([s for _, s in out])
+
+
+def test_the_export_writes_four_parts_and_checks_each_against_torch(exported):
+    files = samurai.part_files(exported["out"])
+    assert all(f.is_file() for f in files.values())
+    check = exported["record"]["check"]
+    assert set(check["parts"]) == set(samurai.ONNX_PARTS)
+    assert 0 <= check["max_abs_error"] < 1e-3  # float32 noise; the memory's bfloat16 rounding is counted apart
+    attention = check["parts"]["memory_attention"]
+    # one graph met every memory length and pointer count of a sequence (16 pointers of 2 tokens at most)
+    assert len(attention["memory_tokens"]) > 3 and len(attention["pointer_tokens"]) > 3
+    config = samurai.load_torch(exported["ckpt"]).config
+    assert max(attention["pointer_tokens"]) == 2 * config.max_object_pointers_in_encoder
+    inputs = {i["name"]: i["shape"] for i in exported["record"]["files"]["memory_attention"]["inputs"]}
+    assert isinstance(inputs["pointers"][0], str) and isinstance(inputs["memory"][0], str)  # dynamic axes
+
+
+def test_memory_attention_takes_any_pointer_count_the_trace_never_saw(exported):
+    model = samurai.load_torch(exported["ckpt"])
+    module, args = samurai.onnx_parts(model)["memory_attention"]  # traced with 2 pointers of 2 tokens
+    sess = ort.InferenceSession(str(samurai.part_files(exported["out"])["memory_attention"]))
+    top, top_pos = args[:2]
     g = torch.Generator().manual_seed(1)
-    for frames in (1, 7):  # the prompt frame alone, a full memory bank
-        memory, memory_pos = (torch.randn(64 * frames + 8, 1, 64, generator=g) for _ in range(2))
+    for frames, pointers in ((1, 2), (7, 5), (4, 32)):
+        mem = [torch.randn(64 * frames, 1, 64, generator=g) for _ in range(2)]
+        ptr = [torch.randn(pointers, 1, 64, generator=g) for _ in range(2)]
         with torch.no_grad():
-            ref = module(top, top_pos, memory, memory_pos)
-        got = _run(path, names, (top, top_pos, memory, memory_pos))[0]
-        np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=1e-4)
-    # another object-pointer count: the graph keeps 8 tokens out of the rotary encoding, so it either fails
-    # (the rotated part is no multiple of the query length) or rotates pointers it should not
-    other = samurai.onnx_parts(tiny, pointer_tokens=16)["memory_attention"]
-    for frames in (3, 4):
-        memory, memory_pos = (torch.randn(64 * frames + 16, 1, 64, generator=g) for _ in range(2))
-        with torch.no_grad():
-            ref = other[0](top, top_pos, memory, memory_pos)
-        try:
-            got = _run(path, names, (top, top_pos, memory, memory_pos))[0]
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own error type
-            assert "broadcast" in str(exc)
-        else:
-            assert np.abs(got - ref.numpy()).max() > 1e-3
+            ref = module(top, top_pos, *mem, *ptr).numpy()
+        feed = dict(zip(samurai.PART_INPUTS["memory_attention"], (t.numpy() for t in (top, top_pos, *mem, *ptr))))
+        np.testing.assert_allclose(sess.run(None, feed)[0], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_the_ort_tracker_follows_the_torch_tracker(exported):
+    vids = tracking.load_videos(exported["root"] / "clips")
+    runner = _runner(exported["out"])
+    settings = tracking.tracker_settings(runner)
+    model = samurai.load_torch(exported["ckpt"])
+    for i in range(len(vids)):
+        t = samurai.tracker(tracking.tracked_model(runner), settings)
+        assert t.describe()["mode"] == "onnxruntime"
+        ort_boxes, ort_scores = _track(t, vids.frames[i], vids.boxes[i, 0])
+        torch_boxes, torch_scores = _track(samurai.tracker(model), vids.frames[i], vids.boxes[i, 0])
+        np.testing.assert_allclose(ort_boxes, torch_boxes, atol=1.0)  # pixels
+        np.testing.assert_allclose(ort_scores, torch_scores, atol=1e-3)
+        assert tracking.box_iou(torch_boxes, vids.boxes[i]).mean() > 0.3  # a real track, not two empty ones
+    # the parts really ran in ONNX Runtime: the runner's trackers share one glue model whose hooks are sessions
+    glue = samurai.ort_model(runner)
+    assert glue is samurai.ort_model(runner) and "get_image_features" in glue.__dict__
+    assert samurai.input_size(runner) == 128
+
+
+def test_a_part_that_differs_from_torch_fails_the_export_in_one_line_and_writes_nothing(exported, tmp_path):
+    out = tmp_path / "onnx/fp32.onnx"
+    with pytest.raises(PlanforgeError, match=r"fp32\.\w+\.onnx|fp32\.onnx: ONNX part \w+ differs from PyTorch"):
+        _export(exported["ckpt"], exported["root"] / "clips", out, tmp_path / "r.json", "none", 0.0)
+    assert not list((tmp_path / "onnx").iterdir()) and not (tmp_path / "r.json").exists()
+
+
+def _copy_export(exported, dest):
+    dest.mkdir()
+    for f in samurai.part_files(exported["out"]).values():
+        shutil.copy(f, dest / f.name)
+    return dest / "fp32.onnx"
+
+
+def test_a_missing_or_corrupt_part_is_one_line_naming_it(exported, tmp_path):
+    path = _copy_export(exported, tmp_path / "a")
+    samurai.part_files(path)["mask_decoder"].unlink()
+    with pytest.raises(PlanforgeError, match=r"fp32\.mask_decoder\.onnx: missing \(the mask_decoder of .*\); rerun"):
+        samurai.tracker(_runner(path), {})
+    path = _copy_export(exported, tmp_path / "b")
+    samurai.part_files(path)["memory_attention"].write_bytes(b"not an onnx graph")
+    with pytest.raises(PlanforgeError, match=r"fp32\.memory_attention\.onnx: ONNX Runtime cannot load it .*rerun"):
+        samurai.tracker(_runner(path), {})
+
+
+def test_parts_exported_from_another_checkpoint_are_refused(exported, tmp_path):
+    import onnx
+
+    ckpt = tmp_path / "samurai-demo.pt"
+    shutil.copy(exported["ckpt"], ckpt)
+    path = _copy_export(exported, tmp_path / "onnx")
+    graph = onnx.load(str(path))  # the export as if made from this copy of the checkpoint
+    meta = {p.key: p for p in graph.metadata_props}[samurai.PARTS_KEY]
+    meta.value = meta.value.replace(str(exported["ckpt"]), str(ckpt))
+    onnx.save(graph, str(path))
+    samurai.tracker(_runner(path), {})  # the pair agrees
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # a re-prepared checkpoint, the ONNX files stale
+    with pytest.raises(PlanforgeError, match="exported from another .*samurai-demo.pt than the one there now; rerun"):
+        samurai.tracker(_runner(path), {})
+    ckpt.unlink()
+    with pytest.raises(PlanforgeError, match=r"its checkpoint .*samurai-demo.pt \(the tracker's torch glue\) is"):
+        samurai.tracker(_runner(path), {})
+
+
+def test_the_plan_names_the_files_the_family_writes():
+    from workflow_scripts.plan.jobs import Plan, onnx_path
+
+    plan = Plan.__new__(Plan)
+    plan.models = {"s": {"family": "samurai"}}
+    files = samurai.part_files(onnx_path("s", "fp32"))
+    assert str(files.pop("image_encoder")) == onnx_path("s", "fp32")
+    assert [str(f) for f in files.values()] == plan.onnx_parts("s")
