@@ -968,13 +968,14 @@ def ort_model(runner):
             raise PlanforgeError(f"{path}: exported from another {ckpt} than the one there now; rerun the export")
     model = load_torch(ckpt)
     files = part_files(path)
-    sessions = {"image_encoder": runner.session}
     for part in ONNX_PARTS[1:]:
         if files[part].name != meta["parts"].get(part):
             raise PlanforgeError(f"{path}: its metadata names no {files[part].name}; rerun the export")
         if not files[part].is_file():
             raise PlanforgeError(f"{files[part]}: missing (the {part} of {path}); rerun the export")
-        sessions[part] = runner.open_session(files[part])
+    # every part, the image encoder too, with threads that sleep between runs: spinning ones would hold the
+    # cores the torch glue between the parts needs (measured: 228 → 11-19 ms a frame, samurai-demo, 2 cores)
+    sessions = {part: runner.open_session(f, spinning=False) for part, f in files.items()}
 
     def hook(part, session):
         feed = FEEDS[part]
@@ -992,7 +993,8 @@ def ort_model(runner):
             "mode": "onnxruntime",
             "parts": {p: {"runs_in": "onnxruntime", "file": str(f)} for p, f in files.items()},
             "in_torch": "prompt frame's decoder, memory assembly, object-pointer projection, Kalman choice, mask resizing",
-            "providers": runner.session.get_providers(),
+            "providers": sessions["image_encoder"].get_providers(),
+            "intra_op_spinning": False,
         },
     }
     _ORT_MODELS[runner] = model
