@@ -92,6 +92,19 @@ def test_the_default_plans_every_model_backend_precision_and_batch():
     assert plan.artifact_companions("cpu", "pi0-tiny", "onnxruntime", "fp32") == []
 
 
+def test_samurai_parts_run_on_onnx_runtime_and_other_onnx_backends_skip_them_with_a_line():
+    config = copy.deepcopy(DEFAULT)
+    config["targets"]["cpu"]["backends"] = {"onnxruntime": ["fp32"], "openvino": ["fp32"]}
+    plan = _plan(config)
+    runs = set(plan.runs("cpu"))
+    assert ("samurai-tiny", "onnxruntime", "fp32") in runs and ("samurai-tiny", "openvino", "fp32") not in runs
+    assert ("yolo-demo", "openvino", "fp32") in runs
+    assert (
+        "cpu: openvino: samurai-tiny not run: family samurai exports several ONNX graphs, which only onnxruntime / "
+        "onnxruntime-gpu run (its tracker opens a session per part)"
+    ) in plan.unavailable_lines()
+
+
 def test_an_uninstalled_backend_plans_nothing_and_says_why():
     plan = _plan(DEFAULT, missing=("onnxruntime",))
     assert not [o for o in plan.bench_outputs() if "onnxruntime" in o]

@@ -32,12 +32,19 @@ class FamilySpec:
     # an ONNX export of several graphs: the parts that lie beside `fp32.onnx` as `fp32.<part>.onnx` (SAMURAI's);
     # the export rule declares them, and the ONNX jobs read them and the checkpoint (the family's torch glue)
     onnx_parts: tuple[str, ...] = ()
+    # the backends that run such a parts export (its family opens one session per part through the runner)
+    onnx_parts_backends: tuple[str, ...] = ("onnxruntime", "onnxruntime-gpu")
 
-    def backend_problem(self, name: str, artifact: str) -> str | None:
-        """Why this family cannot run on a backend that reads `artifact`, or None."""
-        if artifact in self.artifacts:
-            return None
-        return f"family {name} runs only on backends that read its {' / '.join(self.artifacts)} (no {artifact} yet)"
+    def backend_problem(self, name: str, artifact: str, backend: str | None = None) -> str | None:
+        """Why this family cannot run on `backend`, which reads `artifact`, or None."""
+        if artifact not in self.artifacts:
+            return f"family {name} runs only on backends that read its {' / '.join(self.artifacts)} (no {artifact} yet)"
+        if self.onnx_parts and artifact == "onnx" and backend and backend not in self.onnx_parts_backends:
+            return (
+                f"family {name} exports several ONNX graphs, which only {' / '.join(self.onnx_parts_backends)} "
+                f"run (its tracker opens a session per part)"
+            )
+        return None
 
 
 FAMILIES: Registry[FamilySpec] = Registry("model family")

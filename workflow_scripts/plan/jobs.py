@@ -236,7 +236,8 @@ class Plan:
 
     def runs_on(self, model: str, backend: str) -> bool:
         """Whether the model's family makes the artifact the backend reads (Pi0: its torch module only)."""
-        return FAMILIES[self.family(model)].backend_problem(self.family(model), BACKENDS[backend].artifact) is None
+        fam = FAMILIES[self.family(model)]
+        return fam.backend_problem(self.family(model), BACKENDS[backend].artifact, backend) is None
 
     def bench_outputs(self, targets: list[str] | None = None) -> list[str]:
         return [
@@ -326,7 +327,7 @@ class Plan:
                     why = f"{why.split(' (', 1)[-1].rstrip(')')} under targets.{t}.python {spec['python']}"
                 if ok:  # installed: say which models it still does not run (their family has no such artifact)
                     for m in self.models:
-                        why_not = FAMILIES[self.family(m)].backend_problem(self.family(m), BACKENDS[b].artifact)
+                        why_not = FAMILIES[self.family(m)].backend_problem(self.family(m), BACKENDS[b].artifact, b)
                         if why_not:
                             lines.append(f"{t}: {b}: {m} not run: {why_not}")
                             continue
