@@ -151,3 +151,24 @@ def test_the_plan_names_the_files_the_family_writes():
     files = samurai.part_files(onnx_path("s", "fp32"))
     assert str(files.pop("image_encoder")) == onnx_path("s", "fp32")
     assert [str(f) for f in files.values()] == plan.onnx_parts("s")
+
+
+def test_the_dag_exports_the_parts_in_one_job_and_its_onnx_runtime_jobs_read_them_and_the_checkpoint(tmp_path):
+    from tests.conftest import make_workflow_copy, snakemake
+
+    cfg = {
+        "datasets": {"clips": {"kind": "videos", "seed": 0, "splits": {"val": 1}, "frames": 8, "frame_size": 96}},
+        "models": {"t": {"family": "samurai", "checkpoint": "samurai-tiny.yaml", "dataset": "clips"}},
+        "targets": {"cpu": {"device": "cpu", "threads": 1, "backends": {"onnxruntime": ["fp32"]}, "batch_sizes": [1]}},
+    }
+    work = make_workflow_copy(tmp_path / "wf", cfg)
+    text = snakemake(work, "-n", "results/cpu/bench/t/onnxruntime_fp32_b1.json").stdout
+    export_job = text.split("rule export_onnx_parts:")[1].split("\n\n")[0]
+    outputs = export_job.split("output: ")[1].splitlines()[0].split(", ")
+    assert set(outputs) == {
+        *(str(f) for f in samurai.part_files("artifacts/onnx/t/fp32.onnx").values()),
+        "artifacts/onnx/t/fp32.json",
+    }
+    bench_inputs = text.split("rule bench:")[1].split("input: ")[1].splitlines()[0].split(", ")
+    assert {"artifacts/onnx/t/fp32.onnx", "artifacts/onnx/t/fp32.mask_decoder.onnx"} <= set(bench_inputs)
+    assert "artifacts/checkpoints/t.pt" in bench_inputs  # a new checkpoint makes the ONNX Runtime jobs stale
