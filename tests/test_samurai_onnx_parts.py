@@ -97,6 +97,17 @@ def test_the_ort_tracker_follows_the_torch_tracker(exported):
     glue = samurai.ort_model(runner)
     assert glue is samurai.ort_model(runner) and "get_image_features" in glue.__dict__
     assert samurai.input_size(runner) == 128
+    # the image encoder takes the frames of several live sequences in one batch, as torch's does
+    pixels = torch.stack([samurai.frame_pixels(f, 128) for f in vids.frames[0, :3]])
+    got = glue.get_image_features(pixels, return_dict=True)
+    with torch.no_grad():
+        want = model.get_image_features(pixels, return_dict=True)
+    for g, w in zip(
+        [*got.fpn_hidden_states, *got.fpn_position_encoding], [*want.fpn_hidden_states, *want.fpn_position_encoding]
+    ):
+        assert g.shape == w.shape and g.shape[1] == 3
+        np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-3)
+    assert exported["record"]["check"]["parts"]["image_encoder"]["batch"]["frames"] == 4
 
 
 def test_a_part_that_differs_from_torch_fails_the_export_in_one_line_and_writes_nothing(exported, tmp_path):

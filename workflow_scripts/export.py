@@ -230,7 +230,7 @@ def export_parts(
             **facts,
             "checkpoint": str(checkpoint),
             "opset": opset,
-            "dynamic_batch": False,  # one object per tracker: batch 1
+            "dynamic_batch": "image_encoder only (frames of several live sequences); the others: one object",
             "simplifier": simplifiers,
             "export_seconds": round(t_export, 2),
             "total_seconds": round(time.perf_counter() - t0, 2),

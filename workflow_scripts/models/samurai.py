@@ -613,14 +613,16 @@ PART_OUTPUTS = {
     "mask_decoder": ("low_res_masks", "iou_scores", "tokens", "object_score_logits"),
     "memory_encoder": ("maskmem_features", "maskmem_pos_enc"),
 }
-# the memory grows over the first frames and the object-pointer count with it: both are dynamic axes
+# the image encoder takes a batch of frames (of several live sequences: `track_many`); the memory grows over the
+# first frames and the object-pointer count with it: all dynamic axes
 PART_DYNAMIC = {
+    "image_encoder": {"pixel_values": {0: "frames"}, **{o: {1: "frames"} for o in PART_OUTPUTS["image_encoder"]}},
     "memory_attention": {
         "memory": {0: "memory_tokens"},
         "memory_pos": {0: "memory_tokens"},
         "pointers": {0: "pointer_tokens"},
         "pointers_pos": {0: "pointer_tokens"},
-    }
+    },
 }
 PARTS_KEY = "planforge_samurai_parts"  # the fp32.onnx's metadata: the other parts' files, the checkpoint (JSON)
 
@@ -757,7 +759,7 @@ def export_parts(model, files: dict[str, Path], opset: int = 17) -> dict:
     return {
         "exporter": "torch.onnx (TorchScript), four parts: " + ", ".join(ONNX_PARTS),
         "parts": {p: {"inputs": list(PART_INPUTS[p]), "outputs": list(PART_OUTPUTS[p])} for p in ONNX_PARTS},
-        "dynamic_axes": {p: {k: v[0] for k, v in d.items()} for p, d in PART_DYNAMIC.items()},
+        "dynamic_axes": {p: {k: next(iter(v.values())) for k, v in d.items()} for p, d in PART_DYNAMIC.items()},
         "in_torch": "the prompt frame's decoder (a box, multimask off; once per sequence), the memory and object-pointer "
         "assembly, the object-pointer projection, SAMURAI's Kalman choice and memory selection, mask resizing",
     }
@@ -817,15 +819,21 @@ def _feed_memory_encoder(current_vision_feats, pred_masks_high_res, object_score
     }
 
 
-def _result(part: str, outs: list):
-    """A part's ONNX Runtime outputs as its hook point returns them (torch tensors sharing the arrays)."""
+def _result(part: str, outs: list, high_res_pos: list | None = None):
+    """A part's ONNX Runtime outputs as its hook point returns them (torch tensors sharing the arrays).
+
+    `high_res_pos`: the position encodings of the two high-res levels ([HW, 1, C], from torch: they depend on the
+    shapes only), expanded to the batch; the graph leaves them out (nothing in the video model reads them but
+    a batch split, and at 1024 px they would be a 67 MB copy a frame)."""
     import torch
 
     t = [torch.from_numpy(o) for o in outs]
     if part == "image_encoder":
         from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoVisionEncoderOutput
 
-        return Sam2VideoVisionEncoderOutput(fpn_hidden_states=t[:3], fpn_position_encoding=[None, None, t[3]])
+        batch = t[3].shape[1]
+        pos = [p.expand(-1, batch, -1) for p in high_res_pos] if high_res_pos else [None, None]
+        return Sam2VideoVisionEncoderOutput(fpn_hidden_states=t[:3], fpn_position_encoding=[*pos, t[3]])
     if part == "memory_attention":
         return t[0]
     if part == "memory_encoder":  # rounded as transformers does, by torch: the same bits for the same floats
@@ -930,6 +938,17 @@ def check_parts(calls: list, sessions: dict) -> dict:
         for k in ("pointer_tokens", "memory_tokens"):
             if k in e:
                 e[k] = sorted(e[k])
+    # the image encoder on a batch of the recorded frames at once (`track_many`), against torch frame by frame
+    frames = [(feed, ref) for part, feed, ref in calls if part == "image_encoder"][:4]
+    if len(frames) > 1:
+        feed = {"pixel_values": np.concatenate([f["pixel_values"] for f, _ in frames])}
+        got = _arrays("image_encoder", _result("image_encoder", sessions["image_encoder"].run(None, feed)))
+        worst = max(
+            float(np.abs(g - np.concatenate([r[i] for _, r in frames], axis=1)).max()) for i, g in enumerate(got)
+        )
+        e = errors["image_encoder"]
+        e["batch"] = {"frames": len(frames), "max_abs_error": worst}
+        e["outputs"]["top"]["checked_error"] = max(e["outputs"]["top"]["checked_error"], worst)
     return errors
 
 
@@ -976,12 +995,17 @@ def ort_model(runner):
     # every part, the image encoder too, with threads that sleep between runs: spinning ones would hold the
     # cores the torch glue between the parts needs (measured: 228 → 11-19 ms a frame, samurai-demo, 2 cores)
     sessions = {part: runner.open_session(f, spinning=False) for part, f in files.items()}
+    import torch
+
+    with torch.inference_mode():  # the high-res levels' position encodings: shapes only, so computed once here
+        size = input_size(model)
+        pos = model.get_image_features(torch.zeros(1, 3, size, size), return_dict=True).fpn_position_encoding[:2]
 
     def hook(part, session):
         feed = FEEDS[part]
 
         def call(*args, **kwargs):
-            return _result(part, session.run(None, feed(*args, **kwargs)))
+            return _result(part, session.run(None, feed(*args, **kwargs)), pos)
 
         return call
 
