@@ -282,12 +282,10 @@ class KalmanFilter:
         return f @ mean, f @ covariance @ f.T + self.process_noise(mean)
 
     def update(self, mean, covariance, measurement) -> tuple[np.ndarray, np.ndarray]:
-        import scipy.linalg
-
         h = self.update_mat
         projected_cov = h @ covariance @ h.T + self.measurement_noise(mean)
-        chol = scipy.linalg.cho_factor(projected_cov, lower=True, check_finite=False)
-        gain = scipy.linalg.cho_solve(chol, (covariance @ h.T).T, check_finite=False).T
+        # upstream solves with scipy's Cholesky factor; a 4x4 solve in numpy is the same gain (no scipy needed)
+        gain = np.linalg.solve(projected_cov, (covariance @ h.T).T).T
         innovation = np.asarray(measurement, np.float64) - h @ mean
         return mean + innovation @ gain.T, covariance - gain @ projected_cov @ gain.T
 
