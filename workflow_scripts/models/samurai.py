@@ -165,7 +165,13 @@ def is_architecture_name(checkpoint: str) -> bool:
 
 def _config(kwargs: dict):
     from transformers import Sam2VideoConfig
+    from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoMaskDecoderConfig
 
+    kwargs = dict(kwargs)
+    # transformers < 5.18 builds a mask_decoder_config given as a dict with the prompt encoder's config class (its
+    # decoder then has no num_multimask_outputs): the config object itself is taken as it is by every version
+    if isinstance(kwargs.get("mask_decoder_config"), dict):
+        kwargs["mask_decoder_config"] = Sam2VideoMaskDecoderConfig(**kwargs["mask_decoder_config"])
     return Sam2VideoConfig(**kwargs)
 
 
