@@ -170,9 +170,16 @@ class Run:
         stats = pstats.Stats(prof, stream=text)
         stats.sort_stats("tottime").print_stats(45)
         stats.sort_stats("cumulative").print_stats(60)
+        fns = getattr(t.model, "planforge_parts", {}).get("fns", {})
+        device_ms = {k: f.replay_ms() for k, f in fns.items() if hasattr(f, "replay_ms")}
         path = self.a.out.with_suffix(f".{model}.{name}.profile.txt")
         path.write_text(f"{model} {name}: {frames} frames, {ms:.3f} ms per frame under cProfile\n" + text.getvalue())
-        return {"ms_per_frame_profiled": round(ms, 3), "profile": path.name}
+        return {
+            "ms_per_frame_profiled": round(ms, 3),
+            "part_replay_device_ms": device_ms,  # each part's latest graph replayed alone
+            "tracker": samurai.parts_record(t.model),
+            "profile": path.name,
+        }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -98,7 +99,9 @@ class ShapeGraphs:
         self.fn, self.name, self.pool, self.compiled, self.stand_in = fn, name, pool, compiled, stand_in
         self.graphs: dict[tuple, _Entry] = {}
         self.failed: str | None = None
+        self.failed_where: str | None = None  # the traceback's last frames of the failed capture
         self.eager_calls = 0
+        self.last_key: tuple | None = None  # the signature of the latest replay
         self.setup_seconds: list[float] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -114,11 +117,13 @@ class ShapeGraphs:
                 entry = self._capture(leaves, spec)
             except Exception as exc:  # noqa: BLE001 - the part runs eagerly and the record says why
                 self.failed = exception_line(exc)
+                self.failed_where = traceback.format_exc(limit=-4)[-1200:]
                 print(f"cudagraphs: {self.name} runs eagerly: it could not be captured ({self.failed})", flush=True)
                 self.eager_calls += 1
                 return self.fn(*args, **kwargs)
             self.graphs[key] = entry
             self.setup_seconds.append(round(time.perf_counter() - t0, 3))
+        self.last_key = key
         for buf, x in zip(entry.inputs, leaves, strict=True):
             if isinstance(x, torch.Tensor):
                 buf.copy_(x)
@@ -149,11 +154,27 @@ class ShapeGraphs:
             outputs = self.fn(*args, **kwargs)
         return _Entry(graph, inputs, outputs)
 
+    def replay_ms(self, repeats: int = 50) -> float | None:
+        """Device time of one replay of the latest signature's graph (CUDA events, median of `repeats`)."""
+        entry = self.graphs.get(self.last_key) if self.last_key is not None else None
+        if entry is None or self.stand_in:
+            return None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(repeats):
+            start.record()
+            entry.graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return round(sorted(times)[len(times) // 2], 4)
+
     def describe(self) -> dict:
         return {
             "graphs": len(self.graphs),
             "compiled": self.compiled,
             "eager_because": self.failed,
+            **({"failed_where": self.failed_where} if self.failed_where else {}),
             "eager_calls": self.eager_calls,
             "setup_seconds_total": round(sum(self.setup_seconds), 3),
         }
