@@ -90,13 +90,20 @@ class ShapeGraphs:
     """`fn` (tensors and plain values in, a pytree of tensors out) replayed from one CUDA graph per signature.
 
     `compiled`: `fn` is a torch.compile'd function; its first call per signature (the compile) runs on the
-    current stream before the warm-up. `stand_in`: no CUDA (tests): `_RerunStandIn` instead of a graph.
+    current stream before the warm-up. `fallback`: what runs eagerly once a capture (or compile) failed. `stand_in`: no CUDA (tests): `_RerunStandIn` instead of a graph.
     """
 
     def __init__(
-        self, fn: Callable, name: str, pool: Any = None, compiled: bool = False, stand_in: bool = False
+        self,
+        fn: Callable,
+        name: str,
+        pool: Any = None,
+        compiled: bool = False,
+        stand_in: bool = False,
+        fallback: Callable | None = None,
     ) -> None:
         self.fn, self.name, self.pool, self.compiled, self.stand_in = fn, name, pool, compiled, stand_in
+        self.fallback = fallback or fn  # what runs once a capture failed (a compiled part: its eager function)
         self.graphs: dict[tuple, _Entry] = {}
         self.failed: str | None = None
         self.failed_where: str | None = None  # the traceback's last frames of the failed capture
@@ -107,7 +114,7 @@ class ShapeGraphs:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failed:
             self.eager_calls += 1
-            return self.fn(*args, **kwargs)
+            return self.fallback(*args, **kwargs)
         leaves, spec = tree_flatten((args, kwargs))
         key = (str(spec), *map(_leaf_key, leaves))
         entry = self.graphs.get(key)
@@ -120,7 +127,7 @@ class ShapeGraphs:
                 self.failed_where = traceback.format_exc(limit=-4)[-1200:]
                 print(f"cudagraphs: {self.name} runs eagerly: it could not be captured ({self.failed})", flush=True)
                 self.eager_calls += 1
-                return self.fn(*args, **kwargs)
+                return self.fallback(*args, **kwargs)
             self.graphs[key] = entry
             self.setup_seconds.append(round(time.perf_counter() - t0, 3))
         self.last_key = key

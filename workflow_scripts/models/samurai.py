@@ -1042,6 +1042,7 @@ def accelerate(
         "heads": model._tracked_heads,
         "memory_encoder": model._encode_new_memory,
     }
+    eager = dict(fns)
     compiled: set[str] = set()
     if mode in ("compile", "compile-graph"):
         for name in COMPILED_PARTS:
@@ -1055,7 +1056,10 @@ def accelerate(
                 fns[name] = _cloning(fns[name])
     if graphed:
         pool = graph_pool(stand_in)
-        fns = {k: ShapeGraphs(f, k, pool, compiled=k in compiled, stand_in=stand_in) for k, f in fns.items()}
+        fns = {
+            k: ShapeGraphs(f, k, pool, compiled=k in compiled, stand_in=stand_in, fallback=eager[k])
+            for k, f in fns.items()
+        }
     run_image = fns["image_encoder"]
 
     def get_image_features(pixel_values, **kwargs):
