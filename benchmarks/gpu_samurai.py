@@ -134,6 +134,53 @@ class Run:
         out["per_sequence_auc"] = [p["auc"] for p in r["per_sequence"]]
         return out
 
+    def profile(self, model: str, name: str, frames: int = 100) -> dict:
+        """Where a tracked frame's host time goes: cProfile over `frames` frames of one live sequence, after as
+        many warm-up frames (graphs captured, kernels compiled); the top functions by own and cumulative time are
+        written beside the JSON (`<out>.<model>.<row>.profile.txt`)."""
+        import cProfile
+        import io
+        import pstats
+        import time
+
+        from workflow_scripts.core.pipeline import make_runner
+        from workflow_scripts.models import samurai
+        from workflow_scripts.tasks import tracking
+
+        backend, precision, extra = ROWS[name]
+        if backend.startswith("torch-compile"):
+            torch._dynamo.reset()
+        dataset, artifact, _ = self.prepare(model)
+        runner = make_runner(backend, artifact, "samurai", precision, self.a.device, self.a.threads,
+                             self.options(backend, extra))  # fmt: skip
+        vids = tracking.load_videos(dataset, "val")
+        t = samurai.tracker(tracking.tracked_model(runner), tracking.tracker_settings(runner))
+        t.start(vids.frames[0, 0], vids.boxes[0, 0])
+        order = tracking._pingpong(vids.frames.shape[1])
+        for _ in range(frames):
+            t.track(vids.frames[0, next(order)])
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        for _ in range(frames):
+            t.track(vids.frames[0, next(order)])
+        prof.disable()
+        ms = (time.perf_counter() - t0) * 1000 / frames
+        text = io.StringIO()
+        stats = pstats.Stats(prof, stream=text)
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(60)
+        fns = getattr(t.model, "planforge_parts", {}).get("fns", {})
+        device_ms = {k: f.replay_ms() for k, f in fns.items() if hasattr(f, "replay_ms")}
+        path = self.a.out.with_suffix(f".{model}.{name}.profile.txt")
+        path.write_text(f"{model} {name}: {frames} frames, {ms:.3f} ms per frame under cProfile\n" + text.getvalue())
+        return {
+            "ms_per_frame_profiled": round(ms, 3),
+            "part_replay_device_ms": device_ms,  # each part's latest graph replayed alone
+            "tracker": samurai.parts_record(t.model),
+            "profile": path.name,
+        }
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--bench", nargs="*", default=["fp16", "fp16-graph", "fp16-compile-graph"], choices=list(ROWS))
     p.add_argument("--accuracy", nargs="*", default=["fp32", "fp16", "fp16-graph"], choices=list(ROWS))
+    p.add_argument("--profile", nargs="*", default=[], choices=list(ROWS), help="cProfile of these rows' frames")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="live sequences per timed call")
     p.add_argument("--repeat", type=int, default=1, help="bench each row this many times (separate runners)")
     p.add_argument("--clips", type=int, default=4)
@@ -165,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
                     run_row(run.rows, run.save, kind="bench", model=model, row=name, backend=ROWS[name][0],
                             precision=ROWS[name][1], batch=batch,
                             run=lambda model=model, name=name, batch=batch: run.bench(model, name, batch))  # fmt: skip
+            for name in a.profile:
+                run_row(run.rows, run.save, kind="profile", model=model, row=name, backend=ROWS[name][0],
+                        precision=ROWS[name][1], run=lambda model=model, name=name: run.profile(model, name))  # fmt: skip
         run.save()
     print(f"{a.out}: {sum(r['status'] == 'ok' for r in run.rows)} of {len(run.rows)} rows ok")
 

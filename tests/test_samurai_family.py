@@ -328,3 +328,33 @@ def test_compiled_parts_track_as_eager_and_graph_modes_refuse_a_cpu_model():
         samurai.tracker(samurai.load_torch("samurai-tiny.yaml"), {"mode": "cudagraph", "backend": "torch-cudagraph"})
     with pytest.raises(PlanforgeError, match="is not built for it"):
         samurai.tracker(eager, {"mode": "tensorrt", "backend": "tensorrt"})
+
+
+def test_track_many_encodes_the_frames_of_several_sequences_in_one_batch_and_tracks_as_each_alone(tiny):
+    clips = [clip(8, seed=s) for s in range(3)]
+    alone = []
+    for frames, box in clips:
+        tr = samurai.tracker(tiny)
+        tr.start(frames[0], box)
+        alone.append([tr.track(f) for f in frames[1:]])
+    trackers = [samurai.tracker(tiny) for _ in clips]
+    for tr, (frames, box) in zip(trackers, clips):
+        tr.start(frames[0], box)
+    calls = []
+    encode = tiny.get_image_features
+    tiny.get_image_features = lambda px, **kw: calls.append(px.shape[0]) or encode(px, **kw)
+    try:
+        together = [samurai.track_many(trackers, [frames[t] for frames, _ in clips]) for t in range(1, 8)]
+    finally:
+        del tiny.get_image_features
+    assert calls == [3] * 7  # one batch of three frames per step, no per-sequence encoding
+    for s in range(3):
+        for t in range(7):
+            (box_a, score_a), (box_b, score_b) = alone[s][t], together[t][s]
+            np.testing.assert_allclose(box_b, box_a, atol=1.0)  # a batched GEMM may round differently
+            assert abs(score_a - score_b) < 1e-3
+    bad = np.zeros((10, 10, 3), np.uint8)
+    before = [t.frame_idx for t in trackers]
+    with pytest.raises(PlanforgeError, match="but this sequence is 96x120"):
+        samurai.track_many(trackers, [clips[0][0][1], clips[1][0][1], bad])
+    assert [t.frame_idx for t in trackers] == before  # checked before any sequence was stepped

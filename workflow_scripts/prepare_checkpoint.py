@@ -24,7 +24,9 @@ def prepare_checkpoint(family: str, src: Path, out: Path, info: Path, settings: 
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     unknown = sorted(set(settings) - set(FAMILIES[family].settings))
     if unknown:
-        raise PlanforgeError(f"--model-settings: {unknown[0]!r} is not a {family} setting {list(FAMILIES[family].settings)}")
+        raise PlanforgeError(
+            f"--model-settings: {unknown[0]!r} is not a {family} setting {list(FAMILIES[family].settings)}"
+        )
     architecture = is_architecture(str(src))
     model = fam.load_torch(src)
     with atomic_path(out) as tmp:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -89,22 +90,31 @@ class ShapeGraphs:
     """`fn` (tensors and plain values in, a pytree of tensors out) replayed from one CUDA graph per signature.
 
     `compiled`: `fn` is a torch.compile'd function; its first call per signature (the compile) runs on the
-    current stream before the warm-up. `stand_in`: no CUDA (tests): `_RerunStandIn` instead of a graph.
+    current stream before the warm-up. `fallback`: what runs eagerly once a capture (or compile) failed. `stand_in`: no CUDA (tests): `_RerunStandIn` instead of a graph.
     """
 
     def __init__(
-        self, fn: Callable, name: str, pool: Any = None, compiled: bool = False, stand_in: bool = False
+        self,
+        fn: Callable,
+        name: str,
+        pool: Any = None,
+        compiled: bool = False,
+        stand_in: bool = False,
+        fallback: Callable | None = None,
     ) -> None:
         self.fn, self.name, self.pool, self.compiled, self.stand_in = fn, name, pool, compiled, stand_in
+        self.fallback = fallback or fn  # what runs once a capture failed (a compiled part: its eager function)
         self.graphs: dict[tuple, _Entry] = {}
         self.failed: str | None = None
+        self.failed_where: str | None = None  # the traceback's last frames of the failed capture
         self.eager_calls = 0
+        self.last_key: tuple | None = None  # the signature of the latest replay
         self.setup_seconds: list[float] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failed:
             self.eager_calls += 1
-            return self.fn(*args, **kwargs)
+            return self.fallback(*args, **kwargs)
         leaves, spec = tree_flatten((args, kwargs))
         key = (str(spec), *map(_leaf_key, leaves))
         entry = self.graphs.get(key)
@@ -114,11 +124,13 @@ class ShapeGraphs:
                 entry = self._capture(leaves, spec)
             except Exception as exc:  # noqa: BLE001 - the part runs eagerly and the record says why
                 self.failed = exception_line(exc)
+                self.failed_where = traceback.format_exc(limit=-4)[-1200:]
                 print(f"cudagraphs: {self.name} runs eagerly: it could not be captured ({self.failed})", flush=True)
                 self.eager_calls += 1
-                return self.fn(*args, **kwargs)
+                return self.fallback(*args, **kwargs)
             self.graphs[key] = entry
             self.setup_seconds.append(round(time.perf_counter() - t0, 3))
+        self.last_key = key
         for buf, x in zip(entry.inputs, leaves, strict=True):
             if isinstance(x, torch.Tensor):
                 buf.copy_(x)
@@ -149,11 +161,27 @@ class ShapeGraphs:
             outputs = self.fn(*args, **kwargs)
         return _Entry(graph, inputs, outputs)
 
+    def replay_ms(self, repeats: int = 50) -> float | None:
+        """Device time of one replay of the latest signature's graph (CUDA events, median of `repeats`)."""
+        entry = self.graphs.get(self.last_key) if self.last_key is not None else None
+        if entry is None or self.stand_in:
+            return None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(repeats):
+            start.record()
+            entry.graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return round(sorted(times)[len(times) // 2], 4)
+
     def describe(self) -> dict:
         return {
             "graphs": len(self.graphs),
             "compiled": self.compiled,
             "eager_because": self.failed,
+            **({"failed_where": self.failed_where} if self.failed_where else {}),
             "eager_calls": self.eager_calls,
             "setup_seconds_total": round(sum(self.setup_seconds), 3),
         }

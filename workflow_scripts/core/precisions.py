@@ -30,7 +30,11 @@ for _m in (
     CalibrationMethod("minmax", ("images",), "MinMax", "MinMaxCalibration"),
     CalibrationMethod("entropy", ("images", "num_bins"), "Entropy", "EntropyCalibration2", ("num_bins",)),
     CalibrationMethod(
-        "percentile", ("images", "num_bins", "percentile"), "Percentile", "EntropyCalibration2", ("num_bins", "percentile")
+        "percentile",
+        ("images", "num_bins", "percentile"),
+        "Percentile",
+        "EntropyCalibration2",
+        ("num_bins", "percentile"),
     ),
 ):
     CALIBRATION_METHODS.register(_m.name, _m)

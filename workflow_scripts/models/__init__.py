@@ -50,7 +50,8 @@ class FamilySpec:
 FAMILIES: Registry[FamilySpec] = Registry("model family")
 FAMILIES.register("yolo", FamilySpec("workflow_scripts.models.yolo", "detection", served=True))
 FAMILIES.register(
-    "dfine", FamilySpec("workflow_scripts.models.dfine", "detection", served=True, hub_ids=True, settings=("num_queries",))
+    "dfine",
+    FamilySpec("workflow_scripts.models.dfine", "detection", served=True, hub_ids=True, settings=("num_queries",)),
 )
 FAMILIES.register("pi0", FamilySpec("workflow_scripts.models.pi0", "vla", artifacts=("checkpoint", "onnx")))
 FAMILIES.register(

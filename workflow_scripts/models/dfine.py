@@ -64,6 +64,7 @@ class ResizeMeta:
 
 META = ResizeMeta  # what preprocess returns per image (the Triton pre → post models pass it along)
 
+
 def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

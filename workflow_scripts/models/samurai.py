@@ -166,7 +166,13 @@ def is_architecture_name(checkpoint: str) -> bool:
 
 def _config(kwargs: dict):
     from transformers import Sam2VideoConfig
+    from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoMaskDecoderConfig
 
+    kwargs = dict(kwargs)
+    # transformers < 5.18 builds a mask_decoder_config given as a dict with the prompt encoder's config class (its
+    # decoder then has no num_multimask_outputs): the config object itself is taken as it is by every version
+    if isinstance(kwargs.get("mask_decoder_config"), dict):
+        kwargs["mask_decoder_config"] = Sam2VideoMaskDecoderConfig(**kwargs["mask_decoder_config"])
     return Sam2VideoConfig(**kwargs)
 
 
@@ -285,12 +291,10 @@ class KalmanFilter:
         return f @ mean, f @ covariance @ f.T + self.process_noise(mean)
 
     def update(self, mean, covariance, measurement) -> tuple[np.ndarray, np.ndarray]:
-        import scipy.linalg
-
         h = self.update_mat
         projected_cov = h @ covariance @ h.T + self.measurement_noise(mean)
-        chol = scipy.linalg.cho_factor(projected_cov, lower=True, check_finite=False)
-        gain = scipy.linalg.cho_solve(chol, (covariance @ h.T).T, check_finite=False).T
+        # upstream solves with scipy's Cholesky factor; a 4x4 solve in numpy is the same gain (no scipy needed)
+        gain = np.linalg.solve(projected_cov, (covariance @ h.T).T).T
         innovation = np.asarray(measurement, np.float64) - h @ mean
         return mean + innovation @ gain.T, covariance - gain @ projected_cov @ gain.T
 
@@ -503,7 +507,6 @@ def _make_model_class():
         def _samurai_heads(self, st: SamuraiState, obj_idx: int, image_embeddings: list) -> dict:
             """`_single_frame_forward` of a tracked frame (no prompt, multimask) with SAMURAI's choice of mask."""
             emb = image_embeddings[-1]
-            batch = emb.shape[0]
             low_multi, iou_scores, tokens, obj_logits, high_multi, boxes = self._tracked_heads(
                 emb, image_embeddings[0], image_embeddings[1], float(st.settings["min_obj_score_logits"])
             )
@@ -518,16 +521,16 @@ def _make_model_class():
                 k, kf_score = select_candidate(st.object(obj_idx), ious, cand, st.settings, st.kf)
             else:
                 k = int(np.argmax(ious))
-            pick = torch.tensor([[k]], device=emb.device)  # argmax over [batch, objects] in transformers
-            b, o = torch.arange(batch, device=emb.device), torch.arange(1, device=emb.device)
-            token = tokens[b, o, pick] if tokens.size(2) > 1 else tokens[:, :, 0]
+            # the host's choice indexes the candidates as a Python int: no host-to-device copy (which would wait for
+            # the device); the same values and shapes as transformers' argmax indexing over [batch, objects]
+            token = tokens[:, :, k] if tokens.size(2) > 1 else tokens[:, :, 0]
             pointer = self.object_pointer_proj(token)
             lam = (obj_logits > st.settings["min_obj_score_logits"]).to(pointer.dtype)
             pointer = lam * pointer + (1 - lam) * self.no_object_pointer
             return {
-                "pred_masks": low_multi[b, o, pick],
+                "pred_masks": low_multi[:, :, k],
                 "object_pointer": pointer,
-                "high_res_masks": high_multi[b, o, pick],
+                "high_res_masks": high_multi[:, :, k],
                 "object_score_logits": obj_logits,
                 "object_score": obj_score,
                 "best_iou_score": float(ious[k]),
@@ -1184,8 +1187,8 @@ class Tracker:
         self._prune()
         return self.last_box.copy()
 
-    def track(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
-        """The next frame → (box xywh, object score logit). Lost (empty mask): the Kalman prediction, score ≤ 0."""
+    def check_frame(self, frame: np.ndarray) -> None:
+        """One line if `frame` cannot be this sequence's next frame (no sequence, not an image, another size)."""
         if self.session is None:
             raise PlanforgeError("Tracker.track before Tracker.start: give the prompt frame and box first")
         check_image(frame, "frame")
@@ -1193,8 +1196,18 @@ class Tracker:
             raise PlanforgeError(
                 f"frame: {frame.shape[0]}x{frame.shape[1]}, but this sequence is {self.frame_shape[0]}x{self.frame_shape[1]}"
             )
+
+    def track(self, frame: np.ndarray, pixels=None, features: dict | None = None) -> tuple[np.ndarray, float]:
+        """The next frame → (box xywh, object score logit). Lost (empty mask): the Kalman prediction, score ≤ 0.
+
+        `pixels` / `features`: the frame already on the device and its image-encoder output (`track_many`
+        encodes the frames of several sequences in one batch); the session then skips its own encoding."""
+        self.check_frame(frame)
         self.frame_idx += 1
-        out = self.model(inference_session=self.session, frame=self._pixels(frame), frame_idx=self.frame_idx)
+        if features is not None:
+            self.session.cache.cache_vision_features(self.frame_idx, features)
+        pixels = self._pixels(frame) if pixels is None else pixels
+        out = self.model(inference_session=self.session, frame=pixels, frame_idx=self.frame_idx)
         xyxy, found, score = self._read_frame_result(out.pred_masks, out.object_score_logits)
         if found:
             self.last_box = _xywh(xyxy)
@@ -1251,6 +1264,35 @@ class Tracker:
         self._mask = self.last_logits = None
 
 
+def track_many(trackers: list[Tracker], frames: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+    """The next frame of each of several live sequences: one image-encoder call on all the frames (a batch: the
+    part whose work grows with the resolution and the model size), then each sequence's memory attention, heads
+    and memory encoder and its Kalman choice, as `Tracker.track`. Sequences of different models or frame sizes
+    are stepped one by one. A bad frame raises before any sequence is stepped."""
+    import torch
+
+    for t, f in zip(trackers, frames, strict=True):
+        t.check_frame(f)
+    if len(trackers) < 2 or len({id(t.model) for t in trackers}) > 1 or len({f.shape for f in frames}) > 1:
+        return [t.track(f) for t, f in zip(trackers, frames)]
+    model = trackers[0].model
+    pixels = [t._pixels(f) for t, f in zip(trackers, frames)]
+    with torch.inference_mode():
+        out = model.get_image_features(torch.stack(pixels), return_dict=True)
+    feats, pos = out.fpn_hidden_states, out.fpn_position_encoding  # [HW, batch, C] per level
+    return [
+        t.track(
+            f,
+            pixels=p,
+            features={
+                "vision_feats": [x[:, i : i + 1] for x in feats],
+                "vision_pos_embeds": [x[:, i : i + 1] for x in pos],
+            },
+        )
+        for i, (t, f, p) in enumerate(zip(trackers, frames, pixels))
+    ]
+
+
 # what the tracking task tells a family about the runner that holds its model (tasks.tracking.tracker_settings)
 RUNNER_KEYS = (
     "backend",
@@ -1264,7 +1306,7 @@ RUNNER_KEYS = (
 )
 TRACKER_MODES = ("eager", "cudagraph", "compile", "compile-graph")  # the torch runner modes the tracker runs
 PARTS = ("image_encoder", "memory_attention", "heads", "memory_encoder")  # what a frame runs, heaviest first
-COMPILED_PARTS = ("image_encoder", "heads", "memory_encoder")  # fixed shapes: one inductor compile each
+COMPILED_PARTS = PARTS  # the memory attention with a dynamic memory length (it grows over the first frames)
 
 
 def accelerate(
@@ -1284,10 +1326,9 @@ def accelerate(
     encoder. Between them the session's bookkeeping and SAMURAI's Kalman choice stay eager, in Python.
     - `cudagraph`: each part replayed from a CUDA graph per input signature (`core.cudagraphs.ShapeGraphs`);
       the memory attention gets one graph per memory length (it grows over the first frames of a sequence).
-    - `compile`: the fixed-shape parts compiled by torch.compile (`compile_backend`, `compile_mode`), run as
-      compiled; the memory attention eager (its length changes: one compile per length).
-    - `compile-graph`: inductor's kernels of the fixed-shape parts (`inductor_options`), all four parts in CUDA
-      graphs.
+    - `compile`: the parts compiled by torch.compile (`compile_backend`, `compile_mode`) and run as compiled;
+      the memory attention with a dynamic memory length (one compile, not one per length).
+    - `compile-graph`: inductor's kernels of the parts (`inductor_options`), each in CUDA graphs.
     `stand_in`: CPU tests only — `ShapeGraphs` re-runs instead of replaying (there is no CUDA here).
     """
     import torch
@@ -1318,19 +1359,24 @@ def accelerate(
         "heads": model._tracked_heads,
         "memory_encoder": model._encode_new_memory,
     }
+    eager = dict(fns)
     compiled: set[str] = set()
     if mode in ("compile", "compile-graph"):
         for name in COMPILED_PARTS:
+            dynamic = name == "memory_attention"  # one compile for every memory length, not one per length
             if mode == "compile-graph":
-                fns[name] = torch.compile(fns[name], backend="inductor", options=inductor_options, dynamic=False)
+                fns[name] = torch.compile(fns[name], backend="inductor", options=inductor_options, dynamic=dynamic)
             else:
-                fns[name] = torch.compile(fns[name], backend=compile_backend, mode=compile_mode, dynamic=False)
+                fns[name] = torch.compile(fns[name], backend=compile_backend, mode=compile_mode, dynamic=dynamic)
             compiled.add(name)
             if not graphed:  # reduce-overhead keeps its outputs in its own graphs' pool: the session keeps copies
                 fns[name] = _cloning(fns[name])
     if graphed:
         pool = graph_pool(stand_in)
-        fns = {k: ShapeGraphs(f, k, pool, compiled=k in compiled, stand_in=stand_in) for k, f in fns.items()}
+        fns = {
+            k: ShapeGraphs(f, k, pool, compiled=k in compiled, stand_in=stand_in, fallback=eager[k])
+            for k, f in fns.items()
+        }
     run_image = fns["image_encoder"]
 
     def get_image_features(pixel_values, **kwargs):

@@ -43,6 +43,7 @@ class LetterboxMeta:
 
 META = LetterboxMeta  # what preprocess returns per image (the Triton pre → post models pass it along)
 
+
 def _offline_env() -> None:
     # ultralytics phones home and auto-installs by default; the pipeline must work offline
     os.environ.setdefault("YOLO_OFFLINE", "1")

@@ -142,7 +142,9 @@ class QuantizeSettings(Settings):
 class TritonRepositorySettings(Settings):
     device: str
     threads: int | None
-    serving: dict  # max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances, onnx_backend, conf, iou, max_det
+    serving: (
+        dict  # max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances, onnx_backend, conf, iou, max_det
+    )
     accuracy: dict  # conf, iou, max_det of the evaluation ensemble
 
 

@@ -158,7 +158,9 @@ class TegrastatsSampler(Sampler):
 
     def result(self, inferences: int) -> dict[str, Any]:
         window, short = timed_window([(t, parse_line(ln)) for t, ln in self.lines], self.t_start, self.t_stop)
-        note = "timed loop shorter than the tegrastats interval: one reading stands for the whole loop" if short else None
+        note = (
+            "timed loop shorter than the tegrastats interval: one reading stands for the whole loop" if short else None
+        )
         if window and not any(s["rails"] for s in window):
             note = "tegrastats printed no power rails (JetPack prints them for root: set PLANFORGE_TEGRASTATS)"
         return {

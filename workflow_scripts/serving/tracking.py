@@ -114,47 +114,51 @@ class TrackerSequenceModel(_Model):
             raise BadInput(f"{name}: missing control input; serve this model with its sequence_batching config")
         return int(tensor.as_numpy().reshape(-1)[0])
 
-    def step(self, request) -> dict[str, np.ndarray]:
-        corrid = self._control(request, "CORRID")
-        flags = (START if self._control(request, "START") else 0) | (END if self._control(request, "END") else 0)
+    def _frame(self, request) -> np.ndarray:
         frame_t = self.pb.get_input_tensor_by_name(request, "FRAME")
         if frame_t is None:
             raise BadInput("FRAME: missing; every request of a sequence carries its frame (uint8 [H, W, 3])")
         frames = frame_t.as_numpy()
         if len(frames) != 1:
             raise BadInput(f"FRAME: a batch of {len(frames)}; send one frame per request (batch 1)")
-        frame = frames[0]
         try:
-            check_image(frame, "FRAME")
+            check_image(frames[0], "FRAME")
         except BadImage as exc:
             raise BadInput(str(exc)) from None
-        score = np.nan
-        if flags & START:
-            box_t = self.pb.get_input_tensor_by_name(request, "BOX")
-            if box_t is None:
-                raise BadInput(
-                    f"BOX: missing on the START request of sequence {corrid}; the first frame carries the "
-                    "prompt box (fp32 [4], x y w h pixels)"
-                )
-            box = box_t.as_numpy().reshape(-1).astype(np.float64)
-            if box.size != 4 or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
-                raise BadInput(f"BOX: expected x y w h with w, h > 0; got {box.tolist()} (sequence {corrid})")
-            if corrid in self.trackers:
-                self._drop(corrid, "restarted by START")
-            tracker = self.family.tracker(self.model)  # the family's defaults, as `in_process_tracker`
-            out_box = tracker.start(frame, box)
-            self.trackers[corrid] = tracker
-        else:
-            tracker = self.trackers.get(corrid)
-            if tracker is None:
-                raise BadInput(
-                    f"CORRID: sequence {corrid} has no live tracker (never started, ended, or reaped after "
-                    f"{self.idle_s:g} s idle); send its first frame with START and BOX"
-                )
-            if frame.shape[:2] != tracker.frame_shape:
-                h, w = tracker.frame_shape
-                raise BadInput(f"FRAME: {frame.shape[0]}x{frame.shape[1]}, but sequence {corrid} is {h}x{w}")
-            out_box, score = tracker.track(frame)
+        return frames[0]
+
+    def start(self, request, corrid: int, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """A START request: its BOX prompts a fresh tracker for the sequence (a live one is restarted)."""
+        box_t = self.pb.get_input_tensor_by_name(request, "BOX")
+        if box_t is None:
+            raise BadInput(
+                f"BOX: missing on the START request of sequence {corrid}; the first frame carries the "
+                "prompt box (fp32 [4], x y w h pixels)"
+            )
+        box = box_t.as_numpy().reshape(-1).astype(np.float64)
+        if box.size != 4 or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+            raise BadInput(f"BOX: expected x y w h with w, h > 0; got {box.tolist()} (sequence {corrid})")
+        if corrid in self.trackers:
+            self._drop(corrid, "restarted by START")
+        tracker = self.family.tracker(self.model)  # the family's defaults, as `in_process_tracker`
+        out_box = tracker.start(frame, box)
+        self.trackers[corrid] = tracker
+        return out_box, np.nan
+
+    def live_tracker(self, corrid: int, frame: np.ndarray):
+        """The live tracker of a later request's sequence; BadInput if there is none or the frame size changed."""
+        tracker = self.trackers.get(corrid)
+        if tracker is None:
+            raise BadInput(
+                f"CORRID: sequence {corrid} has no live tracker (never started, ended, or reaped after "
+                f"{self.idle_s:g} s idle); send its first frame with START and BOX"
+            )
+        if frame.shape[:2] != tracker.frame_shape:
+            h, w = tracker.frame_shape
+            raise BadInput(f"FRAME: {frame.shape[0]}x{frame.shape[1]}, but sequence {corrid} is {h}x{w}")
+        return tracker
+
+    def answer(self, corrid: int, flags: int, out_box, score: float) -> dict[str, np.ndarray]:
         self.last_seen[corrid] = time.monotonic()
         if flags & END:
             self._drop(corrid, "END")
@@ -163,6 +167,25 @@ class TrackerSequenceModel(_Model):
             "SCORE": np.asarray([[score]], np.float32),
             "LIVE_SEQUENCES": np.asarray([[len(self.trackers)]], np.int32),
         }
+
+    def track_batch(self, later: list[tuple]) -> list:
+        """The later (non-START) requests of one batch: one `track_many` call where the family has one (SAMURAI
+        encodes all their frames in one image-encoder batch); if it fails, each sequence is stepped alone so that
+        one sequence's failure is its own error answer. Returns (box, score) or the exception, per request."""
+        trackers, frames = [x[3] for x in later], [x[2] for x in later]
+        many = getattr(self.family, "track_many", None)
+        if many is not None and len(later) > 1:
+            try:
+                return many(trackers, frames)
+            except Exception:  # noqa: BLE001 - stepped one by one below, each failure answered on its own
+                pass
+        out = []
+        for t, f in zip(trackers, frames):
+            try:
+                out.append(t.track(f))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
 
     def empty(self) -> dict[str, np.ndarray]:
         live = np.asarray([[len(self.trackers)]], np.int32)
@@ -173,19 +196,35 @@ class TrackerSequenceModel(_Model):
         }
 
     def execute(self, requests):
-        responses = []
+        """START requests are answered in order; the batch's later requests are stepped together (`track_batch`)."""
+        responses: list = [None] * len(requests)
+        later = []  # (index, corrid, frame, tracker, flags)
         with self.lock:
             self.reap_idle(time.monotonic())
-            for request in requests:
+            for i, request in enumerate(requests):
                 try:
                     if not self._control(request, "READY"):  # a slot without a request: nothing to track
-                        responses.append(self.respond(self.empty()))
+                        responses[i] = self.respond(self.empty())
                         continue
-                    responses.append(self.respond(self.step(request)))
+                    corrid = self._control(request, "CORRID")
+                    flags = (START if self._control(request, "START") else 0) | (
+                        END if self._control(request, "END") else 0
+                    )
+                    frame = self._frame(request)
+                    if flags & START:
+                        responses[i] = self.respond(self.answer(corrid, flags, *self.start(request, corrid, frame)))
+                    else:
+                        later.append((i, corrid, frame, self.live_tracker(corrid, frame), flags))
                 except BadInput as exc:  # the client's fault: one line naming the input
-                    responses.append(self.error(str(exc), invalid_argument=True))
+                    responses[i] = self.error(str(exc), invalid_argument=True)
                 except Exception as exc:  # the model failed on this sequence: the others go on
-                    responses.append(self.error(f"{type(exc).__name__}: {exc}"))
+                    responses[i] = self.error(f"{type(exc).__name__}: {exc}")
+            if later:
+                for (i, corrid, _, _, flags), result in zip(later, self.track_batch(later)):
+                    if isinstance(result, Exception):
+                        responses[i] = self.error(f"{type(result).__name__}: {result}")
+                    else:
+                        responses[i] = self.respond(self.answer(corrid, flags, *result))
         return responses
 
     def finalize(self) -> None:

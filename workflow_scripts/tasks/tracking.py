@@ -8,7 +8,9 @@ scale, and distractor shapes of other colours, some drawn in front of it (they o
 
 A tracking family provides `tracker(model, settings) -> Tracker` with `start(frame, box_xywh) -> box`,
 `track(frame) -> (box, score)`, `close()` and `state_bytes()`; the state of one sequence lives in its
-Tracker, never on the model, so one loaded model serves many live sequences.
+Tracker, never on the model, so one loaded model serves many live sequences. Optionally `track_many(trackers,
+frames)`: one frame of each of several live sequences, batched where the family can (the bench's unit of
+`batch` live sequences and the Triton model's batch of sequence requests use it).
 
 Metrics (`sequence_metrics`, `overall`): OTB one-pass evaluation as got10k's ExperimentOTB computes it
 (tests/test_tracking.py checks against it):
@@ -381,8 +383,10 @@ def predictor(fam, runner, s) -> Callable:
 # -- bench ---------------------------------------------------------------------------------------------------
 PROMPT_REPEATS = 20  # at most this many prompt frames timed (each on a fresh tracker)
 TIMERS = {
-    "model": "host clock around Tracker.track(frame) of each of `batch` live sequences, one after another, "
-    "after their prompt frame; a tracker returns host arrays, so the device work is done when the clock is read; "
+    "model": "host clock around one frame of each of `batch` live sequences after their prompt frame: the "
+    "family's track_many(trackers, frames) where it has one (SAMURAI: one image-encoder batch, then each "
+    "sequence's own steps), else Tracker.track(frame) of each, one after another; a tracker returns host arrays, "
+    "so the device work is done when the clock is read; "
     "the frames are already decoded HxWx3 uint8 arrays; pre/post-processing inside the tracker is included",
     "prompt": "prompt_ms: Tracker.start(frame 0, true box) on a fresh tracker, host clock, each closed after",
     "sequence": "frames of a val sequence forward then backward (1..F-1, F-2..0, 1..) so that a live sequence runs "
@@ -430,9 +434,15 @@ def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: in
     start_bytes = [t.state_bytes() for t, _, _ in live]
     calls = {"n": 0}
 
+    trackers = [t for t, _, _ in live]
+    step_many = getattr(fam, "track_many", None)
+
     def call() -> list:
         calls["n"] += 1
-        return [t.track(frames[next(order)]) for t, frames, order in live]
+        frames = [f[next(order)] for _, f, order in live]
+        if step_many is not None:
+            return step_many(trackers, frames)
+        return [t.track(f) for t, f in zip(trackers, frames)]
 
     def after(outputs) -> dict:
         end_bytes = [t.state_bytes() for t, _, _ in live]
