@@ -176,8 +176,11 @@ def _heads(model, high_res, pix, points=None, labels=None, multimask=True):
     return low[:, 0], ious[:, 0], tokens[:, 0], obj[:, 0]  # [B, K, h, w], [B, K], [B, K, C], [B, 1]
 
 
-def _mask_terms(low, ious, target, size: int) -> tuple:
-    """SAM 2's mask losses: 20 · focal + dice of the best candidate, L1 of its predicted IoU; and the upsampled logits."""
+def _mask_terms(low, ious, target, size: int, all_iou: bool = True) -> tuple:
+    """SAM 2's mask losses: 20 · focal + dice of the best candidate, L1 of the predicted IoUs — of every candidate
+    (`all_iou`, SAM 2.1's training config `supervise_all_iou: true`) or of the best only (SAM 1) — and the
+    upsampled logits. The tracker picks the candidate with the highest predicted IoU, so an IoU head trained on
+    the best candidate only leaves the others' scores free to drift above it (the whole frame, say)."""
     import torch
     import torch.nn.functional as F
 
@@ -191,10 +194,11 @@ def _mask_terms(low, ious, target, size: int) -> tuple:
     best = per_candidate.argmin(1)
     hard = (up > 0).float()
     actual = ((hard * target).sum((2, 3)) / ((hard + target).clamp(max=1).sum((2, 3)) + 1e-6)).detach()
-    return per_candidate[rows, best].mean(), F.l1_loss(ious[rows, best], actual[rows, best]), up
+    l_iou = F.l1_loss(ious, actual) if all_iou else F.l1_loss(ious[rows, best], actual[rows, best])
+    return per_candidate[rows, best].mean(), l_iou, up
 
 
-def clip_loss(model, pixels, masks, boxes, box_weight: float = 0.0) -> tuple:
+def clip_loss(model, pixels, masks, boxes, box_weight: float = 0.0, all_iou: bool = True) -> tuple:
     """SAM 2's losses over a batch of clips: pixels [T, B, 3, S, S], masks [T, B, S, S] float, boxes [T, B, 4]
     xyxy (the first frame's are the prompt). `box_weight` > 0 adds, on every later frame, the loss of the mask
     its own box prompts without memory (SAM 2 also trains on still images): the prompt frame's skill, T times."""
@@ -244,10 +248,10 @@ def clip_loss(model, pixels, masks, boxes, box_weight: float = 0.0) -> tuple:
                 box_low, box_ious, _, _ = _heads(
                     model, high_res, no_memory, boxes[t].view(batch, 1, 2, 2), labels, False
                 )
-                l_box, l_box_iou, _ = _mask_terms(box_low, box_ious, masks[t], size)
+                l_box, l_box_iou, _ = _mask_terms(box_low, box_ious, masks[t], size, all_iou)
                 total = total + box_weight * (l_box + l_box_iou)
                 parts["box"] += float(l_box.detach()) / steps
-        l_mask, l_iou, up = _mask_terms(low, ious, masks[t], size)
+        l_mask, l_iou, up = _mask_terms(low, ious, masks[t], size, all_iou)
         l_obj = F.binary_cross_entropy_with_logits(obj, torch.ones_like(obj))
         total = total + l_mask + l_iou + l_obj
         parts["mask"] += float(l_mask.detach()) / steps
@@ -368,7 +372,7 @@ def train(a: argparse.Namespace) -> dict:
             frac = min(1.0, (time.perf_counter() - t0) / (a.minutes * 60))
             for g in optimizer.param_groups:
                 g["lr"] = a.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
-        loss, parts = clip_loss(model, pixels, masks, boxes, a.box_weight)
+        loss, parts = clip_loss(model, pixels, masks, boxes, a.box_weight, a.iou == "all")
         if not torch.isfinite(loss):
             raise PlanforgeError(f"{a.out}: the loss became {float(loss)} at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -395,6 +399,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=4, help="clips per step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument(
+        "--iou",
+        choices=("all", "best"),
+        default="all",
+        help="train the predicted IoU of every candidate (SAM 2.1) or of the best one only (SAM 1; the first four legs)",
+    )
     p.add_argument("--box-weight", type=float, default=0.0, help="weight of the box-prompted mask loss on later frames")
     p.add_argument("--init", type=Path, help="start from a checkpoint this script wrote (its JSON beside it)")
     p.add_argument(
