@@ -79,7 +79,16 @@ STABILITY = Stability(max_cv=0.25, max_p99_over_p50=2.0, attempts=1)
 
 def _accuracy(p: dict[str, Path], out: Path) -> subprocess.CompletedProcess:
     settings = AccuracySettings(
-        **TARGET, imgsz=128, batch=2, max_images=None, conf=0.001, iou=0.7, max_det=100, gate=0.95, error_tolerance=0.01, strict=False
+        **TARGET,
+        imgsz=128,
+        batch=2,
+        max_images=None,
+        conf=0.001,
+        iou=0.7,
+        max_det=100,
+        gate=0.95,
+        error_tolerance=0.01,
+        strict=False,
     )
     return _run_step(
         "accuracy",

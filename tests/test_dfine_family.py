@@ -300,6 +300,9 @@ def test_the_numpy_resize_is_torchvisions_antialiased_bilinear_bit_for_bit():
         size = int(rng.choice([32, 160, 320, 640]))
         im = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         ref = tvf.resize(
-            torch.from_numpy(im).permute(2, 0, 1), [size, size], interpolation=tvf.InterpolationMode.BILINEAR, antialias=True
+            torch.from_numpy(im).permute(2, 0, 1),
+            [size, size],
+            interpolation=tvf.InterpolationMode.BILINEAR,
+            antialias=True,
         )
         assert np.array_equal(dfine.resize_aa(im, size), ref.permute(1, 2, 0).numpy()), (h, w, size)

@@ -24,7 +24,13 @@ from workflow_scripts.prepare_checkpoint import prepare_checkpoint
 
 def _config(**model_b) -> dict:
     cfg = copy.deepcopy(TINY_CONFIG)
-    cfg["models"]["b"] = {"family": "dfine", "checkpoint": "dfine-demo.yaml", "dataset": "tiny", "imgsz": 160, **model_b}
+    cfg["models"]["b"] = {
+        "family": "dfine",
+        "checkpoint": "dfine-demo.yaml",
+        "dataset": "tiny",
+        "imgsz": 160,
+        **model_b,
+    }
     return cfg
 
 

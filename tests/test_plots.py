@@ -118,5 +118,7 @@ def test_a_target_with_nothing_timed_still_gets_its_plots_saying_so(tmp_path):
     from workflow_scripts import plots
 
     pngs = [tmp_path / "a.png", tmp_path / "b.png"]
-    plots.main(["--target", "gpu", "--bench", "--accuracy", "--latency-png", str(pngs[0]), "--accuracy-png", str(pngs[1])])
+    plots.main(
+        ["--target", "gpu", "--bench", "--accuracy", "--latency-png", str(pngs[0]), "--accuracy-png", str(pngs[1])]
+    )
     assert all(p.stat().st_size > 1000 for p in pngs)

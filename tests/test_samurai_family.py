@@ -330,7 +330,8 @@ def test_compiled_parts_track_as_eager_and_graph_modes_refuse_a_cpu_model():
         samurai.tracker(eager, {"mode": "tensorrt", "backend": "tensorrt"})
 
 
-def test_track_many_encodes_the_frames_of_several_sequences_in_one_batch_and_tracks_as_each_alone(tiny):
+@pytest.mark.parametrize("batch_parts", [False, True], ids=["encoder-batched", "all-parts-batched"])
+def test_track_many_encodes_the_frames_of_several_sequences_in_one_batch_and_tracks_as_each_alone(tiny, batch_parts):
     clips = [clip(8, seed=s) for s in range(3)]
     alone = []
     for frames, box in clips:
@@ -344,10 +345,14 @@ def test_track_many_encodes_the_frames_of_several_sequences_in_one_batch_and_tra
     encode = tiny.get_image_features
     tiny.get_image_features = lambda px, **kw: calls.append(px.shape[0]) or encode(px, **kw)
     try:
-        together = [samurai.track_many(trackers, [frames[t] for frames, _ in clips]) for t in range(1, 8)]
+        tiny.__dict__.pop("planforge_batched_calls", None)
+        together = [samurai.track_many(trackers, [frames[t] for frames, _ in clips], batch_parts) for t in range(1, 8)]
     finally:
         del tiny.get_image_features
     assert calls == [3] * 7  # one batch of three frames per step, no per-sequence encoding
+    batched = samurai.parts_record(tiny).get("batched_part_calls")
+    # the three sequences move in step: each of memory attention, heads and memory encoder ran once per frame for all
+    assert batched == ({"3": 3 * 7} if batch_parts else None)
     for s in range(3):
         for t in range(7):
             (box_a, score_a), (box_b, score_b) = alone[s][t], together[t][s]
@@ -358,3 +363,21 @@ def test_track_many_encodes_the_frames_of_several_sequences_in_one_batch_and_tra
     with pytest.raises(PlanforgeError, match="but this sequence is 96x120"):
         samurai.track_many(trackers, [clips[0][0][1], clips[1][0][1], bad])
     assert [t.frame_idx for t in trackers] == before  # checked before any sequence was stepped
+
+
+def test_a_part_failing_in_a_batched_step_raises_in_the_caller_and_leaves_the_hooks_as_they_were():
+    model = samurai.load_torch("samurai-tiny.yaml")
+    clips = [clip(3, seed=s) for s in range(2)]
+    trackers = [samurai.tracker(model) for _ in clips]
+    for tr, (frames, box) in zip(trackers, clips):
+        tr.start(frames[0], box)
+
+    def broken(**kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    model._encode_new_memory = broken  # the hook the Rendezvous wraps for the memory encoder
+    with pytest.raises(RuntimeError, match="simulated"):
+        samurai.track_many(trackers, [frames[1] for frames, _ in clips], batch_parts=True)
+    assert model._encode_new_memory is broken  # restored, not left pointing at the rendezvous
+    del model._encode_new_memory
+    assert "_tracked_heads" not in model.__dict__ and "forward" not in model.memory_attention.__dict__

@@ -298,7 +298,11 @@ def test_dfine_is_served_through_its_own_ensemble_with_batching_on_and_off(serve
         assert f'key: "{name}" value: "raw_{name}"' in ensemble
     assert 'key: "pixel_values" value: "preprocessed"' in ensemble
     post = (repo / "d_post/config.pbtxt").read_text()
-    assert 'name: "logits"' in post and 'name: "pred_boxes"' in post and 'name: "META" data_type: TYPE_FP32 dims: [ 2 ]' in post
+    assert (
+        'name: "logits"' in post
+        and 'name: "pred_boxes"' in post
+        and 'name: "META" data_type: TYPE_FP32 dims: [ 2 ]' in post
+    )
     rec = read_json(served_workflow / "results/cpu/serving/d.json")
     assert rec["ensemble"] == "d" and rec["inference_model"] == "d_onnxruntime_fp32"
     combos = {(r["batching"], r["protocol"], r["concurrency"]) for r in rec["sweep"]}
@@ -464,11 +468,21 @@ def test_native_onnxruntime_and_tensorrt_plan_configs_parse_as_triton_model_conf
         }
         for m, fam, imgsz in (("a", "yolo", 160), ("d", "dfine", 320))
     }
-    index = build_repository(tmp_path / "repo", "gpu", "cuda:0", None, models, serving, {"conf": 0.001, "iou": 0.7, "max_det": 300})
+    index = build_repository(
+        tmp_path / "repo", "gpu", "cuda:0", None, models, serving, {"conf": 0.001, "iou": 0.7, "max_det": 300}
+    )
     configs = {}
     for cfg in sorted((tmp_path / "repo").glob("*/config.pbtxt")):
         configs[cfg.parent.name] = text_format.Parse(cfg.read_text(), pb2.ModelConfig())
-    assert set(configs) >= {"a", "a_eval", "a_pre", "a_post", "a_onnxruntime_fp32", "a_tensorrt_fp16", "d_tensorrt_fp16"}
+    assert set(configs) >= {
+        "a",
+        "a_eval",
+        "a_pre",
+        "a_post",
+        "a_onnxruntime_fp32",
+        "a_tensorrt_fp16",
+        "d_tensorrt_fp16",
+    }
     for m, outputs in (("a", ["output0"]), ("d", ["logits", "pred_boxes"])):
         ort, trt = configs[f"{m}_onnxruntime_fp32"], configs[f"{m}_tensorrt_fp16"]
         assert ort.backend == "onnxruntime" and ort.default_model_filename == "model.onnx"

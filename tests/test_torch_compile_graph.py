@@ -75,9 +75,10 @@ def test_default_mode_sets_nothing_and_max_autotune_is_bounded_and_never_inducto
     assert bounded["max_autotune_gemm_search_space"] == "DEFAULT"
     assert not bounded.get("triton.cudagraphs")
     # a user's inductor_config wins over the mode's
-    assert inductor_options("max-autotune", {"max_autotune_conv_backends": "ATEN,TRITON"})[
-        "max_autotune_conv_backends"
-    ] == "ATEN,TRITON"
+    assert (
+        inductor_options("max-autotune", {"max_autotune_conv_backends": "ATEN,TRITON"})["max_autotune_conv_backends"]
+        == "ATEN,TRITON"
+    )
     assert set(GRAPH_COMPILE_MODES) == {"default", "max-autotune"}
 
 
