@@ -150,14 +150,7 @@ def export(
             "export_seconds": round(t_export, 2),
             "total_seconds": round(time.perf_counter() - t0, 2),
             "size_bytes": tmp.stat().st_size,
-            "inputs": [
-                {"name": i.name, "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
-                for i in model.graph.input
-            ],
-            "outputs": [
-                {"name": o.name, "shape": [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]}
-                for o in model.graph.output
-            ],
+            **_graph_io(model),
             "check": {
                 "images": count,  # items of the task's val split: images, or episodes
                 "reference": "torch eager FP32 on CPU",
@@ -172,6 +165,7 @@ def export(
 
 
 def _graph_io(model) -> dict:
+    """The ONNX graph's inputs and outputs with their shapes (a dynamic dimension by its name)."""
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
     return {
         "inputs": [{"name": i.name, "shape": dims(i)} for i in model.graph.input],
