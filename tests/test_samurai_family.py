@@ -248,9 +248,33 @@ def test_demo_training_clips_loss_and_auc():
     boxes = torch.tensor([[[box[0], box[1], box[0] + box[2], box[1] + box[3]]]] * 3, dtype=torch.float32)
     loss, parts = demo.clip_loss(model, pixels, torch.from_numpy(masks[:, None].astype(np.float32)), boxes, 1.0)
     loss.backward()
-    assert torch.isfinite(loss) and set(parts) == {"mask", "iou", "obj", "box"} and parts["box"] > 0
+    assert (
+        torch.isfinite(loss) and set(parts) == {"mask", "iou", "obj", "box", "prompt_as_tracker"} and parts["box"] > 0
+    )
+    assert model.mask_decoder.training  # `_heads(as_tracker=True)` put the decoder back in train mode
     grads = [p.grad for p in model.memory_attention.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)  # the tracked frames train the memory path
+
+
+def test_the_prompt_frame_is_trained_on_the_mask_the_tracker_takes():
+    """A box prompt's single mask is replaced at run time by the best multimask token when it is unstable (the
+    decoder in eval mode); train mode never does that, so the training script also scores the eval-mode mask."""
+    from workflow_scripts import train_samurai_demo as demo
+
+    model = samurai.build_architecture("samurai-tiny.yaml").train()
+    dec = model.mask_decoder
+    pix, high = torch.randn(2, 128, 8, 8), [torch.randn(2, 16, 32, 32), torch.randn(2, 32, 16, 16)]
+    box = torch.tensor([[[[10.0, 10.0], [60.0, 70.0]]]]).repeat(2, 1, 1, 1)
+    labels = torch.tensor([2, 3], dtype=torch.int32).repeat(2, 1, 1)
+    train_low = demo._heads(model, high, pix, box, labels, False)[0]
+    tracker_low = demo._heads(model, high, pix, box, labels, False, as_tracker=True)[0]
+    assert dec.training
+    with torch.no_grad():
+        dec.eval()
+        want = demo._heads(model, high, pix, box, labels, False)[0]
+        stable = dec._get_stability_scores(train_low[:, :1].detach()) >= dec.dynamic_multimask_stability_thresh
+    assert torch.equal(tracker_low.detach(), want)
+    assert not stable.all() and not torch.equal(tracker_low, train_low)  # random weights: token 0 is unstable
 
 
 def test_demo_checkpoint_tracks_far_better_than_its_random_initialisation():

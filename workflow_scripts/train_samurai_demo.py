@@ -156,7 +156,11 @@ def evaluate(model, clips: list[tuple[np.ndarray, np.ndarray]], settings: dict |
 # ---------------------------------------------------------------- SAM 2's video forward, with gradients
 
 
-def _heads(model, high_res, pix, points=None, labels=None, multimask=True):
+def _heads(model, high_res, pix, points=None, labels=None, multimask=True, as_tracker=False):
+    """The prompt encoder and mask decoder on a batch. `as_tracker`: the decoder in eval mode, as the tracker runs
+    it: a single-mask output (a box prompt) whose token-0 mask is unstable (stability < 0.98) is replaced by the
+    best of the multimask tokens 1-3 (transformers' `_dynamic_multimask_via_stability`, skipped in train mode);
+    gradients flow to whichever mask it returns."""
     import torch
 
     b = pix.shape[0]
@@ -165,14 +169,19 @@ def _heads(model, high_res, pix, points=None, labels=None, multimask=True):
         labels = -torch.ones(b, 1, 1, dtype=torch.int32, device=pix.device)
     pe = model.get_image_wide_positional_embeddings().repeat(b, 1, 1, 1)
     sparse, dense = model.prompt_encoder(input_points=points, input_labels=labels, input_boxes=None, input_masks=None)
-    low, ious, tokens, obj = model.mask_decoder(
-        image_embeddings=pix,
-        image_positional_embeddings=pe,
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-        high_resolution_features=high_res,
-    )
+    was_training = model.mask_decoder.training
+    model.mask_decoder.train(was_training and not as_tracker)
+    try:
+        low, ious, tokens, obj = model.mask_decoder(
+            image_embeddings=pix,
+            image_positional_embeddings=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            high_resolution_features=high_res,
+        )
+    finally:
+        model.mask_decoder.train(was_training)
     return low[:, 0], ious[:, 0], tokens[:, 0], obj[:, 0]  # [B, K, h, w], [B, K], [B, K, C], [B, 1]
 
 
@@ -198,7 +207,9 @@ def _mask_terms(low, ious, target, size: int, all_iou: bool = True) -> tuple:
     return per_candidate[rows, best].mean(), l_iou, up
 
 
-def clip_loss(model, pixels, masks, boxes, box_weight: float = 0.0, all_iou: bool = True) -> tuple:
+def clip_loss(
+    model, pixels, masks, boxes, box_weight: float = 0.0, all_iou: bool = True, prompt_as_tracker: bool = True
+) -> tuple:
     """SAM 2's losses over a batch of clips: pixels [T, B, 3, S, S], masks [T, B, S, S] float, boxes [T, B, 4]
     xyxy (the first frame's are the prompt). `box_weight` > 0 adds, on every later frame, the loss of the mask
     its own box prompts without memory (SAM 2 also trains on still images): the prompt frame's skill, T times."""
@@ -215,14 +226,17 @@ def clip_loss(model, pixels, masks, boxes, box_weight: float = 0.0, all_iou: boo
     labels = torch.tensor([2, 3], dtype=torch.int32).repeat(batch, 1, 1)
     rows = torch.arange(batch)
     mems, ptrs = [], []
-    total, parts = 0.0, {"mask": 0.0, "iou": 0.0, "obj": 0.0, "box": 0.0}
+    total, parts = 0.0, {"mask": 0.0, "iou": 0.0, "obj": 0.0, "box": 0.0, "prompt_as_tracker": 0.0}
     for t in range(steps):
         sl = slice(t * batch, (t + 1) * batch)
         high_res = [x[:, sl].permute(1, 2, 0).reshape(batch, x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1])]
         top, top_pos = feats[-1][:, sl], pos[-1][:, sl]
         no_memory = (top + model.no_memory_embedding).permute(1, 2, 0).reshape(batch, hidden, h, w)
+        tracker_view = None
         if t == 0:
             low, ious, tokens, obj = _heads(model, high_res, no_memory, boxes[0].view(batch, 1, 2, 2), labels, False)
+            if prompt_as_tracker:  # also the mask the tracker would take from this prompt (see `_heads`)
+                tracker_view = _heads(model, high_res, no_memory, boxes[0].view(batch, 1, 2, 2), labels, False, True)
         else:
             memory, memory_pos = [], []
             for i, (feat, fpos) in enumerate(mems):
@@ -254,6 +268,10 @@ def clip_loss(model, pixels, masks, boxes, box_weight: float = 0.0, all_iou: boo
         l_mask, l_iou, up = _mask_terms(low, ious, masks[t], size, all_iou)
         l_obj = F.binary_cross_entropy_with_logits(obj, torch.ones_like(obj))
         total = total + l_mask + l_iou + l_obj
+        if tracker_view is not None:
+            l_view, l_view_iou, up = _mask_terms(tracker_view[0], tracker_view[1], masks[t], size, all_iou)
+            total = total + l_view + l_view_iou  # and its mask is the one the prompt frame's memory encodes
+            parts["prompt_as_tracker"] = float(l_view.detach())
         parts["mask"] += float(l_mask.detach()) / steps
         parts["iou"] += float(l_iou.detach()) / steps
         parts["obj"] += float(l_obj.detach()) / steps
@@ -372,7 +390,7 @@ def train(a: argparse.Namespace) -> dict:
             frac = min(1.0, (time.perf_counter() - t0) / (a.minutes * 60))
             for g in optimizer.param_groups:
                 g["lr"] = a.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
-        loss, parts = clip_loss(model, pixels, masks, boxes, a.box_weight, a.iou == "all")
+        loss, parts = clip_loss(model, pixels, masks, boxes, a.box_weight, a.iou == "all", a.prompt_as_tracker)
         if not torch.isfinite(loss):
             raise PlanforgeError(f"{a.out}: the loss became {float(loss)} at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -404,6 +422,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=("all", "best"),
         default="all",
         help="train the predicted IoU of every candidate (SAM 2.1) or of the best one only (SAM 1; the first four legs)",
+    )
+    p.add_argument(
+        "--prompt-as-tracker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the prompt frame's mask as the tracker takes it (the decoder in eval mode: an unstable "
+        "single mask falls back to a multimask token); off: the first four legs",
     )
     p.add_argument("--box-weight", type=float, default=0.0, help="weight of the box-prompted mask loss on later frames")
     p.add_argument("--init", type=Path, help="start from a checkpoint this script wrote (its JSON beside it)")
