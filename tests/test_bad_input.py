@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,11 +47,12 @@ def test_a_missing_checkpoint_is_named_before_any_job_runs(tmp_path):
     assert "ckpt/b.pt" in proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def prepared(tmp_path) -> dict[str, Path]:
-    """A checkpoint and a two-image dataset prepared by the real steps."""
+@pytest.fixture(scope="module")
+def _prepared_once(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint and a two-image dataset prepared by the real steps, once per module."""
     from tests.conftest import DEMO_CHECKPOINT
 
+    tmp_path = tmp_path_factory.mktemp("prepared")
     ds = tmp_path / "ds"
     assert (
         _run_step(
@@ -71,6 +73,17 @@ def prepared(tmp_path) -> dict[str, Path]:
     )
     assert proc.returncode == 0, proc.stderr
     return {"dataset": ds, "ckpt": ckpt, "info": info}
+
+
+@pytest.fixture
+def prepared(_prepared_once, tmp_path) -> dict[str, Path]:
+    """A private copy of the prepared checkpoint and dataset, for a test to break."""
+    copy = {}
+    (tmp_path / "prepared").mkdir()
+    for key, path in _prepared_once.items():
+        copy[key] = tmp_path / "prepared" / path.name
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, copy[key])
+    return copy
 
 
 TARGET = {"device": "cpu", "threads": 1, "backend_options": {}, "power": "none", "gpu": None}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_CONFIG, make_workflow_copy, planned_outputs, snakemake, write_config
+from tests.conftest import REPO, TINY_CONFIG, copy_built, make_workflow_copy, planned_outputs, snakemake, write_config
 from workflow_scripts.plan.settings import BenchSettings, Stability
 from workflow_scripts.tensorrt import engines
 
@@ -47,30 +47,52 @@ def _builds(calls: Path) -> list[list[str]]:
     return [c for c in map(json.loads, calls.read_text().splitlines()) if any(a.startswith("--saveEngine") for a in c)]
 
 
-@pytest.fixture
-def fake_trtexec_env(tmp_path, monkeypatch) -> Path:
-    """PATH with the fake trtexec; this machine called 'Fake GPU A'; every fake call logged."""
-    bin_dir = tmp_path / "fakebin"
-    bin_dir.mkdir()
+@pytest.fixture(scope="module")
+def fake_bin(tmp_path_factory) -> Path:
+    """A folder holding the fake trtexec, one per module: its path reaches the jobs' settings, so a copy of a
+    workflow built with it stays up to date only with the same one on PATH."""
+    bin_dir = tmp_path_factory.mktemp("fakebin")
     exe = bin_dir / "trtexec"
     exe.write_text(f"#!{sys.executable}\n" + (FAKES / "trtexec.py").read_text())
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PLANFORGE_GPU_NAME", "Fake GPU A")
-    monkeypatch.delenv("PLANFORGE_TRTEXEC", raising=False)
-    calls = tmp_path / "trtexec_calls.jsonl"
-    monkeypatch.setenv("FAKE_TRTEXEC_CALLS", str(calls))
+    return bin_dir
+
+
+def _use_fake_trtexec(bin_dir: Path, calls: Path, mp: pytest.MonkeyPatch) -> Path:
+    """PATH with the fake trtexec; this machine called 'Fake GPU A'; every fake call logged to `calls`."""
+    mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    mp.setenv("PLANFORGE_GPU_NAME", "Fake GPU A")
+    mp.delenv("PLANFORGE_TRTEXEC", raising=False)
+    mp.setenv("FAKE_TRTEXEC_CALLS", str(calls))
     # timing (--loadEngine) and DLA builds: the fake prints and writes real trtexec output from these fixtures
-    monkeypatch.setenv("FAKE_TRTEXEC_FIXTURES", str(Path(__file__).parent / "fixtures" / "trtexec" / "real"))
+    mp.setenv("FAKE_TRTEXEC_FIXTURES", str(Path(__file__).parent / "fixtures" / "trtexec" / "real"))
     return calls
 
 
 @pytest.fixture
-def fake_engines_built(workflow_copy: Path, fake_trtexec_env: Path) -> tuple[Path, Path]:
-    """The built tiny workflow plus two TensorRT targets, run to completion with the fake trtexec."""
-    write_config(workflow_copy, _trt_config())
-    snakemake(workflow_copy)
-    return workflow_copy, fake_trtexec_env
+def fake_trtexec_env(fake_bin: Path, tmp_path: Path, monkeypatch) -> Path:
+    return _use_fake_trtexec(fake_bin, tmp_path / "trtexec_calls.jsonl", monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def _fake_engines_once(built_workflow: Path, fake_bin: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """The built tiny workflow plus two TensorRT targets, run to completion with the fake trtexec, once per
+    module: building and timing the ten engines is the slow part, and no test changes this copy."""
+    where = tmp_path_factory.mktemp("engines")
+    with pytest.MonkeyPatch.context() as mp:
+        calls = _use_fake_trtexec(fake_bin, where / "trtexec_calls.jsonl", mp)
+        work = copy_built(built_workflow, where / "wf")
+        write_config(work, _trt_config())
+        snakemake(work)
+    return work, calls
+
+
+@pytest.fixture
+def fake_engines_built(_fake_engines_once, fake_trtexec_env: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the fake-engine build (its trtexec call log included), to change freely."""
+    built, built_calls = _fake_engines_once
+    shutil.copy2(built_calls, fake_trtexec_env)
+    return copy_built(built, tmp_path / "wf"), fake_trtexec_env
 
 
 def test_without_tensorrt_engines_are_not_scheduled_and_the_summary_says_why(workflow_copy: Path, monkeypatch):

@@ -8,6 +8,7 @@ installs them) or the daemons cannot start here (not root).
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -40,7 +41,9 @@ SLURM_CONFIG["pictures"] = {"images": 0}
 
 # The profile as a user runs it, plus what this test cluster needs: status from squeue (no slurmdbd, so no
 # sacct database), quick status polls, and snakemake's own bench cap lifted so that only Slurm keeps timing
-# jobs apart (as it must when several snakemake processes share a cluster).
+# jobs apart (as it must when several snakemake processes share a cluster). The plugin's polls start at
+# --slurm-init-seconds-before-status-checks and grow by 10 s after each poll that finds no job done, and a
+# failed run's shutdown sleeps out the current interval: 1 s (the least it takes) is the quickest start.
 SLURM_ARGS = (
     "--profile",
     "profiles/slurm",
@@ -49,7 +52,7 @@ SLURM_ARGS = (
     "--slurm-status-command",
     "squeue",
     "--slurm-init-seconds-before-status-checks",
-    "2",
+    "1",
     "--resources",
     "bench=8",
     "gpu=8",
@@ -167,6 +170,10 @@ def test_each_jobs_log_is_where_the_rule_says(slurm_run):
     assert {j["WorkDir"] for j in jobs.values()} == {str(work)}
 
 
+@pytest.mark.skipif(
+    not os.environ.get("PLANFORGE_SLURM_VS_LOCAL"),
+    reason="a measurement, not a check (the same DAG run again locally): PLANFORGE_SLURM_VS_LOCAL=1 runs it",
+)
 def test_the_slurm_run_against_local(slurm_run, tmp_path):
     """Not a check: the numbers the issue asks for (wall time through Slurm against --cores 2 locally)."""
     _, _, jobs, wall, _ = slurm_run
@@ -248,6 +255,19 @@ def wait_for_running(cluster: Cluster, before: set[str], proc: subprocess.Popen,
     raise AssertionError("no job started running")
 
 
+def wait_for_step(cluster: Cluster, job_id: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Until the job's first srun step (the snakemake job step that runs the rule) is running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"snakemake ended ({proc.returncode}) before the job's step ran")
+        steps = cluster.run("squeue", "-h", "-s", "-j", job_id, "-o", "%i", check=False).stdout.split()
+        if any(re.fullmatch(rf"{job_id}\.\d+", s) for s in steps):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id}: no step started")
+
+
 def test_a_gpu_target_asks_slurm_for_a_gpu(slurm_run, cluster: Cluster, tmp_path):
     """The rules' gpu resource becomes a GRES request (the test node declares one GPU with no device behind it:
     the job may fail to find CUDA; what Slurm was asked for is the check)."""
@@ -316,9 +336,28 @@ def test_a_job_stopped_at_its_time_limit_is_reported(slurm_run, cluster: Cluster
     long["bench"] = {"warmup": 1, "iterations": 100_000_000}
     write_config(work, long)
     before = set(cluster.jobs())
-    proc = slurm_snakemake(cluster, work, victim, "--set-resources", "bench:runtime=1", check=False)
-    out = proc.stdout + proc.stderr
-    (job_id,) = [i for i in cluster.jobs() if i not in before]
+    proc = subprocess.Popen(
+        [*snakemake_cmd(), victim, *SLURM_ARGS, "--set-resources", "bench:runtime=1"],
+        cwd=work,
+        env={**cluster.env, "PYTHONPATH": str(work), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        job_id = wait_for_running(cluster, before, proc, timeout=120)
+        assert cluster.jobs()[job_id]["TimeLimit"] == "00:01:00"  # the rule's runtime, as sbatch -t 1
+        wait_for_step(cluster, job_id, proc, timeout=60)
+        # slurmctld enforces limits every 30 s, so a one-minute limit is hit 60 to 90 s in. Lowered to zero once
+        # the rule's step runs (as an admin may lower a running job's limit), it is hit at the next check: the
+        # same kill, TIMEOUT. (Lowered before srun starts the step, the step is refused and the job FAILED.)
+        cluster.run("scontrol", "update", f"JobId={job_id}", "TimeLimit=0")
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (new_job,) = [i for i in cluster.jobs() if i not in before]
+    assert new_job == job_id
     print("\n".join(ln for ln in out.splitlines() if job_id in ln and "SLURM" in ln))
     assert proc.returncode != 0
     assert cluster.jobs()[job_id]["JobState"] == "TIMEOUT"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_bad_input import TARGET, _run_step, prepared  # noqa: F401 (the fixture)
+from tests.test_bad_input import TARGET, _prepared_once, _run_step  # noqa: F401 (the fixture)
 from workflow_scripts.config import DEFAULTS
 from workflow_scripts.core.load import LoadProbe
 from workflow_scripts.core.metrics import latency_stats, stability_verdict
@@ -62,8 +62,11 @@ def test_the_load_probe_counts_other_processes_cpu_time():
         assert load["other_cpus_busy"] == pytest.approx(load["other_cpu_s"] / load["wall_s"], rel=0.01)
 
 
-@pytest.fixture
-def onnx_model(prepared, tmp_path) -> dict:  # noqa: F811
+@pytest.fixture(scope="module")
+def onnx_model(_prepared_once, tmp_path_factory) -> dict:  # noqa: F811
+    """The prepared checkpoint exported once per module (the benches only read it)."""
+    prepared = _prepared_once
+    tmp_path = tmp_path_factory.mktemp("onnx")
     onnx = tmp_path / "fp32.onnx"
     proc = _run_step(
         "export",
