@@ -193,18 +193,7 @@ def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_onl
     (work / "results" / "summary.md").unlink()
     log = "logs/bench/cpu/a/onnxruntime_fp32_b1.log"
     # a long timing job (many iterations), cancelled by Slurm while it runs
-    long = copy.deepcopy(SLURM_CONFIG)
-    long["bench"] = {"warmup": 1, "iterations": 100_000_000}
-    write_config(work, long)
-    before = set(cluster.jobs())
-    proc = subprocess.Popen(
-        [*snakemake_cmd(), victim, *SLURM_ARGS],
-        cwd=work,
-        env={**cluster.env, "PYTHONPATH": str(work), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, before = start_endless_bench(cluster, work, victim)
     try:
         job_id = wait_for_running(cluster, before, proc, timeout=120)
         time.sleep(5)  # well into its timed loop
@@ -239,6 +228,24 @@ def snakemake_cmd() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "snakemake", "--cores", "2"]
+
+
+def start_endless_bench(cluster: Cluster, work: Path, victim: str, *extra: str) -> tuple[subprocess.Popen, set[str]]:
+    """Snakemake in the background on a bench job that times ~forever (the job is stopped by the test); the running
+    process and the cluster's job ids before it."""
+    long = copy.deepcopy(SLURM_CONFIG)
+    long["bench"] = {"warmup": 1, "iterations": 100_000_000}
+    write_config(work, long)
+    before = set(cluster.jobs())
+    proc = subprocess.Popen(
+        [*snakemake_cmd(), victim, *SLURM_ARGS, *extra],
+        cwd=work,
+        env={**cluster.env, "PYTHONPATH": str(work), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, before
 
 
 def wait_for_running(cluster: Cluster, before: set[str], proc: subprocess.Popen, timeout: float) -> str:
@@ -332,18 +339,7 @@ def test_a_job_stopped_at_its_time_limit_is_reported(slurm_run, cluster: Cluster
     shutil.copytree(slurm_run[0], work, symlinks=True)
     victim = "results/cpu/bench/a/torch_fp32_b1.json"
     (work / victim).unlink()
-    long = copy.deepcopy(SLURM_CONFIG)
-    long["bench"] = {"warmup": 1, "iterations": 100_000_000}
-    write_config(work, long)
-    before = set(cluster.jobs())
-    proc = subprocess.Popen(
-        [*snakemake_cmd(), victim, *SLURM_ARGS, "--set-resources", "bench:runtime=1"],
-        cwd=work,
-        env={**cluster.env, "PYTHONPATH": str(work), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, before = start_endless_bench(cluster, work, victim, "--set-resources", "bench:runtime=1")
     try:
         job_id = wait_for_running(cluster, before, proc, timeout=120)
         assert cluster.jobs()[job_id]["TimeLimit"] == "00:01:00"  # the rule's runtime, as sbatch -t 1
