@@ -29,7 +29,7 @@ from workflow_scripts.plan.settings import ServingAccuracySettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.python_models import unpack_detections
 from workflow_scripts.serving.repository import triton_models_of
-from workflow_scripts.serving.server import TritonServer, serve
+from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.tasks.detection import category_map, coco_detections
 
 
@@ -86,8 +86,7 @@ def evaluate_served(
     split = load_split(dataset, "val")
     records = split.images[:max_images] if max_images else split.images
     cats = category_map(read_json(checkpoint_info)["class_names"], split.categories, str(checkpoint_info))
-    server_log.parent.mkdir(parents=True, exist_ok=True)
-    server_log.write_text("")
+    fresh_log(server_log)
     t0 = time.perf_counter()
     load = triton_models_of(index["models"][model])
     with serve(env, repository, server_log, timeout=startup_timeout, models=load) as server:

@@ -28,7 +28,7 @@ from workflow_scripts.core.io import PlanforgeError, read_json, run_cli, write_j
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.repository import triton_models_of
-from workflow_scripts.serving.server import TritonServer, serve
+from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.serving.sweep import parse_perf_csv, write_image_input
 from workflow_scripts.serving.vla import write_perf_input
 
@@ -162,8 +162,7 @@ def run_coserving(
     models = {"vla": vla_model, "detection": detection_model}
     served = {vla_model: index["models"][vla_model]["model"], detection_model: None}
     served[detection_model] = index["models"][detection_model]["ensembles"]["serve"]["name"]
-    server_log.parent.mkdir(parents=True, exist_ok=True)
-    server_log.write_text("")
+    fresh_log(server_log)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="planforge-coserving-") as tmp:
         tmp = Path(tmp)

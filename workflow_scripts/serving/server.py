@@ -139,6 +139,14 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def fresh_log(log: Path) -> Path:
+    """A job's server log, emptied (its folder made): every server the job starts then appends to it."""
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    return log
+
+
 @contextlib.contextmanager
 def serve(
     env: TritonEnv,

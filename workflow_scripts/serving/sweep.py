@@ -31,7 +31,7 @@ from workflow_scripts.models import get_family, raw_outputs
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.repository import triton_models_of, without_dynamic_batching
-from workflow_scripts.serving.server import TritonServer, serve
+from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 
 # perf_analyzer --verbose-csv column → our name (all in microseconds there, milliseconds here)
 LATENCY_COLUMNS = {"p50 latency": "p50", "p90 latency": "p90", "p95 latency": "p95", "p99 latency": "p99"}
@@ -242,8 +242,7 @@ def run_sweep(
     infer_model = next(iter(entry["inference_models"].values()))
     split = load_split(dataset, "val")
     image = read_image(split.image_path(split.images[0]))
-    server_log.parent.mkdir(parents=True, exist_ok=True)
-    server_log.write_text("")
+    fresh_log(server_log)
     rows, model_only = [], []
     t0 = time.perf_counter()
     reference = in_process_reference(repository, index, model, image, min(requests, 200))

@@ -42,7 +42,7 @@ from workflow_scripts.models import BadImage, check_image, get_family
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.python_models import BadInput, _Model
 from workflow_scripts.serving.repository import _tensor, model_config, shim, triton_models_of
-from workflow_scripts.serving.server import TritonServer, serve
+from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.tasks import tracking
 
 START, END = 1, 2  # sequence flag bits (as Triton's TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END)
@@ -427,8 +427,7 @@ def _serving(server, env, repository, server_log, startup_timeout, entry, http_p
     """The given running server, or a new one loading only this model (its log truncated first)."""
     if server is not None:
         return contextlib.nullcontext(server)
-    server_log.parent.mkdir(parents=True, exist_ok=True)
-    server_log.write_text("")
+    fresh_log(server_log)
     return serve(env, repository, server_log, http_port, grpc_port, startup_timeout, models=triton_models_of(entry))
 
 

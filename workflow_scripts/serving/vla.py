@@ -25,7 +25,7 @@ from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.repository import triton_models_of, without_dynamic_batching
-from workflow_scripts.serving.server import TritonServer, serve
+from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.tasks import vla
 
 # Served vs in-process actions on the same checkpoint, noise and device (FP32): the same code on both sides,
@@ -157,8 +157,7 @@ def run_vla_sweep(
     env = ensure(env_dir)
     entry = index["models"][model]
     device = "cpu" if index["device"] == "cpu" else index["device"]
-    server_log.parent.mkdir(parents=True, exist_ok=True)
-    server_log.write_text("")
+    fresh_log(server_log)
     rows = []
     t0 = time.perf_counter()
     reference = in_process_chunk(entry, repository, device, index.get("threads"), dataset, min(requests, 50))
@@ -244,8 +243,7 @@ def evaluate_served_actions(
     device = "cpu" if index["device"] == "cpu" else index["device"]
     fam = get_family(entry["family"])
     runner = in_process_runner(entry, repository, device, index.get("threads"))
-    server_log.parent.mkdir(parents=True, exist_ok=True)
-    server_log.write_text("")
+    fresh_log(server_log)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="planforge-served-actions-") as tmp:
         ref = Path(tmp) / "in_process.actions.npz"
