@@ -179,9 +179,14 @@ def _config(kwargs: dict):
 def _build(kwargs: dict, seed: int, device: str = "cpu"):
     import torch
 
+    from workflow_scripts.core import attention
+
     torch.manual_seed(seed)
     with torch.device(device):
         model = model_class()(_config(kwargs))
+    # the memory attention (the only attention on the top-level config) splits its keys over the GPU's idle
+    # multiprocessors where that pays (`core.attention`); elsewhere it is transformers' SDPA, unchanged
+    model.config._attn_implementation = attention.register()
     return model.eval()
 
 
