@@ -1004,8 +1004,10 @@ def ort_model(runner):
         if not files[part].is_file():
             raise PlanforgeError(f"{files[part]}: missing (the {part} of {path}); rerun the export")
     # every part, the image encoder too, with threads that sleep between runs: spinning ones would hold the
-    # cores the torch glue between the parts needs (measured: 228 → 11-19 ms a frame, samurai-demo, 2 cores)
-    sessions = {part: runner.open_session(f, spinning=False) for part, f in files.items()}
+    # cores the torch glue between the parts needs (measured: 228 → 11-19 ms a frame, samurai-demo, 2 cores);
+    # the image encoder is the runner's own file: its session is reopened so, not opened a second time
+    sessions = {part: runner.open_session(f, spinning=False) for part, f in files.items() if part != "image_encoder"}
+    sessions["image_encoder"] = runner.stop_spinning()
     import torch
 
     with torch.inference_mode():  # the high-res levels' position encodings: shapes only, so computed once here
@@ -1209,8 +1211,10 @@ class Tracker:
         """The next frame → (box xywh, object score logit). Lost (empty mask): the Kalman prediction, score ≤ 0.
 
         `pixels` / `features`: the frame already on the device and its image-encoder output (`track_many`
-        encodes the frames of several sequences in one batch); the session then skips its own encoding."""
-        self.check_frame(frame)
+        encodes the frames of several sequences in one batch, after `check_frame` of each); the session then skips
+        its own encoding, and the frame is not checked again."""
+        if pixels is None:
+            self.check_frame(frame)
         self.frame_idx += 1
         if features is not None:
             self.session.cache.cache_vision_features(self.frame_idx, features)

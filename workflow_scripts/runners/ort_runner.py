@@ -76,6 +76,14 @@ class OrtRunner(Runner):
                 f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]}); rerun the export"
             ) from None
 
+    def stop_spinning(self) -> ort.InferenceSession:
+        """Reopen this runner's own session with sleeping intra-op threads (`open_session(spinning=False)`) and
+        return it: a tracker that runs the model between host work uses it instead of opening a second copy."""
+        if not getattr(self, "sleeping", False):
+            self.session = self.open_session(self.path, spinning=False)
+            self.sleeping = True
+        return self.session
+
     def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         if isinstance(batch, dict):
             return by_name(batch, self.input_types, self.path)
