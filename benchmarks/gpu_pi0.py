@@ -46,6 +46,9 @@ ROWS = {
     "bf16-graph": ("torch-cudagraph", "bf16", {}),
     "fp16-graph": ("torch-cudagraph", "fp16", {}),
     "bf16-compile-graph": ("torch-compile-graph", "bf16", {"cache_dir": None}),
+    # q/k/v and gate/up as one GEMM each (core.fusion): 3 of each layer's 7 GEMM launches fewer
+    "bf16-graph-fused": ("torch-cudagraph", "bf16", {"fuse_projections": True}),
+    "bf16-compile-graph-fused": ("torch-compile-graph", "bf16", {"cache_dir": None, "fuse_projections": True}),
     "int4": ("torchao", "int4_weight", {}),
     "int4-graph": ("torchao", "int4_weight", {"cuda_graph": True}),
     # torchao's int4 alone: linears tinygemm can take, nothing else (SigLIP's 4304-wide MLP and the embeddings stay BF16)

@@ -64,6 +64,7 @@ class BackendSpec:
 INT8_QDQ = tuple(p for p in PRECISIONS if PRECISIONS[p].calibration)  # int8_<calibration method>
 TORCH_OPTIONS = {
     "channels_last": None,  # None: on for cuda
+    "fuse_projections": False,  # true: q/k/v and gate/up projections as one GEMM each (core.fusion)
     "compile_mode": None,  # None: the backend's own mode
     "compile_backend": "inductor",  # eager / aot_eager: the same dynamo graphs without code generation
 }
@@ -77,7 +78,7 @@ for _name, _spec in {
         ("fp32", "fp16", "bf16"),
         ("torch",),
         cuda_precisions=("fp16",),
-        options={"channels_last": None},
+        options={"channels_last": None, "fuse_projections": False},
     ),
     "torch-cudagraph": BackendSpec(
         "torch_runner",
@@ -86,7 +87,7 @@ for _name, _spec in {
         ("fp32", "fp16", "bf16"),
         ("torch",),
         devices=("cuda",),
-        options={"channels_last": None},
+        options={"channels_last": None, "fuse_projections": False},
     ),
     "torch-compile": BackendSpec(
         "torch_runner",
@@ -135,6 +136,7 @@ for _name, _spec in {
         devices=("cuda",),
         options={
             "channels_last": None,  # None: on (cuda)
+            "fuse_projections": False,  # true: q/k/v and gate/up projections as one GEMM each (core.fusion)
             "compile_mode": "default",  # or "max-autotune" (bounded: torch_runner.GRAPH_COMPILE_MODES)
             "inductor_config": {},  # more torch._inductor.config settings, e.g. {max_autotune_conv_backends: ATEN,TRITON}
             "cache_dir": "artifacts/inductor_cache",  # inductor's FX-graph / kernel / autotune caches; null: /tmp

@@ -20,6 +20,7 @@ import torch
 
 from workflow_scripts.core.cudagraphs import HostScalarsAsFills, capturable  # noqa: F401 - re-exported
 from workflow_scripts.core.envinfo import transformers_checks_off
+from workflow_scripts.core.fusion import fuse_projections
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import parse
 from workflow_scripts.runners import BACKENDS, Runner
@@ -123,6 +124,9 @@ class TorchRunner(Runner):
         chosen = self.options["channels_last"]
         self.channels_last = self.cuda if chosen is None else bool(chosen)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        # sibling projections (q/k/v, gate/up) as one GEMM each (`core.fusion`): fewer, larger kernels for the
+        # launch-bound small-batch transformers (Pi0's action expert); opt-in, the eager modules' code unchanged
+        self.fused_projections = fuse_projections(model) if self.options.get("fuse_projections") else None
         model = model.to(self.torch_device, self.dtype).eval()
         self.model = model.to(memory_format=self.memory_format)
         self.output_fn = output_fn or (lambda raw: raw)
@@ -329,6 +333,8 @@ class TorchRunner(Runner):
             v["inductor_options"] = json.dumps(self.inductor_options, sort_keys=True)
             v["inductor_cache_dir"] = str(self.inductor_cache)
             v["inductor_cache_events"] = json.dumps(self.cache_events, sort_keys=True)
+        if self.fused_projections is not None:
+            v["fused_projections"] = json.dumps(self.fused_projections, sort_keys=True)
         if self.cuda:
             v["cuda"] = str(torch.version.cuda)
             v["cudnn"] = str(torch.backends.cudnn.version())
