@@ -44,6 +44,24 @@ def test_a_projection_called_before_the_first_one_fails_loudly():
         layer.k_proj(torch.randn(2, 8))
 
 
+class CrossAttention(nn.Module):  # SAM 2's attention: queries, keys and values from different tensors
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, q, k, v):
+        return self.q_proj(q) + self.k_proj(k) + self.v_proj(v)
+
+
+def test_a_cross_attention_fails_loudly_instead_of_projecting_the_wrong_input():
+    attn = CrossAttention()
+    fuse_projections(attn)
+    x = torch.randn(2, 8)
+    attn(x, x, x)  # the same tensor three times: fine
+    with pytest.raises(RuntimeError, match="different inputs"):
+        attn(x, torch.randn(2, 8), x)
+
+
 def test_groups_of_different_input_widths_are_left_alone():
     layer = Layer(True)
     layer.v_proj = nn.Linear(6, 4)

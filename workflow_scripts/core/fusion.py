@@ -8,6 +8,8 @@ attention and MLP modules call their projections one after another on the same t
 projection becomes a view of one `FusedProjections` module, which runs the fused matmul for the first of its
 views called on an input and hands the others their slices of it. Nothing changes in the modules' own code, so
 it holds across transformers versions; `fuse_projections` checks each fused group against the unfused layers.
+A module whose projections read different tensors (a cross-attention, as in SAM 2 or D-FINE's decoder) fails
+on its first call with one line instead of projecting the wrong input: the option is for self-attention stacks.
 """
 
 from __future__ import annotations
@@ -34,16 +36,23 @@ class FusedProjections(nn.Module):
             if bias:
                 self.fused.bias.copy_(torch.cat([lin.bias for lin in linears]))
         self._outputs: list[torch.Tensor] = []  # the slices of the last input, until the last one is handed out
+        self._input: torch.Tensor | None = None  # that input: a later projection must be called on the same tensor
 
     def part(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Projection `index` of `x`: the first runs the fused matmul, the later ones take their slices of it."""
         if index == 0:
             self._outputs = list(self.fused(x).split(self.sizes, dim=-1))
+            self._input = x
         elif not self._outputs:
             raise RuntimeError("FusedProjections: a later projection was called before the first one")
+        elif x is not self._input:  # a cross-attention: its key / value projections read other tensors
+            raise RuntimeError(
+                "FusedProjections: the projections were called on different inputs (a cross-attention); "
+                "turn fuse_projections off for this model"
+            )
         out = self._outputs[index]
         if index == len(self.sizes) - 1:
-            self._outputs = []
+            self._outputs, self._input = [], None
         return out
 
 
