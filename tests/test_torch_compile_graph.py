@@ -36,6 +36,7 @@ def test_it_is_registered_cuda_only_with_its_options_and_defaults():
     assert spec.devices == ("cuda",) and spec.artifact == "checkpoint"
     assert spec.options == {
         "channels_last": None,
+        "fuse_projections": False,
         "compile_mode": "default",
         "inductor_config": {},
         "cache_dir": "artifacts/inductor_cache",
