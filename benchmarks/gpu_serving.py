@@ -1,0 +1,189 @@
+"""SAMURAI through Triton's sequence batcher on the GPU machine, without Snakemake (issue 14: "Triton with 8 live
+sequences gives ≥ 4× the single-stream throughput").
+
+The same functions the serving rules call: `prepare_checkpoint` and `make_videos` (the checkpoint and data rules),
+`build_repository` (rule triton_repository: the tracking model's entry, here with the row's backend, precision and
+options), and `run_tracking_sweep` (rule serving: the in-process per-frame reference of the same runner, then
+perf_analyzer with `--sequence-length`, concurrency = live sequences). Per row (gpu_samurai.py's rows:
+`fp16-compile-graph`, `fp16-graph`) one repository and one server; before the sweep, one unmeasured perf_analyzer
+pass over the same concurrencies lets the stub capture / compile its graphs for every batch of live sequences.
+The serving environment is a prepared one (`--env`: `benchmarks/triton_kit.py install`). The JSON (rewritten
+after every row) has per row the frames/s per concurrency and the ratio of the top concurrency to 1.
+
+    python benchmarks/gpu_serving.py --env /tmp/triton-env --out results/serving_h200.json
+    python benchmarks/gpu_serving.py --env /tmp/triton-env --model samurai-tiny --device cpu --rows fp32 \\
+        --concurrency 1 2 --frame-size 96 --frames 8 --out /tmp/serving_cpu.json        # a CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
+
+from benchmarks.rows import run_row  # noqa: E402
+from workflow_scripts.config import DEFAULTS  # noqa: E402
+from workflow_scripts.core.io import PlanforgeError, run_cli, write_json  # noqa: E402
+from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
+from workflow_scripts.runners import BACKENDS  # noqa: E402
+from workflow_scripts.serving.env import ensure  # noqa: E402
+from workflow_scripts.serving.repository import build_repository, triton_models_of  # noqa: E402
+from workflow_scripts.serving.server import fresh_log, serve  # noqa: E402
+from workflow_scripts.serving.sweep import perf_analyzer  # noqa: E402
+from workflow_scripts.serving.tracking import run_tracking_sweep, write_perf_input  # noqa: E402
+from workflow_scripts.tasks.tracking import make_videos  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CHECKPOINTS = {"samurai-t": "samurai-t.yaml", "samurai-l": "samurai-l.yaml", "samurai-tiny": "samurai-tiny.yaml",
+               "samurai-demo": str(REPO / "weights/samurai-demo.pt")}  # fmt: skip
+# (backend, precision, option overrides), as gpu_samurai.py's rows
+ROWS = {
+    "fp32": ("torch", "fp32", {}),
+    "fp16": ("torch", "fp16", {}),
+    "fp16-graph": ("torch-cudagraph", "fp16", {}),
+    "fp16-compile-graph": ("torch-compile-graph", "fp16", {"cache_dir": None}),
+}
+
+
+class Run:
+    def __init__(self, a: argparse.Namespace, work: Path) -> None:
+        self.a, self.work = a, work
+        self.rows: list[dict] = []
+        self.env = ensure(a.env)
+
+    def save(self) -> None:
+        import torch
+
+        write_json(
+            self.a.out,
+            {
+                "gpu": torch.cuda.get_device_name(0) if self.a.device.startswith("cuda") else None,
+                "torch": torch.__version__,
+                "command": "python benchmarks/gpu_serving.py " + " ".join(sys.argv[1:]),
+                "model": self.a.model,
+                "checkpoint": CHECKPOINTS[self.a.model],
+                "clips": {"val": self.a.clips, "frames": self.a.frames, "frame_size": self.a.frame_size},
+                "serving": self.serving(),
+                "serving_environment": {"root": str(self.env.root), "versions": self.env.versions()},
+                "rows": self.rows,
+            },
+        )
+
+    def serving(self) -> dict:
+        s = {**DEFAULTS["serving"], "max_batch_size": max(self.a.concurrency), "instances": 1}
+        s["preferred_batch_sizes"] = [b for b in s["preferred_batch_sizes"] if b <= s["max_batch_size"]]
+        return s
+
+    def prepare(self) -> tuple[Path, Path]:
+        dataset = self.work / "clips"
+        if not dataset.exists():
+            settings = {"seed": 0, "splits": {"val": self.a.clips}, "frames": self.a.frames,
+                        "frame_size": self.a.frame_size, "distractors": 2}  # fmt: skip
+            make_videos(dataset, settings, "val")
+        artifact = self.work / f"{self.a.model}.pt"
+        if not artifact.exists():
+            prepare_checkpoint("samurai", Path(CHECKPOINTS[self.a.model]), artifact, self.work / f"{self.a.model}.json")
+        return dataset, artifact
+
+    def row(self, name: str) -> dict:
+        backend, precision, extra = ROWS[name]
+        dataset, artifact = self.prepare()
+        options = {**BACKENDS[backend].options, "channels_last": False, **extra}
+        model = {"family": "samurai", "checkpoint": str(artifact), "backend": backend, "precision": precision,
+                 "backend_options": options}  # fmt: skip
+        repository = self.work / f"repo-{name}"
+        index = build_repository(repository, "h200", self.a.device, self.a.threads, {self.a.model: model},
+                                 self.serving(), DEFAULTS["accuracy"])  # fmt: skip
+        entry = index["models"][self.a.model]
+        log = self.a.out.with_suffix(f".{name}.tritonserver.log")
+        fresh_log(log)
+        t0 = time.perf_counter()
+        with serve(self.env, repository, log, timeout=self.a.startup_timeout, models=triton_models_of(entry)) as server:
+            started = time.perf_counter() - t0
+            warm = self.warm_up(server, entry["model"], dataset) if self.a.warmup_requests else None
+            record = run_tracking_sweep(
+                repository, index, self.a.model, "h200", dataset, log, self.a.concurrency, [self.a.protocol],
+                self.a.requests, self.a.startup_timeout, env_dir=self.a.env, stability=self.a.stability,
+                max_trials=self.a.max_trials, server=server,
+            )  # fmt: skip
+        sweep = {r["concurrency"]: r for r in record["sweep"]}
+        lo, hi = min(sweep), max(sweep)
+        return {
+            "frames_per_s": {c: r["throughput_infer_per_s"] for c, r in sweep.items()},
+            "p50_ms": {c: r["latency_ms"]["p50"] for c, r in sweep.items()},
+            "p99_ms": {c: r["latency_ms"]["p99"] for c, r in sweep.items()},
+            "stable": {c: r["stable"] for c, r in sweep.items()},
+            f"ratio_{hi}_vs_{lo}": round(sweep[hi]["throughput_infer_per_s"] / sweep[lo]["throughput_infer_per_s"], 3),
+            "in_process_frame_p50_ms": record["in_process_reference"]["frame_ms"]["p50"],
+            "in_process_frames_per_s": round(1000.0 / record["in_process_reference"]["frame_ms"]["p50"], 1),
+            "server_start_s": round(started, 1),
+            "warm_up": warm,
+            "backend_options": options,
+            "record": record,
+        }
+
+    def warm_up(self, server, served: str, dataset: Path) -> dict:
+        """One unmeasured perf_analyzer pass per concurrency: the stub compiles / captures each batch's graphs."""
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="planforge-warm-") as tmp:
+            _, length = write_perf_input(dataset, Path(tmp) / "sequences.json")
+            extra = ("--sequence-length", str(length), "--sequence-length-variation", "0", "--serial-sequences")
+            for c in self.a.concurrency:
+                perf_analyzer(self.env, server, served, self.a.protocol, c, self.a.warmup_requests,
+                              str(Path(tmp) / "sequences.json"), None, Path(tmp), 10000, 1, extra)  # fmt: skip
+        return {"requests_per_concurrency": self.a.warmup_requests, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", type=Path, default=os.environ.get("PLANFORGE_TRITON_ENV"),
+                   help="the serving environment (triton_kit.py install --env)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="the JSON (rewritten after every row)")
+    p.add_argument("--model", default="samurai-t", choices=list(CHECKPOINTS))
+    p.add_argument("--rows", nargs="+", default=["fp16-compile-graph", "fp16-graph"], choices=list(ROWS))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="live sequences")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--requests", type=int, default=200, help="requests per perf_analyzer window")
+    p.add_argument("--warmup-requests", type=int, default=100, help="0: no warm-up pass")
+    p.add_argument("--stability", type=float, default=15)
+    p.add_argument("--max-trials", type=int, default=6)
+    p.add_argument("--clips", type=int, default=2, help="val sequences (perf_analyzer replays the first)")
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--frame-size", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--startup-timeout", type=float, default=300)
+    a = p.parse_args(argv)
+    if a.env is None:
+        raise PlanforgeError("--env: name the serving environment (benchmarks/triton_kit.py install --env DIR)")
+    if not ensure_ready(a.env):
+        raise PlanforgeError(f"{a.env}: not a ready serving environment; run benchmarks/triton_kit.py install first")
+    import torch
+
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("gpu_serving: no CUDA GPU here; run it on the GPU machine (or --device cpu)")
+    with tempfile.TemporaryDirectory(prefix="planforge-serving-") as tmp:
+        run = Run(a, Path(tmp))
+        for name in a.rows:
+            if ROWS[name][0].startswith("torch-compile"):
+                torch._dynamo.reset()
+            run_row(run.rows, run.save, kind="serving", model=a.model, row=name, backend=ROWS[name][0],
+                    precision=ROWS[name][1], run=lambda name=name: run.row(name))  # fmt: skip
+        run.save()
+    print(f"{a.out}: {sum(r['status'] == 'ok' for r in run.rows)} of {len(run.rows)} rows ok")
+
+
+def ensure_ready(root: Path) -> bool:
+    """A kit-installed environment is ready as it stands (`ensure` would otherwise try PyPI)."""
+    from workflow_scripts.serving.env import TritonEnv
+
+    return TritonEnv(Path(root).resolve()).ready()
+
+
+if __name__ == "__main__":
+    run_cli(main)
