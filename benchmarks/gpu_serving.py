@@ -69,15 +69,27 @@ class Run:
                 "checkpoint": CHECKPOINTS[self.a.model],
                 "clips": {"val": self.a.clips, "frames": self.a.frames, "frame_size": self.a.frame_size},
                 "serving": self.serving(),
+                "sweep": self.sweep_settings(),
                 "serving_environment": {"root": str(self.env.root), "versions": self.env.versions()},
                 "rows": self.rows,
             },
         )
 
     def serving(self) -> dict:
-        s = {**DEFAULTS["serving"], "max_batch_size": max(self.a.concurrency), "instances": 1}
-        s["preferred_batch_sizes"] = [b for b in s["preferred_batch_sizes"] if b <= s["max_batch_size"]]
-        return s
+        """The repository's serving settings: the config defaults, `max_batch_size` = the most live sequences."""
+        d, top = DEFAULTS["serving"], max(self.a.concurrency)
+        return {
+            "max_batch_size": top,
+            "max_queue_delay_us": d["max_queue_delay_us"],
+            "preferred_batch_sizes": [b for b in d["preferred_batch_sizes"] if b <= top],
+            "instances": 1,
+            "sequence_idle_us": d["sequence_idle_us"],
+            "onnx_backend": d["onnx_backend"],
+        }
+
+    def sweep_settings(self) -> dict:
+        keys = ("concurrency", "protocol", "requests", "warmup_requests", "stability", "max_trials", "threads")
+        return {k: getattr(self.a, k) for k in keys}
 
     def prepare(self) -> tuple[Path, Path]:
         dataset = self.work / "clips"
@@ -103,14 +115,20 @@ class Run:
         log = self.a.out.with_suffix(f".{name}.tritonserver.log")
         fresh_log(log)
         t0 = time.perf_counter()
-        with serve(self.env, repository, log, timeout=self.a.startup_timeout, models=triton_models_of(entry)) as server:
-            started = time.perf_counter() - t0
-            warm = self.warm_up(server, entry["model"], dataset) if self.a.warmup_requests else None
-            record = run_tracking_sweep(
-                repository, index, self.a.model, "h200", dataset, log, self.a.concurrency, [self.a.protocol],
-                self.a.requests, self.a.startup_timeout, env_dir=self.a.env, stability=self.a.stability,
-                max_trials=self.a.max_trials, server=server,
-            )  # fmt: skip
+        try:
+            with serve(self.env, repository, log, timeout=self.a.startup_timeout,
+                       models=triton_models_of(entry)) as server:  # fmt: skip
+                started = time.perf_counter() - t0
+                warm = self.warm_up(server, entry["model"], dataset) if self.a.warmup_requests else None
+                record = run_tracking_sweep(
+                    repository, index, self.a.model, "h200", dataset, log, self.a.concurrency, [self.a.protocol],
+                    self.a.requests, self.a.startup_timeout, env_dir=self.a.env, stability=self.a.stability,
+                    max_trials=self.a.max_trials, server=server,
+                )  # fmt: skip
+        except PlanforgeError as exc:  # the row's line with the server log's first error (the stub's reason)
+            first = next((ln for ln in log.read_text().splitlines() if "] ERROR" in ln or "Failed to" in ln), "")
+            head = str(exc).splitlines()[0].rstrip(":;")
+            raise PlanforgeError(f"{head}; {first.split('] ', 1)[-1]}" if first else str(exc)) from None
         sweep = {r["concurrency"]: r for r in record["sweep"]}
         lo, hi = min(sweep), max(sweep)
         return {
