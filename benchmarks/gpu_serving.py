@@ -31,12 +31,14 @@ from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json  # noqa: E402
 from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
 from workflow_scripts.runners import BACKENDS  # noqa: E402
+from workflow_scripts.serving.coserving import run_coserving  # noqa: E402
 from workflow_scripts.serving.env import ensure  # noqa: E402
 from workflow_scripts.serving.repository import build_repository, triton_models_of  # noqa: E402
 from workflow_scripts.serving.server import fresh_log, serve  # noqa: E402
 from workflow_scripts.serving.sweep import perf_analyzer  # noqa: E402
 from workflow_scripts.serving.tracking import run_tracking_sweep, write_perf_input  # noqa: E402
 from workflow_scripts.tasks.tracking import make_videos  # noqa: E402
+from workflow_scripts.tasks.vla import EPISODE_DEFAULTS, make_episodes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINTS = {"samurai-t": "samurai-t.yaml", "samurai-l": "samurai-l.yaml", "samurai-tiny": "samurai-tiny.yaml",
@@ -85,6 +87,10 @@ class Run:
             "instances": 1,
             "sequence_idle_us": d["sequence_idle_us"],
             "onnx_backend": d["onnx_backend"],
+            # the detection ensemble's thresholds, as Plan.triton_settings gives them
+            "conf": DEFAULTS["bench"]["conf"],
+            "iou": DEFAULTS["accuracy"]["iou"],
+            "max_det": DEFAULTS["accuracy"]["max_det"],
         }
 
     def sweep_settings(self) -> dict:
@@ -145,6 +151,33 @@ class Run:
             "record": record,
         }
 
+    def coserving(self) -> dict:
+        """Pi0 (`--pi0`, served as its repository entry: torch FP32 eager) and the YOLO ensemble on `--yolo-onnx`
+        (ONNX Runtime in a python model) in one server: `serving.coserving.run_coserving` (rule serving_coserving)."""
+        from workflow_scripts.core.data import SyntheticSpec, make_synthetic_dataset
+
+        episodes, shapes = self.work / "episodes", self.work / "shapes"
+        settings = {"seed": 0, "splits": {"val": 4}, "cameras": self.a.cameras, "camera_size": 224}
+        make_episodes(episodes, settings, "val")
+        make_synthetic_dataset(shapes, SyntheticSpec(seed=0, train=0, val=2, calib=0), False, ("val",))
+        pi0 = self.work / "pi0.pt"
+        t0 = time.perf_counter()
+        prepare_checkpoint("pi0", Path(self.a.pi0), pi0, self.work / "pi0.json")
+        built = time.perf_counter() - t0
+        models = {
+            "pi0": {"family": "pi0", "checkpoint": str(pi0),
+                    "episodes": {k: settings.get(k, v) for k, v in EPISODE_DEFAULTS.items()}},
+            "yolo": {"family": "yolo", "imgsz": self.a.yolo_imgsz, "onnx": {"fp32": str(self.a.yolo_onnx)}},
+        }  # fmt: skip
+        repository = self.work / "repo-coserving"
+        build_repository(repository, "h200", self.a.device, self.a.threads, models, self.serving(),
+                         DEFAULTS["accuracy"])  # fmt: skip
+        log = self.a.out.with_suffix(".coserving.tritonserver.log")
+        record = run_coserving(repository, "h200", "pi0", episodes, "yolo", shapes, log, min(self.a.concurrency),
+                               self.a.protocol, self.a.startup_timeout, env_dir=self.a.env)  # fmt: skip
+        return {"pi0_checkpoint_build_s": round(built, 1), "yolo_onnx_bytes": Path(self.a.yolo_onnx).stat().st_size,
+                "record": record}  # fmt: skip
+
     def warm_up(self, server, served: str, dataset: Path) -> dict:
         """One unmeasured perf_analyzer pass per concurrency: the stub compiles / captures each batch's graphs."""
         t0 = time.perf_counter()
@@ -157,13 +190,28 @@ class Run:
         return {"requests_per_concurrency": self.a.warmup_requests, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def make_yolo_onnx(out: Path, arch: str = "yolov8n.yaml", imgsz: int = 640) -> dict:
+    """Here (ultralytics installed): the YOLO ONNX the co-serving row carries, through the export step's own code
+    (`workflow_scripts.export.export`: dynamic batch, simplified, checked against torch on 2 synthetic images)."""
+    from workflow_scripts.core.data import SyntheticSpec, make_synthetic_dataset
+    from workflow_scripts.export import export
+
+    e = DEFAULTS["export"]
+    with tempfile.TemporaryDirectory(prefix="planforge-yolo-") as tmp:
+        tmp = Path(tmp)
+        make_synthetic_dataset(tmp / "shapes", SyntheticSpec(seed=0, train=0, val=2, calib=0), False, ("val",))
+        prepare_checkpoint("yolo", Path(arch), tmp / "yolo.pt", tmp / "yolo.json")
+        return export("yolo", tmp / "yolo.pt", tmp / "shapes", out, out.with_suffix(".json"), imgsz, e["opset"],
+                      e["dynamic_batch"], e["simplify"], 2, e["max_abs_error"])  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", type=Path, default=os.environ.get("PLANFORGE_TRITON_ENV"),
                    help="the serving environment (triton_kit.py install --env)")  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, help="the JSON (rewritten after every row)")
+    p.add_argument("--out", type=Path, default=None, help="the JSON (rewritten after every row)")
     p.add_argument("--model", default="samurai-t", choices=list(CHECKPOINTS))
-    p.add_argument("--rows", nargs="+", default=["fp16-compile-graph", "fp16-graph"], choices=list(ROWS))
+    p.add_argument("--rows", nargs="*", default=["fp16-compile-graph", "fp16-graph"], choices=list(ROWS))
     p.add_argument("--device", default="cuda")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="live sequences")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
@@ -176,7 +224,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frame-size", type=int, default=1024)
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--startup-timeout", type=float, default=300)
+    p.add_argument("--coserving", action="store_true", help="also Pi0 + the YOLO ensemble in one server")
+    p.add_argument("--pi0", default="pi0.yaml", help="the Pi0 checkpoint (pi0.yaml: 3.5 B, seeded random weights)")
+    p.add_argument("--cameras", type=int, default=1)
+    p.add_argument("--yolo-onnx", type=Path, default=Path(".kit/yolov8n-640.onnx"), help="made by --make-yolo-onnx")
+    p.add_argument("--yolo-imgsz", type=int, default=640)
+    p.add_argument("--make-yolo-onnx", type=Path, default=None, help="here: only write this YOLO ONNX and exit")
     a = p.parse_args(argv)
+    if a.make_yolo_onnx:
+        r = make_yolo_onnx(a.make_yolo_onnx, imgsz=a.yolo_imgsz)
+        print(
+            f"{a.make_yolo_onnx}: {r['size_bytes'] / 2**20:.1f} MiB, max abs error vs torch {r['check']['max_abs_error']:.3g}"
+        )
+        return
+    if a.out is None:
+        raise PlanforgeError("--out: name the JSON to write")
+    if a.coserving and not a.yolo_onnx.is_file():
+        raise PlanforgeError(f"--yolo-onnx {a.yolo_onnx}: missing; make it with --make-yolo-onnx and carry it")
     if a.env is None:
         raise PlanforgeError("--env: name the serving environment (benchmarks/triton_kit.py install --env DIR)")
     if not ensure_ready(a.env):
@@ -192,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
                 torch._dynamo.reset()
             run_row(run.rows, run.save, kind="serving", model=a.model, row=name, backend=ROWS[name][0],
                     precision=ROWS[name][1], run=lambda name=name: run.row(name))  # fmt: skip
+        if a.coserving:
+            run_row(run.rows, run.save, kind="coserving", model="pi0+yolo", backend="torch", precision="fp32",
+                    run=run.coserving)  # fmt: skip
         run.save()
     print(f"{a.out}: {sum(r['status'] == 'ok' for r in run.rows)} of {len(run.rows)} rows ok")
 
