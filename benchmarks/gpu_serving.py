@@ -47,6 +47,7 @@ CHECKPOINTS = {"samurai-t": "samurai-t.yaml", "samurai-l": "samurai-l.yaml", "sa
 ROWS = {
     "fp32": ("torch", "fp32", {}),
     "fp16": ("torch", "fp16", {}),
+    "fp32-compile": ("torch-compile", "fp32", {"compile_mode": "default"}),  # inductor in the stub, on any device
     "fp16-graph": ("torch-cudagraph", "fp16", {}),
     "fp16-compile-graph": ("torch-compile-graph", "fp16", {"cache_dir": None}),
 }
@@ -85,7 +86,9 @@ class Run:
             "max_queue_delay_us": d["max_queue_delay_us"],
             "preferred_batch_sizes": [b for b in d["preferred_batch_sizes"] if b <= top],
             "instances": 1,
-            "sequence_idle_us": d["sequence_idle_us"],
+            # long enough for a first frame that compiles: Triton forgets a sequence idle for longer, and its next
+            # frame (no START) is refused
+            "sequence_idle_us": int(self.a.sequence_idle_s * 1e6),
             "onnx_backend": d["onnx_backend"],
             # the detection ensemble's thresholds, as Plan.triton_settings gives them
             "conf": DEFAULTS["bench"]["conf"],
@@ -224,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frame-size", type=int, default=1024)
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--startup-timeout", type=float, default=300)
+    p.add_argument("--sequence-idle-s", type=float, default=600, help="max_sequence_idle: above any compile time")
     p.add_argument("--coserving", action="store_true", help="also Pi0 + the YOLO ensemble in one server")
     p.add_argument("--pi0", default="pi0.yaml", help="the Pi0 checkpoint (pi0.yaml: 3.5 B, seeded random weights)")
     p.add_argument("--cameras", type=int, default=1)

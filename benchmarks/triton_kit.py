@@ -351,7 +351,7 @@ class TritonPythonModel:
     def initialize(self, args):
         if int(np.__version__.split(".")[0]) >= 2:
             raise RuntimeError(f"numpy {np.__version__} from {np.__file__}: the stub needs the kit's numpy<2")
-        self.versions = {"python": sys.version.split()[0], "numpy": _version("numpy")}
+        self.versions = {"python": sys.version.split()[0], "executable": sys.executable, "numpy": _version("numpy")}
         for name in ("torch", "onnxruntime", "cv2"):
             self.versions[name] = _version(name)
 
