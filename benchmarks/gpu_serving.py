@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
 from benchmarks.rows import run_row  # noqa: E402
+from benchmarks.triton_kit import interpreter_first_on_path  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json  # noqa: E402
 from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_serving: no CUDA GPU here; run it on the GPU machine (or --device cpu)")
+    interpreter_first_on_path()  # the stubs' embedded Python: this interpreter's home
     with tempfile.TemporaryDirectory(prefix="planforge-serving-") as tmp:
         run = Run(a, Path(tmp))
         for name in a.rows:

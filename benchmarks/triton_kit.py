@@ -31,6 +31,7 @@ import io
 import json
 import lzma
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -302,9 +303,9 @@ def check_libpython() -> str:
     found = [p / soname for p in places if soname and (p / soname).exists()]
     if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not found:
         raise PlanforgeError(
-            f"{sys.base_prefix}: this Python {running_python()} is a static build (no {soname or 'libpython*.so'} in "
-            f"{', '.join(map(str, places))}); the Triton python backend stub needs a shared libpython: run install "
-            "and the serving driver with a Python built with --enable-shared"
+            f"{sys.base_prefix}: this Python {running_python()} has no shared libpython (a static build, or no "
+            f"{soname or 'libpython*.so'} in {', '.join(map(str, places))}); the Triton python backend stub loads "
+            "one: run install and the serving driver with a Python built with --enable-shared"
         )
     return str(found[0])
 
@@ -368,9 +369,19 @@ instance_group [ { kind: KIND_CPU count: 1 } ]
 """
 
 
+def interpreter_first_on_path() -> None:
+    """The stub's embedded Python finds its home from the first `python3` on PATH: make it this interpreter's (a
+    machine whose PATH starts with another Python's would leave the stub without its standard library)."""
+    here = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != here:
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+
+
 def smoke(env: serving_env.TritonEnv, log: Path, timeout: float = 180) -> dict:
     """perf_analyzer --version, and a real tritonserver answering ready and one request to a python model."""
     from workflow_scripts.serving.server import serve
+
+    interpreter_first_on_path()
 
     t0 = time.perf_counter()
     proc = subprocess.run([str(env.perf_analyzer), "--version"], capture_output=True, text=True, env=env.client_env(),
