@@ -49,7 +49,12 @@ def setup(tmp_path_factory):
     fam = get_family("samurai")
     fam.save_checkpoint(fam.build_architecture("samurai-tiny.yaml"), work / "t.pt")
     tracking.make_videos(work / "clips", VIDEOS, "val")
-    models = {"t": {"family": "samurai", "checkpoint": str(work / "t.pt")}}
+    models = {
+        "t": {"family": "samurai", "checkpoint": str(work / "t.pt")},
+        # served on another precision and with backend options (loaded by its own test)
+        "tb": {"family": "samurai", "checkpoint": str(work / "t.pt"), "precision": "bf16",
+               "backend_options": {"channels_last": False}},
+    }  # fmt: skip
     index = build_repository(
         work / "repo", "cpu", "cpu", 1, models, SERVING, {"conf": 0.001, "iou": 0.7, "max_det": 300}
     )
@@ -282,3 +287,29 @@ def test_the_dag_serves_a_tracking_model_through_the_repository_the_sweep_and_th
         "results/plots/cpu_serving_throughput_vs_p99.png",
     } <= planned
     assert not any("artifacts/onnx/t" in p for p in planned if "triton" in p)
+
+
+def test_a_tracking_entry_with_a_precision_and_options_is_served_and_referenced_on_that_runner(setup):
+    """The model entry's backend / precision / options reach the served tracker and the in-process reference."""
+    work, vids, server = setup["work"], setup["vids"], setup["server"]
+    config = (work / "repo/tb/config.pbtxt").read_text()
+    assert 'key: "precision" value: { string_value: "bf16" }' in config
+    assert 'key: "backend_options" value: { string_value: "{\\"channels_last\\": false}" }' in config
+    entry = setup["index"]["models"]["tb"]
+    assert (entry["backend"], entry["precision"]) == ("torch", "bf16")
+    assert entry["backend_options"] == {"channels_last": False}
+    client, _ = _client(setup)
+    client.load_model("tb")
+    try:
+        [(boxes, scores)] = served.SequenceClient(server, "tb", inflight=1).replay(vids, 1, first_id=500)
+    finally:
+        client.unload_model("tb")
+        client.close()
+    runner = served.in_process_runner(entry, work / "repo", "cpu", 1)
+    assert runner.precision == "bf16" and runner.options["channels_last"] is False
+    ref_boxes, ref_scores = tracking.run_sequence(
+        served.in_process_tracker(get_family("samurai"), runner)(), vids.frames[0], vids.boxes[0, 0]
+    )
+    np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
+    _, fp32_scores = _in_process(work, vids, 0)
+    assert not np.allclose(ref_scores[1:], fp32_scores[1:], rtol=1e-6, atol=0)  # bf16 really ran

@@ -51,6 +51,28 @@ AUC_TOLERANCE = 0.001  # served vs in-process AUC: the same tracker code on both
 CONTROLS = {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END", "READY": "CONTROL_SEQUENCE_READY"}
 INPUTS = {"FRAME": ("TYPE_UINT8", [-1, -1, 3]), "BOX": ("TYPE_FP32", [4])}
 OUTPUTS = {"BOX": ("TYPE_FP32", [4]), "SCORE": ("TYPE_FP32", [1]), "LIVE_SEQUENCES": ("TYPE_INT32", [1])}
+DEFAULT_BACKEND = ("torch", "fp32", {})  # the served tracker unless the model entry names a backend / precision
+
+
+def served_backend(m: dict) -> tuple[str, str, dict]:
+    """(backend, precision, backend options) a tracking model is served with: the entry's, else torch FP32 eager."""
+    return m.get("backend") or "torch", m.get("precision") or "fp32", dict(m.get("backend_options") or {})
+
+
+def _is_default_runner(runner) -> bool:
+    return runner.backend == "torch" and runner.precision == "fp32" and getattr(runner, "mode", "eager") == "eager"
+
+
+def served_tracker_model(params: dict, model_dir: Path, device: str, threads: int | None):
+    """(runner, model, tracker settings) of the served checkpoint: torch FP32 eager as the family loads it (no
+    runner), or (params backend / precision / backend_options) the runner the bench builds, its module, its settings."""
+    if "backend" not in params:
+        fam = get_family(params["family"])
+        return None, fam.load_torch(model_dir / "checkpoint.pt", device).eval(), None
+    options = json.loads(params.get("backend_options") or "{}")
+    runner = make_runner(params["backend"], model_dir / "checkpoint.pt", params["family"], params["precision"], device,
+                         threads, options or None)  # fmt: skip
+    return runner, tracking.tracked_model(runner), tracking.tracker_settings(runner)
 
 
 # -- the served model (runs in the python backend's stub) -----------------------------------------------------
@@ -76,7 +98,9 @@ class TrackerSequenceModel(_Model):
         threads = int(self.params.get("threads") or 0)
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
-        self.model = self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval()
+        self.runner, self.model, self.settings = served_tracker_model(
+            self.params, self.model_dir, self.device, threads or None
+        )
         self.idle_s = int(self.params["max_sequence_idle_us"]) / 1e6
         self.trackers: dict[int, object] = {}
         self.last_seen: dict[int, float] = {}
@@ -140,7 +164,7 @@ class TrackerSequenceModel(_Model):
             raise BadInput(f"BOX: expected x y w h with w, h > 0; got {box.tolist()} (sequence {corrid})")
         if corrid in self.trackers:
             self._drop(corrid, "restarted by START")
-        tracker = self.family.tracker(self.model)  # the family's defaults, as `in_process_tracker`
+        tracker = self.family.tracker(self.model, self.settings)  # as `in_process_tracker`
         out_box = tracker.start(frame, box)
         self.trackers[corrid] = tracker
         return out_box, np.nan
@@ -260,11 +284,14 @@ def tracking_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None
     (tmp / name / "1" / "model.py").write_text(shim("TrackerSequenceModel", "tracking"))
     idle_us = int(serving.get("sequence_idle_us") or SEQUENCE_IDLE_US)
     mbs = serving["max_batch_size"]
+    backend, precision, options = served_backend(m)
     params = {
         "family": m["family"],
         "threads": threads or 0,
         "max_sequence_idle_us": idle_us,
     }
+    if (backend, precision, options) != DEFAULT_BACKEND:  # pbtxt string: the JSON's quotes escaped
+        params.update(backend=backend, precision=precision, backend_options=json.dumps(options).replace('"', '\\"'))
     config = model_config(
         name,
         [_tensor(k, t, d, optional=k == "BOX") for k, (t, d) in INPUTS.items()],
@@ -281,7 +308,9 @@ def tracking_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None
         "family": m["family"],
         "task": "tracking",
         "model": name,
-        "precision": "fp32",
+        "backend": backend,
+        "precision": precision,
+        "backend_options": options,
         "checkpoint": str(m["checkpoint"]),
         "scheduler": "sequence_batching oldest",
         "max_sequence_idle_us": idle_us,
@@ -383,16 +412,21 @@ def score_sequences(results: list[tuple[np.ndarray, np.ndarray]], vids) -> dict:
 
 
 def in_process_runner(entry: dict, repository: Path, device: str, threads: int | None):
-    """The torch FP32 runner of the served checkpoint (the repository's copy), as the accuracy jobs build it."""
+    """The runner of the served checkpoint (the repository's copy) on the served backend and precision (torch FP32
+    unless the repository entry says otherwise), as the accuracy jobs build it."""
+    backend, precision, options = served_backend(entry)
     return make_runner(
-        "torch", repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], "fp32", device, threads
-    )
+        backend, repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], precision, device, threads,
+        options or None,
+    )  # fmt: skip
 
 
 def in_process_tracker(fam, runner):
-    """`new_tracker()` over the runner's module with the family's default settings: what the served model runs."""
+    """`new_tracker()` over the runner's module with the family's default settings: what the served model runs
+    (a torch FP32 eager runner: no runner settings; another backend or precision: the runner's, as `predictor`)."""
     model = tracking.tracked_model(runner)
-    return lambda: fam.tracker(model)
+    settings = None if _is_default_runner(runner) else tracking.tracker_settings(runner)
+    return lambda: fam.tracker(model, settings)
 
 
 def in_process_frames(entry: dict, repository: Path, device: str, threads, dataset: Path, iterations: int) -> dict:
@@ -579,11 +613,11 @@ def evaluate_served_tracking(
         f"{min(inflight, n)} sequences live at once",
         "live_sequences_after_end": client.live_after_end,
         "reference": {
-            "backend": "torch",
-            "precision": "fp32",
+            "backend": served_backend(entry)[0],
+            "precision": served_backend(entry)[1],
             "device": device,
-            "what": "tasks.tracking.evaluate with the torch runner of the same checkpoint, the family's default "
-            "tracker settings (as served), in this process",
+            "what": "tasks.tracking.evaluate with the runner of the same checkpoint on the served backend and "
+            "precision, the family's default tracker settings (as served), in this process",
             "auc": local["auc"],
             "per_sequence_auc": [r["auc"] for r in local["per_sequence"]],
             "delta_auc": round(delta, 6),
