@@ -18,6 +18,7 @@ after every row) has per row the frames/s per concurrency and the ratio of the t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -156,8 +157,9 @@ class Run:
         }
 
     def coserving(self) -> dict:
-        """Pi0 (`--pi0`, served as its repository entry: torch FP32 eager) and the YOLO ensemble on `--yolo-onnx`
-        (ONNX Runtime in a python model) in one server: `serving.coserving.run_coserving` (rule serving_coserving)."""
+        """Pi0 (`--pi0` on `--pi0-backend` / `--pi0-precision`, default BF16 in one CUDA graph with fused projections)
+        and the YOLO ensemble on `--yolo-onnx` (ONNX Runtime in a python model) in one server:
+        `serving.coserving.run_coserving` (rule serving_coserving)."""
         from workflow_scripts.core.data import SyntheticSpec, make_synthetic_dataset
 
         episodes, shapes = self.work / "episodes", self.work / "shapes"
@@ -170,7 +172,9 @@ class Run:
         built = time.perf_counter() - t0
         models = {
             "pi0": {"family": "pi0", "checkpoint": str(pi0),
-                    "episodes": {k: settings.get(k, v) for k, v in EPISODE_DEFAULTS.items()}},
+                    "episodes": {k: settings.get(k, v) for k, v in EPISODE_DEFAULTS.items()},
+                    "backend": self.a.pi0_backend, "precision": self.a.pi0_precision,
+                    "backend_options": self.a.pi0_options},
             "yolo": {"family": "yolo", "imgsz": self.a.yolo_imgsz, "onnx": {"fp32": str(self.a.yolo_onnx)}},
         }  # fmt: skip
         repository = self.work / "repo-coserving"
@@ -231,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sequence-idle-s", type=float, default=600, help="max_sequence_idle: above any compile time")
     p.add_argument("--coserving", action="store_true", help="also Pi0 + the YOLO ensemble in one server")
     p.add_argument("--pi0", default="pi0.yaml", help="the Pi0 checkpoint (pi0.yaml: 3.5 B, seeded random weights)")
+    p.add_argument("--pi0-backend", default="torch-cudagraph", help="the served Pi0's backend (torch: FP32 eager)")
+    p.add_argument("--pi0-precision", default="bf16")
+    p.add_argument("--pi0-options", type=json.loads, default={"channels_last": False, "fuse_projections": True},
+                   help="the served Pi0's backend options, JSON")  # fmt: skip
     p.add_argument("--cameras", type=int, default=1)
     p.add_argument("--yolo-onnx", type=Path, default=Path(".kit/yolov8n-640.onnx"), help="made by --make-yolo-onnx")
     p.add_argument("--yolo-imgsz", type=int, default=640)
@@ -263,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             run_row(run.rows, run.save, kind="serving", model=a.model, row=name, backend=ROWS[name][0],
                     precision=ROWS[name][1], run=lambda name=name: run.row(name))  # fmt: skip
         if a.coserving:
-            run_row(run.rows, run.save, kind="coserving", model="pi0+yolo", backend="torch", precision="fp32",
+            run_row(run.rows, run.save, kind="coserving", model="pi0+yolo", backend=a.pi0_backend, precision=a.pi0_precision,
                     run=run.coserving)  # fmt: skip
         run.save()
     print(f"{a.out}: {sum(r['status'] == 'ok' for r in run.rows)} of {len(run.rows)} rows ok")

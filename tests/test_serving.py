@@ -642,3 +642,46 @@ def test_vla_models_are_served_where_torch_runs_and_co_served_with_a_detection_m
     no_torch = Plan(cfg, available=lambda b: (b != "torch", "not installed"))
     assert "results/cpu/serving/p.json" not in no_torch.serving_outputs()
     assert "results/cpu/serving/coserving.json" not in no_torch.serving_outputs()
+
+
+def test_a_pi0_entry_with_a_backend_precision_and_options_is_served_on_that_runner(tmp_path, triton_env_dir):
+    """The Pi0 model entry's backend / precision / options (repository.backend_params) reach the served model, which
+    then runs the bench and accuracy jobs' runner; its actions equal that runner's in this process."""
+    import numpy as np
+
+    from workflow_scripts.models import get_family
+    from workflow_scripts.serving.repository import build_repository
+    from workflow_scripts.serving.vla import episode_request, in_process_runner
+    from workflow_scripts.tasks.vla import EPISODE_DEFAULTS, load_episodes, make_episodes, predictor
+
+    httpclient, _ = _triton_http()
+    fam = get_family("pi0")
+    fam.save_checkpoint(fam.build_architecture("pi0-tiny.yaml"), tmp_path / "p.pt")
+    settings = {"seed": 0, "splits": {"val": 1}, "cameras": 1, "camera_size": 64}
+    make_episodes(tmp_path / "eps", settings, "val")
+    entry = {
+        "family": "pi0",
+        "checkpoint": str(tmp_path / "p.pt"),
+        "episodes": {**EPISODE_DEFAULTS, **{k: v for k, v in settings.items() if k in EPISODE_DEFAULTS}},
+        "precision": "bf16",
+        "backend_options": {"fuse_projections": True},
+    }
+    serving = {"max_batch_size": 2, "max_queue_delay_us": 0, "preferred_batch_sizes": [], "instances": 1}
+    index = build_repository(tmp_path / "repo", "cpu", "cpu", 1, {"pb": entry}, serving, {})
+    served = index["models"]["pb"]
+    assert (served["backend"], served["precision"], served["backend_options"]) == (
+        "torch",
+        "bf16",
+        {"fuse_projections": True},
+    )
+    assert (
+        'key: "backend_options" value: { string_value: "{\\"fuse_projections\\": true}" }'
+        in (tmp_path / "repo/pb/config.pbtxt").read_text()
+    )
+    episodes = load_episodes(tmp_path / "eps").take(slice(0, 1))
+    with serve(ensure(), tmp_path / "repo", tmp_path / "server.log", timeout=120) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        actions = client.infer("pb", _pi0_request(httpclient, episode_request(episodes, 0))).as_numpy("ACTIONS")
+    runner = in_process_runner(served, tmp_path / "repo", "cpu", 1)
+    assert runner.precision == "bf16" and "fused_projections" in runner.versions()
+    np.testing.assert_allclose(actions, predictor(fam, runner, None)(episodes), atol=1e-5)

@@ -231,7 +231,20 @@ class Pi0Model(_Model):
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
         self.torch = torch
-        self.chunk = self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval()
+        self.runner = None
+        if "backend" in self.params:  # the entry's backend / precision (repository.backend_params): its runner
+            import json
+
+            from workflow_scripts.core.pipeline import make_runner
+
+            options = json.loads(self.params.get("backend_options") or "{}") or None
+            self.runner = make_runner(
+                self.params["backend"], self.model_dir / "checkpoint.pt", self.params["family"],
+                self.params["precision"], self.device, threads or None, options,
+            )  # fmt: skip
+            self.chunk = self.runner.model
+        else:  # torch FP32 eager, as the family loads it
+            self.chunk = self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval()
         self.geo = self.family.geometry(self.chunk.model)
         self.cameras = int(self.params["cameras"])
         self.seed = int(self.params["noise_seed"])
@@ -282,6 +295,8 @@ class Pi0Model(_Model):
         torch = self.torch
         batch = {k: np.stack([e[k] for e in episodes]) for k in ("images", "state", "token_ids", "token_mask", "noise")}
         arrays = self.family.preprocess(batch, self.geo)
+        if self.runner is not None:  # the bench / accuracy jobs' call: `tasks.vla.predictor`
+            return np.asarray(self.runner(arrays)[0], np.float32)
         with torch.inference_mode():
             out = self.chunk(*(torch.from_numpy(arrays[n]).to(self.device) for n in self.family.INPUT_NAMES))
         return out.float().cpu().numpy()

@@ -154,6 +154,25 @@ def _meta_dims(family: str) -> list[int]:
     return [len(dataclasses.fields(get_family(family).META))]
 
 
+DEFAULT_BACKEND = ("torch", "fp32", {})  # a served torch model unless its entry names a backend / precision
+
+
+def served_backend(m: dict) -> tuple[str, str, dict]:
+    """(backend, precision, backend options) a python-backend torch model (tracker, Pi0) is served with: the model
+    entry's `backend` / `precision` / `backend_options`, else torch FP32 eager."""
+    return m.get("backend") or "torch", m.get("precision") or "fp32", dict(m.get("backend_options") or {})
+
+
+def backend_params(m: dict) -> dict:
+    """The config.pbtxt parameters that make the served model build that runner (`make_runner`); none for the
+    default, which the family's own loader serves."""
+    backend, precision, options = served_backend(m)
+    if (backend, precision, options) == DEFAULT_BACKEND:
+        return {}
+    # a pbtxt string: the JSON's quotes escaped
+    return {"backend": backend, "precision": precision, "backend_options": json.dumps(options).replace('"', '\\"')}
+
+
 def vla_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None, serving: dict) -> dict:
     """`{name}`: one stateless python-backend model running the family's preprocess and action chunk
     (`python_models.Pi0Model`) on the prepared checkpoint, copied beside it; dynamic batching as configured.
@@ -176,7 +195,13 @@ def vla_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None, ser
         "NOISE": ("TYPE_FP32", chunk),
     }
     outputs = {"ACTIONS": ("TYPE_FP32", chunk), "NOISE_SEED": ("TYPE_INT64", [1])}
-    params = {"family": m["family"], "cameras": eps["cameras"], "noise_seed": m.get("noise_seed", 0)}
+    params = {
+        "family": m["family"],
+        "cameras": eps["cameras"],
+        "noise_seed": m.get("noise_seed", 0),
+        **backend_params(m),
+    }
+    backend, precision, options = served_backend(m)
     (tmp / name / "config.pbtxt").write_text(
         model_config(
             name,
@@ -194,7 +219,9 @@ def vla_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None, ser
         "family": m["family"],
         "task": "vla",
         "model": name,
-        "precision": "fp32",
+        "backend": backend,
+        "precision": precision,
+        "backend_options": options,
         "checkpoint": str(m["checkpoint"]),
         "geometry": geo,
         "episodes": eps,

@@ -41,7 +41,14 @@ from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import BadImage, check_image, get_family
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.python_models import BadInput, _Model
-from workflow_scripts.serving.repository import _tensor, model_config, shim, triton_models_of
+from workflow_scripts.serving.repository import (
+    _tensor,
+    backend_params,
+    model_config,
+    served_backend,
+    shim,
+    triton_models_of,
+)
 from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.tasks import tracking
 
@@ -51,12 +58,6 @@ AUC_TOLERANCE = 0.001  # served vs in-process AUC: the same tracker code on both
 CONTROLS = {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END", "READY": "CONTROL_SEQUENCE_READY"}
 INPUTS = {"FRAME": ("TYPE_UINT8", [-1, -1, 3]), "BOX": ("TYPE_FP32", [4])}
 OUTPUTS = {"BOX": ("TYPE_FP32", [4]), "SCORE": ("TYPE_FP32", [1]), "LIVE_SEQUENCES": ("TYPE_INT32", [1])}
-DEFAULT_BACKEND = ("torch", "fp32", {})  # the served tracker unless the model entry names a backend / precision
-
-
-def served_backend(m: dict) -> tuple[str, str, dict]:
-    """(backend, precision, backend options) a tracking model is served with: the entry's, else torch FP32 eager."""
-    return m.get("backend") or "torch", m.get("precision") or "fp32", dict(m.get("backend_options") or {})
 
 
 def _is_default_runner(runner) -> bool:
@@ -289,9 +290,8 @@ def tracking_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None
         "family": m["family"],
         "threads": threads or 0,
         "max_sequence_idle_us": idle_us,
+        **backend_params(m),
     }
-    if (backend, precision, options) != DEFAULT_BACKEND:  # pbtxt string: the JSON's quotes escaped
-        params.update(backend=backend, precision=precision, backend_options=json.dumps(options).replace('"', '\\"'))
     config = model_config(
         name,
         [_tensor(k, t, d, optional=k == "BOX") for k, (t, d) in INPUTS.items()],

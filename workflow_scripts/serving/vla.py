@@ -24,7 +24,7 @@ from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.repository import triton_models_of, without_dynamic_batching
+from workflow_scripts.serving.repository import served_backend, triton_models_of, without_dynamic_batching
 from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.tasks import vla
 
@@ -102,10 +102,13 @@ class ActionClient:
 
 
 def in_process_runner(entry: dict, repository: Path, device: str, threads: int | None):
-    """The torch FP32 runner of the served checkpoint (the repository's copy), as the accuracy jobs build it."""
+    """The runner of the served checkpoint (the repository's copy) on the served backend and precision (torch FP32
+    unless the repository entry names another: `repository.served_backend`), as the accuracy jobs build it."""
+    backend, precision, options = served_backend(entry)
     return make_runner(
-        "torch", repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], "fp32", device, threads
-    )
+        backend, repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], precision, device, threads,
+        options or None,
+    )  # fmt: skip
 
 
 def in_process_chunk(entry: dict, repository: Path, device: str, threads, dataset: Path, iterations: int) -> dict:
@@ -264,10 +267,11 @@ def evaluate_served_actions(
         "noise": "each episode's own, sent as NOISE",
         "noise_seeds": sorted(set(client.noise_seeds)),
         "reference": {
-            "backend": "torch",
-            "precision": "fp32",
+            "backend": served_backend(entry)[0],
+            "precision": served_backend(entry)[1],
             "device": device,
-            "what": "the same checkpoint in this process, the accuracy jobs' runner and loop (tasks.vla.evaluate)",
+            "what": "the same checkpoint on the served backend and precision in this process, the accuracy jobs' "
+            "runner and loop (tasks.vla.evaluate)",
             "seconds": local["seconds"],
             "tolerance_max_abs": tolerance,
             "matches": served["action_max_abs"] <= tolerance,
