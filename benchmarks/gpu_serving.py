@@ -31,6 +31,7 @@ from benchmarks.rows import run_row  # noqa: E402
 from benchmarks.triton_kit import interpreter_first_on_path  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json  # noqa: E402
+from workflow_scripts.plan.settings import ServingSettings  # noqa: E402
 from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
 from workflow_scripts.runners import BACKENDS  # noqa: E402
 from workflow_scripts.serving.coserving import run_coserving  # noqa: E402
@@ -131,11 +132,13 @@ class Run:
                        models=triton_models_of(entry)) as server:  # fmt: skip
                 started = time.perf_counter() - t0
                 warm = self.warm_up(server, entry["model"], dataset) if self.a.warmup_requests else None
-                record = run_tracking_sweep(
-                    repository, index, self.a.model, "h200", dataset, log, self.a.concurrency, [self.a.protocol],
-                    self.a.requests, self.a.startup_timeout, env_dir=self.a.env, stability=self.a.stability,
-                    max_trials=self.a.max_trials, server=server,
+                settings = ServingSettings(
+                    concurrency=self.a.concurrency, protocols=[self.a.protocol], requests=self.a.requests,
+                    stability_percentage=self.a.stability, max_trials=self.a.max_trials,
+                    startup_timeout_s=self.a.startup_timeout, http_port=None, grpc_port=None,
                 )  # fmt: skip
+                record = run_tracking_sweep(repository, index, self.a.model, "h200", dataset, log, settings,
+                                            env_dir=self.a.env, server=server)  # fmt: skip
         except PlanforgeError as exc:  # the row's line with the server log's first error (the stub's reason)
             first = next((ln for ln in log.read_text().splitlines() if "] ERROR" in ln or "Failed to" in ln), "")
             head = str(exc).splitlines()[0].rstrip(":;")

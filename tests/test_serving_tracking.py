@@ -18,6 +18,7 @@ from tests.conftest import REPO, make_workflow_copy, planned_outputs
 from workflow_scripts.config import validate
 from workflow_scripts.models import get_family
 from workflow_scripts.plan.jobs import Plan
+from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving import tracking as served
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.repository import build_repository
@@ -204,11 +205,16 @@ def test_perf_analyzer_runs_whole_sequences_at_each_live_sequence_count_and_the_
         "cpu",
         work / "clips",
         work / "sweep.log",
-        [1, 2],
-        ["grpc"],
-        8,
-        60,
-        max_trials=3,
+        ServingSettings(
+            concurrency=[1, 2],
+            protocols=["grpc"],
+            requests=8,
+            stability_percentage=25,
+            max_trials=3,
+            startup_timeout_s=60,
+            http_port=None,
+            grpc_port=None,
+        ),  # fmt: skip
         server=setup["server"],
     )
     assert rec["task"] == "tracking" and rec["input_data"] == {

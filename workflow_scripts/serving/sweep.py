@@ -214,18 +214,16 @@ def run_sweep(
     target: str,
     dataset: Path,
     server_log: Path,
-    concurrency: list[int],
-    protocols: list[str],
-    requests: int,
-    startup_timeout: float,
-    http_port: int | None = None,
-    grpc_port: int | None = None,
+    s: ServingSettings,
     env_dir: Path | None = None,
     bench_b1: Path | None = None,
-    stability: float = 25,
-    max_trials: int = 6,
 ) -> dict:
-    """Both sweeps (dynamic batching on, off) and the bare-model row; returns the serving record."""
+    """Both sweeps (dynamic batching on, off) and the bare-model row; returns the serving record. `s`: the serving
+    job's settings (concurrency levels, protocols, requests per window, stability, ports, startup timeout); a vla
+    or tracking model goes to its task's sweep (`TASK_SWEEPS`) with the same arguments."""
+    concurrency, protocols, requests = s.concurrency, s.protocols, s.requests
+    startup_timeout, http_port, grpc_port = s.startup_timeout_s, s.http_port, s.grpc_port
+    stability, max_trials = s.stability_percentage, s.max_trials
     index = read_json(repository / "planforge.json")
     if model not in index["models"]:
         raise PlanforgeError(f"{repository}: has no model {model!r} (it has {sorted(index['models'])}); rerun triton")
@@ -233,10 +231,7 @@ def run_sweep(
     if entry.get("task") in TASK_SWEEPS:  # a python model of its own (Pi0, a tracker): its own client and inputs
         module, name = TASK_SWEEPS[entry["task"]]
         sweep = getattr(importlib.import_module(module), name)
-        return sweep(
-            repository, index, model, target, dataset, server_log, concurrency, protocols, requests,
-            startup_timeout, http_port, grpc_port, env_dir, stability, max_trials,
-        )  # fmt: skip
+        return sweep(repository, index, model, target, dataset, server_log, s, env_dir)
     env = ensure(env_dir)
     ensemble = entry["ensembles"]["serve"]["name"]
     infer_model = next(iter(entry["inference_models"].values()))
@@ -380,22 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="the JSON; the CSV goes beside it")
     a = p.parse_args(argv)
     s = ServingSettings.from_json(a.settings)
-    record = run_sweep(
-        a.repository,
-        a.model,
-        a.target,
-        a.dataset,
-        a.server_log,
-        s.concurrency,
-        s.protocols,
-        s.requests,
-        s.startup_timeout_s,
-        s.http_port,
-        s.grpc_port,
-        bench_b1=a.bench_b1,
-        stability=s.stability_percentage,
-        max_trials=s.max_trials,
-    )
+    record = run_sweep(a.repository, a.model, a.target, a.dataset, a.server_log, s, bench_b1=a.bench_b1)
     record["config_hash"] = s.config_hash
     write_csv(record, a.out.with_suffix(".csv"))
     write_json(a.out, record)

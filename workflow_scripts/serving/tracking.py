@@ -39,6 +39,7 @@ from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import BadImage, check_image, get_family
+from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.python_models import BadInput, _Model
 from workflow_scripts.serving.repository import (
@@ -472,21 +473,19 @@ def run_tracking_sweep(
     target: str,
     dataset: Path,
     server_log: Path,
-    concurrency: list[int],
-    protocols: list[str],
-    requests: int,
-    startup_timeout: float,
-    http_port: int | None = None,
-    grpc_port: int | None = None,
+    s: ServingSettings,
     env_dir: Path | None = None,
-    stability: float = 25,
-    max_trials: int = 6,
     server: TritonServer | None = None,
 ) -> dict:
     """perf_analyzer sequence runs: `--sequence-length` = the val sequences' frames, concurrency = live sequences.
 
-    `server`: one already serving the repository (else this starts one, loading only this model)."""
+    `s`: the serving job's settings (as `sweep.run_sweep`); `server`: one already serving the repository (else
+    this starts one, loading only this model)."""
     from workflow_scripts.serving.sweep import perf_analyzer
+
+    concurrency, protocols, requests = s.concurrency, s.protocols, s.requests
+    startup_timeout, http_port, grpc_port = s.startup_timeout_s, s.http_port, s.grpc_port
+    stability, max_trials = s.stability_percentage, s.max_trials
 
     env = ensure(env_dir)
     entry = index["models"][model]

@@ -23,6 +23,7 @@ from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family
+from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.repository import served_backend, triton_models_of, without_dynamic_batching
 from workflow_scripts.serving.server import TritonServer, fresh_log, serve
@@ -144,18 +145,16 @@ def run_vla_sweep(
     target: str,
     dataset: Path,
     server_log: Path,
-    concurrency: list[int],
-    protocols: list[str],
-    requests: int,
-    startup_timeout: float,
-    http_port: int | None = None,
-    grpc_port: int | None = None,
+    s: ServingSettings,
     env_dir: Path | None = None,
-    stability: float = 25,
-    max_trials: int = 6,
 ) -> dict:
-    """perf_analyzer on the served Pi0 model with val episodes as input data, dynamic batching on and off."""
+    """perf_analyzer on the served Pi0 model with val episodes as input data, dynamic batching on and off
+    (`s`: the serving job's settings, as `sweep.run_sweep`)."""
     from workflow_scripts.serving.sweep import compare_batching, perf_analyzer
+
+    concurrency, protocols, requests = s.concurrency, s.protocols, s.requests
+    startup_timeout, http_port, grpc_port = s.startup_timeout_s, s.http_port, s.grpc_port
+    stability, max_trials = s.stability_percentage, s.max_trials
 
     env = ensure(env_dir)
     entry = index["models"][model]
