@@ -106,7 +106,8 @@ def test_a_disturbed_loop_is_measured_again_and_the_quiet_one_reported(onnx_mode
     first, reported = attempts[0], attempts[-1]
     assert r["stable"] is True and s["reason"] is None
     assert len(attempts) >= 2 and s["reported_attempt"] == reported["attempt"] == len(attempts)
-    assert not first["stable"] and first["reason"].startswith("p99/p50 ") and first["dispersion"]["p99_over_p50"] > 40
+    # flagged for the disturbance (its p99/p50 near 51 on a quiet machine; a noisy one inflates p50, so only the limit)
+    assert not first["stable"] and first["reason"].startswith("p99/p50 ") and first["dispersion"]["p99_over_p50"] > 25
     assert reported["stable"] and r["latency_ms"] == reported["latency_ms"] and r["dispersion"]["p99_over_p50"] < 25
     assert r["dispersion"] == reported["dispersion"] and r["dispersion"]["timer"] == "latency_ms"
     assert s["criteria"] == {"max_cv": 100.0, "max_p99_over_p50": 25.0, "attempts": 4}
