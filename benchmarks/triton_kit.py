@@ -26,7 +26,6 @@ Every failure is one line; the environment is marked ready only after the smoke 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import lzma
@@ -46,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
-from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json  # noqa: E402
+from workflow_scripts.core.io import PlanforgeError, atomic_path, file_digest, run_cli, write_json  # noqa: E402
 from workflow_scripts.serving import env as serving_env  # noqa: E402
 
 PART_MIB = 60  # a call carries 64 MiB in all: a part and the manifest, with room to spare
@@ -90,11 +89,7 @@ def kit_requirements(opencv: bool = True) -> list[str]:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path)
 
 
 # -- pack (here) ------------------------------------------------------------------------------------------------

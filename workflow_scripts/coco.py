@@ -12,7 +12,6 @@ The subset: val2017's image ids in a seeded random order; the val split takes th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import urllib.error
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.core.io import PlanforgeError, atomic_dir, atomic_path, run_cli
+from workflow_scripts.core.io import PlanforgeError, atomic_dir, atomic_path, file_digest, run_cli
 
 BASE_URL = "http://images.cocodataset.org"
 DOWNLOADS = Path("artifacts/data/coco/downloads")
@@ -40,11 +39,7 @@ IMAGES_PREFIX = "val2017/"
 
 
 def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _where_to_put(name: str, out: Path, base_url: str) -> str:
