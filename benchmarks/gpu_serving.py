@@ -88,7 +88,7 @@ class Run:
             "max_batch_size": top,
             "max_queue_delay_us": d["max_queue_delay_us"],
             "preferred_batch_sizes": [b for b in d["preferred_batch_sizes"] if b <= top],
-            "instances": 1,
+            "instances": self.a.instances,  # model instances (stub processes), each with its own trackers
             # long enough for a first frame that compiles: Triton forgets a sequence idle for longer, and its next
             # frame (no START) is refused
             "sequence_idle_us": int(self.a.sequence_idle_s * 1e6),
@@ -100,7 +100,8 @@ class Run:
         }
 
     def sweep_settings(self) -> dict:
-        keys = ("concurrency", "protocol", "requests", "warmup_requests", "stability", "max_trials", "threads")
+        keys = ("concurrency", "instances", "protocol", "requests", "warmup_requests", "stability", "max_trials")
+        keys += ("threads",)
         return {k: getattr(self.a, k) for k in keys}
 
     def prepare(self) -> tuple[Path, Path]:
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", nargs="*", default=["fp16-compile-graph", "fp16-graph"], choices=list(ROWS))
     p.add_argument("--device", default="cuda")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="live sequences")
+    p.add_argument("--instances", type=int, default=1, help="model instances (stub processes: no shared GIL)")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
     p.add_argument("--requests", type=int, default=200, help="requests per perf_analyzer window")
     p.add_argument("--warmup-requests", type=int, default=100, help="0: no warm-up pass")
