@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
-from benchmarks.rows import run_row  # noqa: E402
+from benchmarks.rows import checked, row_arguments, run_row  # noqa: E402
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
 from workflow_scripts.bench import bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
@@ -192,26 +192,15 @@ class Run:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="the JSON to write (rewritten after every row)")
+    bench, accuracy = ["bf16-graph", "bf16", "int4-graph", "int4"], ["fp32", "bf16", "bf16-graph", "int4", "int8"]
+    row_arguments(p, ROWS, bench, accuracy, 5, 50)
     p.add_argument("--cameras", type=int, default=1)
     p.add_argument("--checkpoint", default="pi0.yaml", help="a pi0 architecture name (pi0-tiny.yaml: a CPU smoke run)")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--bench", nargs="*", default=["bf16-graph", "bf16", "int4-graph", "int4"], choices=list(ROWS))
-    p.add_argument("--accuracy", nargs="*", default=["fp32", "bf16", "bf16-graph", "int4", "int8"], choices=list(ROWS))
     p.add_argument("--batches", type=int, nargs="+", default=[1])
-    p.add_argument("--repeat", type=int, default=1, help="bench each row this many times (separate runners)")
     p.add_argument("--phases", nargs="*", default=[], choices=list(ROWS), help="graph rows split into prefix / denoise")
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--acc-batch", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=50)
-    p.add_argument("--min-seconds", type=float, default=2.0)
-    p.add_argument("--threads", type=int, default=8)
-    a = p.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("gpu_pi0: no CUDA GPU here; run it on the GPU machine")
-    if a.accuracy and a.accuracy[0] != "fp32":
-        a.accuracy = ["fp32", *[n for n in a.accuracy if n != "fp32"]]  # the reference first
+    a = checked(p.parse_args(argv), "gpu_pi0")
     with tempfile.TemporaryDirectory(prefix="planforge-pi0-") as tmp:
         run = Run(a, Path(tmp))
         for name in a.bench:

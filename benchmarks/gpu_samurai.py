@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
-from benchmarks.rows import run_row  # noqa: E402
+from benchmarks.rows import checked, row_arguments, run_row  # noqa: E402
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
 from workflow_scripts.bench import bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
@@ -184,24 +184,12 @@ class Run:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="the JSON to write (rewritten after every row)")
+    row_arguments(p, ROWS, ["fp16", "fp16-graph", "fp16-compile-graph"], ["fp32", "fp16", "fp16-graph"], 20, 100)
     p.add_argument("--models", nargs="+", default=["samurai-t", "samurai-l"], choices=list(MODELS))
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--bench", nargs="*", default=["fp16", "fp16-graph", "fp16-compile-graph"], choices=list(ROWS))
-    p.add_argument("--accuracy", nargs="*", default=["fp32", "fp16", "fp16-graph"], choices=list(ROWS))
     p.add_argument("--profile", nargs="*", default=[], choices=list(ROWS), help="cProfile of these rows' frames")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="live sequences per timed call")
-    p.add_argument("--repeat", type=int, default=1, help="bench each row this many times (separate runners)")
     p.add_argument("--clips", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--iterations", type=int, default=100)
-    p.add_argument("--min-seconds", type=float, default=2.0)
-    p.add_argument("--threads", type=int, default=8)
-    a = p.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("gpu_samurai: no CUDA GPU here; run it on the GPU machine")
-    if a.accuracy and a.accuracy[0] != "fp32":
-        a.accuracy = ["fp32", *[n for n in a.accuracy if n != "fp32"]]  # the reference first
+    a = checked(p.parse_args(argv), "gpu_samurai")
     with tempfile.TemporaryDirectory(prefix="planforge-samurai-") as tmp:
         run = Run(a, Path(tmp))
         for model in a.models:

@@ -1,11 +1,14 @@
-"""One row of a GPU benchmark script (gpu_pi0.py, gpu_samurai.py): run it, keep its failure as a record, save."""
+"""The GPU benchmark scripts' shared parts (gpu_pi0.py, gpu_samurai.py): their common arguments, and one row —
+run it, keep its failure as a record, save."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from workflow_scripts.core.io import exception_line
 
@@ -29,3 +32,30 @@ def run_row(rows: list[dict], save: Callable[[], None], **what) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return what
+
+
+def row_arguments(
+    p: argparse.ArgumentParser, rows: dict, bench: list[str], accuracy: list[str], warmup: int, iterations: int
+) -> None:
+    """The arguments every row script takes: the JSON, the device, which rows to bench / score (of `rows`), the
+    batches, repeats and the bench step's loop (warm-up, iterations, min seconds, threads)."""
+    p.add_argument("--out", type=Path, required=True, help="the JSON to write (rewritten after every row)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--bench", nargs="*", default=bench, choices=list(rows))
+    p.add_argument("--accuracy", nargs="*", default=accuracy, choices=list(rows))
+    p.add_argument("--repeat", type=int, default=1, help="bench each row this many times (separate runners)")
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--iterations", type=int, default=iterations)
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--threads", type=int, default=8)
+
+
+def checked(a: argparse.Namespace, script: str) -> argparse.Namespace:
+    """No CUDA for a cuda run is one line; the accuracy rows start with fp32, the reference the others compare to."""
+    import torch
+
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{script}: no CUDA GPU here; run it on the GPU machine")
+    if a.accuracy and a.accuracy[0] != "fp32":
+        a.accuracy = ["fp32", *[n for n in a.accuracy if n != "fp32"]]  # the reference first
+    return a
