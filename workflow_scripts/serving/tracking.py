@@ -61,10 +61,6 @@ INPUTS = {"FRAME": ("TYPE_UINT8", [-1, -1, 3]), "BOX": ("TYPE_FP32", [4])}
 OUTPUTS = {"BOX": ("TYPE_FP32", [4]), "SCORE": ("TYPE_FP32", [1]), "LIVE_SEQUENCES": ("TYPE_INT32", [1])}
 
 
-def _is_default_runner(runner) -> bool:
-    return runner.backend == "torch" and runner.precision == "fp32" and getattr(runner, "mode", "eager") == "eager"
-
-
 def served_tracker_model(params: dict, model_dir: Path, device: str, threads: int | None):
     """(runner, model, tracker settings) of the served checkpoint: torch FP32 eager as the family loads it (no
     runner), or (params backend / precision / backend_options) the runner the bench builds, its module, its settings."""
@@ -423,10 +419,10 @@ def in_process_runner(entry: dict, repository: Path, device: str, threads: int |
 
 
 def in_process_tracker(fam, runner):
-    """`new_tracker()` over the runner's module with the family's default settings: what the served model runs
-    (a torch FP32 eager runner: no runner settings; another backend or precision: the runner's, as `predictor`)."""
+    """`new_tracker()` over the runner's module with the family's default settings and the runner's facts (as
+    `predictor`): what the served model runs (for a torch FP32 eager runner the facts change nothing)."""
     model = tracking.tracked_model(runner)
-    settings = None if _is_default_runner(runner) else tracking.tracker_settings(runner)
+    settings = tracking.tracker_settings(runner)
     return lambda: fam.tracker(model, settings)
 
 
