@@ -82,17 +82,24 @@ def _tritonservers_of(root: Path, wait: float = 5.0) -> list[int]:
     return pids
 
 
-def _servers_now(root: Path, stubs: bool = True) -> list[int]:
-    pids = []
+def _cmdlines() -> dict[int, str]:
+    """Command line of every live process; one that exits while it is read is skipped (ESRCH, not ENOENT)."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            server = "tritonserver" in cmd and f"--model-repository={root}" in cmd
-            if server or (stubs and "triton_python_backend_stub" in cmd and str(root) in cmd):
-                pids.append(int(proc.name))
+    return found
+
+
+def _servers_now(root: Path, stubs: bool = True) -> list[int]:
+    pids = []
+    for pid, cmd in _cmdlines().items():
+        server = "tritonserver" in cmd and f"--model-repository={root}" in cmd
+        if server or (stubs and "triton_python_backend_stub" in cmd and str(root) in cmd):
+            pids.append(pid)
     return pids
 
 
@@ -247,11 +254,7 @@ def _wait_for_sweep(proc: subprocess.Popen, repo: Path, timeout: float = 120) ->
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         pids = _servers_now(repo, stubs=False)
-        if pids and any(
-            "perf_analyzer" in (p / "cmdline").read_bytes().decode(errors="replace")
-            for p in Path("/proc").iterdir()
-            if p.name.isdigit() and (p / "cmdline").exists()
-        ):
+        if pids and any("perf_analyzer" in cmd for cmd in _cmdlines().values()):
             return pids[0]
         time.sleep(0.3)
     raise AssertionError("the sweep never started")
