@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
-from benchmarks.rows import checked, row_arguments, run_row  # noqa: E402
+from benchmarks.rows import checked, header, row_arguments, run_row  # noqa: E402
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
 from workflow_scripts.bench import bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
@@ -85,10 +85,7 @@ class Run:
         write_json(
             self.a.out,
             {
-                "gpu": torch.cuda.get_device_name(0) if self.a.device == "cuda" else None,
-                "torch": torch.__version__,
-                "cuda": torch.version.cuda,
-                "command": "python benchmarks/gpu_pi0.py " + " ".join(sys.argv[1:]),
+                **header("gpu_pi0.py", self.a.device),
                 "checkpoint": f"{self.a.checkpoint} (seeded random weights)",
                 "parameters": self.parameters,
                 "build_seconds_cpu": self.build_seconds,

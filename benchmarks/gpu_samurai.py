@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
-from benchmarks.rows import checked, row_arguments, run_row  # noqa: E402
+from benchmarks.rows import checked, header, row_arguments, run_row  # noqa: E402
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
 from workflow_scripts.bench import bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
@@ -65,10 +65,7 @@ class Run:
         write_json(
             self.a.out,
             {
-                "gpu": torch.cuda.get_device_name(0) if self.a.device == "cuda" else None,
-                "torch": torch.__version__,
-                "cuda": torch.version.cuda,
-                "command": "python benchmarks/gpu_samurai.py " + " ".join(sys.argv[1:]),
+                **header("gpu_samurai.py", self.a.device),
                 "models": {m: MODELS[m] for m in self.a.models},
                 "clips": self.a.clips,
                 "warmup": self.a.warmup,

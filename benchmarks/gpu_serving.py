@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
-from benchmarks.rows import run_row  # noqa: E402
+from benchmarks.rows import header, run_row  # noqa: E402
 from benchmarks.triton_kit import interpreter_first_on_path  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json  # noqa: E402
@@ -63,14 +63,10 @@ class Run:
         self.env = ensure(a.env)
 
     def save(self) -> None:
-        import torch
-
         write_json(
             self.a.out,
             {
-                "gpu": torch.cuda.get_device_name(0) if self.a.device.startswith("cuda") else None,
-                "torch": torch.__version__,
-                "command": "python benchmarks/gpu_serving.py " + " ".join(sys.argv[1:]),
+                **header("gpu_serving.py", self.a.device),
                 "model": self.a.model,
                 "checkpoint": CHECKPOINTS[self.a.model],
                 "clips": {"val": self.a.clips, "frames": self.a.frames, "frame_size": self.a.frame_size},

@@ -34,6 +34,20 @@ def run_row(rows: list[dict], save: Callable[[], None], **what) -> dict:
     return what
 
 
+def header(script: str, device: str) -> dict:
+    """What every row script's JSON starts with: the GPU (None off CUDA), torch and its CUDA, the command line."""
+    import sys
+
+    import torch
+
+    return {
+        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+    }
+
+
 def row_arguments(
     p: argparse.ArgumentParser, rows: dict, bench: list[str], accuracy: list[str], warmup: int, iterations: int
 ) -> None:
