@@ -87,6 +87,7 @@ rule summary:
         pictures=PLAN.picture_outputs(),
         serving=PLAN.serving_outputs(),
         serving_plots=PLAN.serving_plot_outputs(),
+        calibration_caches=PLAN.calibration_cache_outputs(),
         code=PLAN.step_code("summary"),
     output:
         report(
@@ -106,4 +107,5 @@ rule summary:
     shell:
         "python -m workflow_scripts.summary --bench {input.bench} --accuracy {input.accuracy}"
         " --plots {input.plots} {input.serving_plots} --pictures {input.pictures} --serving {input.serving} --unavailable {params.unavailable:q} --gate {params.gate}"
-        " --baseline {params.baseline} --references {params.references:q} --out {output} > {log} 2>&1"
+        " --baseline {params.baseline} --references {params.references:q}"
+        " --calibration-caches {input.calibration_caches} --out {output} > {log} 2>&1"

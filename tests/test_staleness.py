@@ -70,6 +70,7 @@ def test_full_run_writes_every_artifact_of_the_contract(built_workflow: Path):
 
 def test_second_run_with_nothing_changed_runs_no_job(workflow_copy: Path):
     assert planned_outputs(workflow_copy, SUMMARY) == set()
+    assert planned_outputs(workflow_copy) == set()  # nor the default target: the summary built all of it
     proc = snakemake(workflow_copy, "results/summary.md")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 

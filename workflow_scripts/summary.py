@@ -264,6 +264,20 @@ def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def calibration_cache_lines(caches: list[Path]) -> list[str]:
+    """The TensorRT INT8 calibration caches made here for targets that build engines: header and tensor count,
+    read back from each file (a cache TensorRT would refuse fails here, in one line)."""
+    from workflow_scripts.tensorrt.calib_cache import CalibrationCache
+
+    if not caches:
+        return []
+    lines = ["## TensorRT INT8 calibration caches", ""]
+    for path in caches:
+        cache = CalibrationCache.read(path)
+        lines.append(f"- `{path}`: TRT-{cache.version}-{cache.algorithm}, {len(cache.scales)} tensors")
+    return [*lines, ""]
+
+
 def pareto_lines(joined: pd.DataFrame) -> list[str]:
     """The batch-1 Pareto front of one target (latency ↓, the task's metric ↑), fastest first."""
     front = pareto_front(joined[joined["batch"] == 1]) if "score" in joined else joined.iloc[0:0]
@@ -325,6 +339,7 @@ def render(
     serving: list[dict] | None = None,
     references: list[dict] | None = None,
     pictures: list[Path] = (),
+    calibration_caches: list[Path] = (),
 ) -> str:
     """The summary as markdown; plot links are relative to `out`."""
     lines = ["# planforge summary", ""]
@@ -473,6 +488,7 @@ def render(
                 lines.append(f"- [{kind.replace('_', ' ')}]({rel.as_posix()})")
         lines.append("")
     lines += reference_lines(references or [], bench)
+    lines += calibration_cache_lines(list(calibration_caches))
     lines += ["## Not available on this machine", ""]
     lines += [f"- {u}" for u in unavailable] or ["- every configured backend ran"]
     lines += [
@@ -518,6 +534,7 @@ def summarise(
     serving_files: list[Path] = (),
     references: list[dict] | None = None,
     picture_files: list[Path] = (),
+    calibration_caches: list[Path] = (),
 ) -> str:
     bench, acc = load_tables(bench_files, accuracy_files)
     serving = [read_json(p) for p in serving_files]
@@ -526,7 +543,9 @@ def summarise(
         for kind in PLOT_KINDS:
             if p.stem.endswith("_" + kind):
                 plots[p.stem] = p
-    text = render(bench, acc, unavailable, gate, baseline, plots, out, serving, references, picture_files)
+    text = render(
+        bench, acc, unavailable, gate, baseline, plots, out, serving, references, picture_files, calibration_caches
+    )
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return text
@@ -544,6 +563,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pictures", type=Path, nargs="*", default=[], help="results/{target}/pictures/… PNGs")
     p.add_argument("--serving", type=Path, nargs="*", default=[], help="serving sweep and served-accuracy JSONs")
     p.add_argument("--references", default="[]", help="JSON list: config `references` (cited figures)")
+    p.add_argument(
+        "--calibration-caches", type=Path, nargs="*", default=[], help="TensorRT INT8 calibration caches made here"
+    )
     a = p.parse_args(argv)
     summarise(
         a.bench,
@@ -556,6 +578,7 @@ def main(argv: list[str] | None = None) -> None:
         a.serving,
         json.loads(a.references),
         a.pictures,
+        a.calibration_caches,
     )
     print(f"wrote {a.out}")
 
