@@ -19,6 +19,7 @@ inductor's kernels of the fixed-shape parts in CUDA graphs (`torch-compile-graph
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
-from benchmarks.rows import checked, header, row_arguments, run_row  # noqa: E402
+from benchmarks.rows import TRACKER_HELP, checked, header, row_arguments, run_row  # noqa: E402
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
 from workflow_scripts.bench import bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
@@ -67,6 +68,7 @@ class Run:
             {
                 **header("gpu_samurai.py", self.a.device),
                 "models": {m: MODELS[m] for m in self.a.models},
+                "tracker_settings": self.a.tracker,
                 "clips": self.a.clips,
                 "warmup": self.a.warmup,
                 "iterations": self.a.iterations,
@@ -82,7 +84,7 @@ class Run:
             make_videos(dataset, {**settings, "distractors": 2}, "val")
         artifact, info = self.work / f"{model}.pt", self.work / f"{model}.json"
         if not artifact.exists():
-            prepare_checkpoint("samurai", Path(checkpoint), artifact, info)
+            prepare_checkpoint("samurai", Path(checkpoint), artifact, info, {"tracker": self.a.tracker or None})
         return dataset, artifact, info
 
     def options(self, backend: str, extra: dict) -> dict:
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     row_arguments(p, ROWS, ["fp16", "fp16-graph", "fp16-compile-graph"], ["fp32", "fp16", "fp16-graph"], 20, 100)
     p.add_argument("--models", nargs="+", default=["samurai-t", "samurai-l"], choices=list(MODELS))
+    p.add_argument("--tracker", type=json.loads, default={}, help=TRACKER_HELP)
     p.add_argument("--profile", nargs="*", default=[], choices=list(ROWS), help="cProfile of these rows' frames")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="live sequences per timed call")
     p.add_argument("--clips", type=int, default=4)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, from any folder: the repo's packages
 
-from benchmarks.rows import header, run_row  # noqa: E402
+from benchmarks.rows import TRACKER_HELP, header, run_row  # noqa: E402
 from benchmarks.triton_kit import interpreter_first_on_path  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json  # noqa: E402
@@ -69,6 +69,7 @@ class Run:
                 **header("gpu_serving.py", self.a.device),
                 "model": self.a.model,
                 "checkpoint": CHECKPOINTS[self.a.model],
+                "tracker_settings": self.a.tracker,
                 "clips": {"val": self.a.clips, "frames": self.a.frames, "frame_size": self.a.frame_size},
                 "serving": self.serving(),
                 "sweep": self.sweep_settings(),
@@ -108,7 +109,13 @@ class Run:
             make_videos(dataset, settings, "val")
         artifact = self.work / f"{self.a.model}.pt"
         if not artifact.exists():
-            prepare_checkpoint("samurai", Path(CHECKPOINTS[self.a.model]), artifact, self.work / f"{self.a.model}.json")
+            prepare_checkpoint(
+                "samurai",
+                Path(CHECKPOINTS[self.a.model]),
+                artifact,
+                self.work / f"{self.a.model}.json",
+                {"tracker": self.a.tracker or None},
+            )
         return dataset, artifact
 
     def row(self, name: str) -> dict:
@@ -219,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="the serving environment (triton_kit.py install --env)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="the JSON (rewritten after every row)")
     p.add_argument("--model", default="samurai-t", choices=list(CHECKPOINTS))
+    p.add_argument("--tracker", type=json.loads, default={}, help=TRACKER_HELP)
     p.add_argument("--rows", nargs="*", default=["fp16-compile-graph", "fp16-graph"], choices=list(ROWS))
     p.add_argument("--device", default="cuda")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="live sequences")

@@ -12,6 +12,11 @@ from pathlib import Path
 
 from workflow_scripts.core.io import exception_line
 
+TRACKER_HELP = (
+    "JSON: SAMURAI settings saved with the prepared checkpoint, as a config entry's `tracker` (e.g. "
+    "'{\"memory_filter\": false}': every recent frame is a memory, so live sequences keep equal memory lengths)"
+)
+
 
 def run_row(rows: list[dict], save: Callable[[], None], **what) -> dict:
     """`what["run"]()` → its dict merged into the row; a failure becomes `status: failed` with the error line and the

@@ -82,8 +82,8 @@ DATASET_DEFAULTS = {
     "image_size": [256, 416],
     "max_objects": 8,
 }  # kinds episodes / videos: their own keys' defaults are tasks/vla.py EPISODE_DEFAULTS, tasks/tracking.py VIDEO_DEFAULTS
-# num_queries (D-FINE): None keeps the checkpoint's own (workflow_scripts/models: FamilySpec.settings)
-MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": [], "num_queries": None}
+# num_queries (D-FINE), tracker (SAMURAI): None keeps the checkpoint's own (workflow_scripts/models: FamilySpec.settings)
+MODEL_DEFAULTS = {"imgsz": 640, "accuracy": True, "keep_float": [], "num_queries": None, "tracker": None}
 TENSORRT_DEFAULTS = {
     "workspace_mib": 4096,
     "batch_profile": "static",

@@ -61,6 +61,7 @@ FAMILIES.register(
         "tracking",
         artifacts=("checkpoint", "onnx"),
         onnx_parts=("memory_attention", "mask_decoder", "memory_encoder"),
+        settings=("tracker",),
     ),
 )
 

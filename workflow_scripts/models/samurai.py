@@ -201,6 +201,16 @@ def build_architecture(name: str, seed: int = 0, device: str = "cpu"):
     return model
 
 
+def apply_settings(model, settings: dict):
+    """The model with its config entry's `tracker` (SAMURAI's settings: `SAMURAI_DEFAULTS`' keys) kept in its
+    source, which the prepared checkpoint saves: every tracker on it (bench, accuracy, ONNX Runtime glue, Triton)
+    starts from them. An unknown key is one line naming it."""
+    tracker = dict(settings.get("tracker") or {})
+    _check_settings(tracker, "models.<name>.tracker")
+    model.planforge_source = {**getattr(model, "planforge_source", {}), "tracker": tracker}
+    return model
+
+
 def save_checkpoint(model, path: str | Path) -> None:
     """The architecture, its config and the seed; a trained model's weights too (random ones are rebuilt)."""
     import torch
@@ -244,14 +254,20 @@ def input_size(model) -> int:
     return int(model.config.image_size)
 
 
-def settings_for(model, settings: dict | None = None) -> dict:
-    """SAMURAI_DEFAULTS with the model size's α, overridden by `settings`; `samurai: False` is plain SAM 2."""
-    settings = dict(settings or {})
+def _check_settings(settings: dict, where: str = "samurai settings") -> None:
     unknown = sorted(set(settings) - set(SAMURAI_DEFAULTS))
     if unknown:
-        raise PlanforgeError(f"samurai settings: {unknown[0]!r} is not one of {sorted(SAMURAI_DEFAULTS)}")
-    size = getattr(model, "planforge_source", {}).get("size", "t")
-    out = {**SAMURAI_DEFAULTS, "alpha": ALPHA.get(size, 0.25), **settings}
+        raise PlanforgeError(f"{where}: {unknown[0]!r} is not one of {sorted(SAMURAI_DEFAULTS)}")
+
+
+def settings_for(model, settings: dict | None = None) -> dict:
+    """SAMURAI_DEFAULTS with the model size's α, then the checkpoint's own (`apply_settings`: the config entry's
+    `tracker`), then `settings`; `samurai: False` is plain SAM 2."""
+    settings = dict(settings or {})
+    _check_settings(settings)
+    source = getattr(model, "planforge_source", {})
+    size = source.get("size", "t")
+    out = {**SAMURAI_DEFAULTS, "alpha": ALPHA.get(size, 0.25), **source.get("tracker", {}), **settings}
     if not out["samurai"]:
         out.update(memory_filter=False, min_obj_score_logits=0.0)
     return out
@@ -1263,8 +1279,8 @@ class Tracker:
                     del tracked[i]
 
     def describe(self) -> dict:
-        """How the model's per-frame parts run (`parts_record`)."""
-        return parts_record(self.model)
+        """How the model's per-frame parts run (`parts_record`), and the SAMURAI settings this tracker applies."""
+        return {**parts_record(self.model), "settings": dict(self.settings)}
 
     def close(self) -> None:
         """Drop all state of the sequence."""
