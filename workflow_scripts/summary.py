@@ -266,7 +266,7 @@ def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
 
 def calibration_cache_lines(caches: list[Path]) -> list[str]:
     """The TensorRT INT8 calibration caches made here for targets that build engines: header and tensor count,
-    read back from each file (a cache TensorRT would refuse fails here, in one line)."""
+    read back from each file (one that does not parse as a cache fails here, in one line naming it)."""
     from workflow_scripts.tensorrt.calib_cache import CalibrationCache
 
     if not caches:
