@@ -78,6 +78,19 @@ class _Model:
     def setup(self) -> None:
         pass
 
+    def served_runner(self, device: str, threads: int | None):
+        """The runner the bench builds for the entry's backend / precision / options (`repository.backend_params`),
+        or None where the entry names none: torch FP32 eager, which the family's own loader serves."""
+        if "backend" not in self.params:
+            return None
+        from workflow_scripts.core.pipeline import make_runner
+
+        options = json.loads(self.params.get("backend_options") or "{}") or None
+        return make_runner(
+            self.params["backend"], self.model_dir / "checkpoint.pt", self.params["family"], self.params["precision"],
+            device, threads, options,
+        )  # fmt: skip
+
     def inputs(self, request, *names: str) -> list[np.ndarray]:
         return [self.pb.get_input_tensor_by_name(request, n).as_numpy() for n in names]
 
@@ -231,17 +244,8 @@ class Pi0Model(_Model):
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
         self.torch = torch
-        self.runner = None
-        if "backend" in self.params:  # the entry's backend / precision (repository.backend_params): its runner
-            import json
-
-            from workflow_scripts.core.pipeline import make_runner
-
-            options = json.loads(self.params.get("backend_options") or "{}") or None
-            self.runner = make_runner(
-                self.params["backend"], self.model_dir / "checkpoint.pt", self.params["family"],
-                self.params["precision"], self.device, threads or None, options,
-            )  # fmt: skip
+        self.runner = self.served_runner(self.device, threads or None)
+        if self.runner is not None:
             self.chunk = self.runner.model
         else:  # torch FP32 eager, as the family loads it
             self.chunk = self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval()

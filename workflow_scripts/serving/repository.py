@@ -173,6 +173,19 @@ def backend_params(m: dict) -> dict:
     return {"backend": backend, "precision": precision, "backend_options": json.dumps(options).replace('"', '\\"')}
 
 
+def in_process_runner(entry: dict, repository: Path, device: str, threads: int | None):
+    """The runner of a served python model's checkpoint (the repository's copy) on the served backend and precision
+    (`served_backend`: torch FP32 unless the entry names another), as the accuracy jobs build it: the in-process
+    reference of the Pi0 and tracking sweeps and of their served-accuracy checks."""
+    from workflow_scripts.core.pipeline import make_runner
+
+    backend, precision, options = served_backend(entry)
+    return make_runner(
+        backend, repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], precision, device, threads,
+        options or None,
+    )  # fmt: skip
+
+
 def vla_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None, serving: dict) -> dict:
     """`{name}`: one stateless python-backend model running the family's preprocess and action chunk
     (`python_models.Pi0Model`) on the prepared checkpoint, copied beside it; dynamic batching as configured.

@@ -37,7 +37,6 @@ import numpy as np
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.metrics import latency_stats
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import BadImage, check_image, get_family
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
@@ -45,6 +44,7 @@ from workflow_scripts.serving.python_models import BadInput, _Model
 from workflow_scripts.serving.repository import (
     _tensor,
     backend_params,
+    in_process_runner,
     model_config,
     served_backend,
     shim,
@@ -59,18 +59,6 @@ AUC_TOLERANCE = 0.001  # served vs in-process AUC: the same tracker code on both
 CONTROLS = {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END", "READY": "CONTROL_SEQUENCE_READY"}
 INPUTS = {"FRAME": ("TYPE_UINT8", [-1, -1, 3]), "BOX": ("TYPE_FP32", [4])}
 OUTPUTS = {"BOX": ("TYPE_FP32", [4]), "SCORE": ("TYPE_FP32", [1]), "LIVE_SEQUENCES": ("TYPE_INT32", [1])}
-
-
-def served_tracker_model(params: dict, model_dir: Path, device: str, threads: int | None):
-    """(runner, model, tracker settings) of the served checkpoint: torch FP32 eager as the family loads it (no
-    runner), or (params backend / precision / backend_options) the runner the bench builds, its module, its settings."""
-    if "backend" not in params:
-        fam = get_family(params["family"])
-        return None, fam.load_torch(model_dir / "checkpoint.pt", device).eval(), None
-    options = json.loads(params.get("backend_options") or "{}")
-    runner = make_runner(params["backend"], model_dir / "checkpoint.pt", params["family"], params["precision"], device,
-                         threads, options or None)  # fmt: skip
-    return runner, tracking.tracked_model(runner), tracking.tracker_settings(runner)
 
 
 # -- the served model (runs in the python backend's stub) -----------------------------------------------------
@@ -96,9 +84,14 @@ class TrackerSequenceModel(_Model):
         threads = int(self.params.get("threads") or 0)
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
-        self.runner, self.model, self.settings = served_tracker_model(
-            self.params, self.model_dir, self.device, threads or None
-        )
+        self.runner = self.served_runner(self.device, threads or None)
+        if self.runner is None:  # torch FP32 eager, as the family loads it
+            self.model, self.settings = (
+                self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval(),
+                None,
+            )
+        else:  # the bench's runner: its module and its facts
+            self.model, self.settings = tracking.tracked_model(self.runner), tracking.tracker_settings(self.runner)
         self.idle_s = int(self.params["max_sequence_idle_us"]) / 1e6
         self.trackers: dict[int, object] = {}
         self.last_seen: dict[int, float] = {}
@@ -406,16 +399,6 @@ def score_sequences(results: list[tuple[np.ndarray, np.ndarray]], vids) -> dict:
     curves = [tracking.sequence_curves(boxes, vids.boxes[i]) for i, (boxes, _) in enumerate(results)]
     per_seq = [{"sequence": i, **{k: round(v, 6) for k, v in tracking.scores(c).items()}} for i, c in enumerate(curves)]
     return {**tracking.scores(tracking.overall(curves)), "per_sequence": per_seq}
-
-
-def in_process_runner(entry: dict, repository: Path, device: str, threads: int | None):
-    """The runner of the served checkpoint (the repository's copy) on the served backend and precision (torch FP32
-    unless the repository entry says otherwise), as the accuracy jobs build it."""
-    backend, precision, options = served_backend(entry)
-    return make_runner(
-        backend, repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], precision, device, threads,
-        options or None,
-    )  # fmt: skip
 
 
 def in_process_tracker(fam, runner):

@@ -21,11 +21,15 @@ import numpy as np
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.metrics import latency_stats
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.repository import served_backend, triton_models_of, without_dynamic_batching
+from workflow_scripts.serving.repository import (
+    in_process_runner,
+    served_backend,
+    triton_models_of,
+    without_dynamic_batching,
+)
 from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.tasks import vla
 
@@ -100,16 +104,6 @@ class ActionClient:
             actions.append(r.as_numpy("ACTIONS"))
             self.noise_seeds.append(int(r.as_numpy("NOISE_SEED").reshape(-1)[0]))
         return np.concatenate(actions)
-
-
-def in_process_runner(entry: dict, repository: Path, device: str, threads: int | None):
-    """The runner of the served checkpoint (the repository's copy) on the served backend and precision (torch FP32
-    unless the repository entry names another: `repository.served_backend`), as the accuracy jobs build it."""
-    backend, precision, options = served_backend(entry)
-    return make_runner(
-        backend, repository / entry["model"] / "1" / "checkpoint.pt", entry["family"], precision, device, threads,
-        options or None,
-    )  # fmt: skip
 
 
 def in_process_chunk(entry: dict, repository: Path, device: str, threads, dataset: Path, iterations: int) -> dict:
