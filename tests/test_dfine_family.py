@@ -199,7 +199,7 @@ def test_published_architectures_have_the_published_sizes(size, published_millio
 
 def test_training_script_runs_and_writes_a_checkpoint_the_pipeline_loads(tmp_path):
     """Two steps on CPU: the loss is finite, the directory loads as a checkpoint, the JSON has the mAP."""
-    from workflow_scripts import train_dfine_demo
+    from workflow_scripts.training import dfine_demo as train_dfine_demo
 
     out = tmp_path / "dfine-demo"
     argv = ["--out", str(out), "--train-images", "4", "--val-images", "2", "--imgsz", "160", "--epochs", "1"]
@@ -220,8 +220,8 @@ def test_training_script_runs_and_writes_a_checkpoint_the_pipeline_loads(tmp_pat
 
 
 def test_training_refuses_to_resume_from_a_directory_it_did_not_write(tmp_path, demo_dir):
-    from workflow_scripts import train_dfine_demo
     from workflow_scripts.core.io import PlanforgeError
+    from workflow_scripts.training import dfine_demo as train_dfine_demo
 
     with pytest.raises(PlanforgeError, match=r"--resume .*dfine-demo: not a directory this script wrote"):
         train_dfine_demo.main(["--out", str(tmp_path / "x"), "--resume", str(demo_dir), "--device", "cpu"])
@@ -231,7 +231,7 @@ def test_training_refuses_to_resume_from_a_directory_it_did_not_write(tmp_path, 
 def test_the_committed_dfine_demo_scores_what_its_training_record_says(tmp_path):
     """weights/dfine-demo on the default's val split (seed 0, 200 images), torch FP32 on the CPU, through
     the training script's evaluation (the workflow's accuracy loop): the mAP the record claims, to 0.005."""
-    from workflow_scripts import train_dfine_demo
+    from workflow_scripts.training import dfine_demo as train_dfine_demo
 
     record = json.loads((REPO / "weights" / "dfine-demo.json").read_text())
     settings = {

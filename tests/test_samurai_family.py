@@ -234,7 +234,7 @@ def test_tiny_is_small_and_follows_the_model_dtype(tiny):
 
 
 def test_demo_training_clips_loss_and_auc():
-    from workflow_scripts import train_samurai_demo as demo
+    from workflow_scripts.training import samurai_demo as demo
 
     rng = np.random.default_rng(0)
     video, masks = demo.make_clip(rng, 3, 128)
@@ -259,7 +259,7 @@ def test_demo_training_clips_loss_and_auc():
 def test_the_prompt_frame_is_trained_on_the_mask_the_tracker_takes():
     """A box prompt's single mask is replaced at run time by the best multimask token when it is unstable (the
     decoder in eval mode); train mode never does that, so the training script also scores the eval-mode mask."""
-    from workflow_scripts import train_samurai_demo as demo
+    from workflow_scripts.training import samurai_demo as demo
 
     model = samurai.build_architecture("samurai-tiny.yaml").train()
     dec = model.mask_decoder
@@ -280,7 +280,7 @@ def test_the_prompt_frame_is_trained_on_the_mask_the_tracker_takes():
 def test_demo_checkpoint_tracks_far_better_than_its_random_initialisation():
     from pathlib import Path
 
-    from workflow_scripts import train_samurai_demo as demo
+    from workflow_scripts.training import samurai_demo as demo
 
     trained = samurai.load_torch(Path(__file__).resolve().parents[1] / "weights" / "samurai-demo.pt")
     rng = np.random.default_rng(8)  # neither the training nor the validation clips of its record

@@ -349,7 +349,7 @@ def train(a: argparse.Namespace) -> dict:
             samurai.save_checkpoint(half.half(), tmp)
         record = {
             "checkpoint": str(a.out),
-            "command": "python -m workflow_scripts.train_samurai_demo " + " ".join(a.argv),
+            "command": "python -m workflow_scripts.training.samurai_demo " + " ".join(a.argv),
             "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "argv"},
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "steps": step,
