@@ -338,6 +338,18 @@ def test_parts_replayed_from_stand_in_graphs_track_exactly_as_eager_fake_cuda():
         samurai.accelerate(graphed, "compile-graph", stand_in=True)
 
 
+def test_a_torch_runner_hands_the_tracker_its_module_and_mode_as_typed_facts():
+    from workflow_scripts.core.pipeline import make_runner
+
+    runner = make_runner("torch", "samurai-tiny.yaml", "samurai", "bf16", "cpu", 1)
+    facts = runner.facts()
+    assert facts is runner.facts()  # one object per runner: what a family builds on it is built once
+    assert (facts.backend, facts.precision, facts.mode, facts.dtype) == ("torch", "bf16", "eager", torch.bfloat16)
+    assert facts.module is runner.model and facts.open_parts is None
+    tr = samurai.tracker(facts)
+    assert tr.model is runner.model and tr.dtype == torch.bfloat16 and samurai.input_size(facts) == 128
+
+
 def test_compiled_parts_track_as_eager_and_graph_modes_refuse_a_cpu_model():
     """torch.compile of the fixed-shape parts (dynamo's `eager` backend here: the same traced graphs without
     inductor's code generation, which would take minutes on 2 CPU cores)."""
