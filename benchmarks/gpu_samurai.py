@@ -153,7 +153,7 @@ class Run:
         runner = make_runner(backend, artifact, "samurai", precision, self.a.device, self.a.threads,
                              self.options(backend, extra))  # fmt: skip
         vids = tracking.load_videos(dataset, "val")
-        t = samurai.tracker(tracking.tracked_model(runner), tracking.tracker_settings(runner))
+        t = samurai.tracker(runner.facts())
         t.start(vids.frames[0, 0], vids.boxes[0, 0])
         order = tracking._pingpong(vids.frames.shape[1])
         for _ in range(frames):

@@ -1,7 +1,9 @@
-"""SAMURAI family (workflow_scripts/models/samurai.py): the tracker against plain transformers SAM 2, the
+"""SAMURAI family (workflow_scripts/models/samurai/): the tracker against plain transformers SAM 2, the
 Kalman filter against filterpy, the memory rule, bounded state, one-line errors, parameter counts."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from workflow_scripts.core.io import PlanforgeError  # noqa: E402
+from workflow_scripts.core.runner_facts import RunnerFacts  # noqa: E402
 from workflow_scripts.models import (  # noqa: E402
     FAMILIES,
     BadImage,
@@ -335,13 +338,25 @@ def test_parts_replayed_from_stand_in_graphs_track_exactly_as_eager_fake_cuda():
         samurai.accelerate(graphed, "compile-graph", stand_in=True)
 
 
+def test_a_torch_runner_hands_the_tracker_its_module_and_mode_as_typed_facts():
+    from workflow_scripts.core.pipeline import make_runner
+
+    runner = make_runner("torch", "samurai-tiny.yaml", "samurai", "bf16", "cpu", 1)
+    facts = runner.facts()
+    assert facts is runner.facts()  # one object per runner: what a family builds on it is built once
+    assert (facts.backend, facts.precision, facts.mode, facts.dtype) == ("torch", "bf16", "eager", torch.bfloat16)
+    assert facts.module is runner.model and facts.open_parts is None
+    tr = samurai.tracker(facts)
+    assert tr.model is runner.model and tr.dtype == torch.bfloat16 and samurai.input_size(facts) == 128
+
+
 def test_compiled_parts_track_as_eager_and_graph_modes_refuse_a_cpu_model():
     """torch.compile of the fixed-shape parts (dynamo's `eager` backend here: the same traced graphs without
     inductor's code generation, which would take minutes on 2 CPU cores)."""
     frames, box = clip(6)
     eager = samurai.load_torch("samurai-tiny.yaml")
     compiled = samurai.load_torch("samurai-tiny.yaml")
-    tr = samurai.tracker(compiled, {"mode": "compile", "compile_backend": "eager", "backend": "torch-compile"})
+    tr = samurai.tracker(RunnerFacts("torch-compile", module=compiled, mode="compile", compile_backend="eager"))
     assert samurai.parts_record(compiled)["parts"]["image_encoder"]["compiled"]
     want, _ = _track(eager, frames, box)
     tr.close()
@@ -349,9 +364,15 @@ def test_compiled_parts_track_as_eager_and_graph_modes_refuse_a_cpu_model():
     np.testing.assert_allclose(np.asarray([np.asarray(g[0] if isinstance(g, tuple) else g) for g in got]),
                                np.asarray([np.asarray(w[0] if isinstance(w, tuple) else w) for w in want]), atol=1e-3)  # fmt: skip
     with pytest.raises(PlanforgeError, match="needs the model on a CUDA device"):
-        samurai.tracker(samurai.load_torch("samurai-tiny.yaml"), {"mode": "cudagraph", "backend": "torch-cudagraph"})
+        samurai.tracker(
+            RunnerFacts("torch-cudagraph", module=samurai.load_torch("samurai-tiny.yaml"), mode="cudagraph")
+        )
     with pytest.raises(PlanforgeError, match="is not built for it"):
-        samurai.tracker(eager, {"mode": "tensorrt", "backend": "tensorrt"})
+        samurai.tracker(RunnerFacts("tensorrt", module=eager, mode="tensorrt"))
+    with pytest.raises(
+        PlanforgeError, match="samurai on openvino: the tracker runs a torch module or the ONNX Runtime"
+    ):
+        samurai.tracker(RunnerFacts("openvino", onnx=Path("fp32.onnx")))  # a runner that opens no parts
 
 
 @pytest.mark.parametrize("batch_parts", [False, True], ids=["encoder-batched", "all-parts-batched"])

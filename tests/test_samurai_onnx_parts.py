@@ -83,10 +83,11 @@ def test_memory_attention_takes_any_pointer_count_the_trace_never_saw(exported):
 def test_the_ort_tracker_follows_the_torch_tracker(exported):
     vids = tracking.load_videos(exported["root"] / "clips")
     runner = _runner(exported["out"])
-    settings = tracking.tracker_settings(runner)
+    facts = runner.facts()
+    assert facts is runner.facts() and facts.module is None and facts.onnx == exported["out"]
     model = samurai.load_torch(exported["ckpt"])
     for i in range(1):  # one sequence: 19 tracked frames, every memory length and pointer count
-        t = samurai.tracker(tracking.tracked_model(runner), settings)
+        t = samurai.tracker(facts)
         assert t.describe()["mode"] == "onnxruntime"
         ort_boxes, ort_scores = _track(t, vids.frames[i], vids.boxes[i, 0])
         torch_boxes, torch_scores = _track(samurai.tracker(model), vids.frames[i], vids.boxes[i, 0])
@@ -94,9 +95,9 @@ def test_the_ort_tracker_follows_the_torch_tracker(exported):
         np.testing.assert_allclose(ort_scores, torch_scores, atol=1e-3)
         assert tracking.box_iou(torch_boxes, vids.boxes[i]).mean() > 0.3  # a real track, not two empty ones
     # the parts really ran in ONNX Runtime: the runner's trackers share one glue model whose hooks are sessions
-    glue = samurai.ort_model(runner)
-    assert glue is samurai.ort_model(runner) and "get_image_features" in glue.__dict__
-    assert samurai.input_size(runner) == 128
+    glue = samurai.ort_model(facts)
+    assert glue is samurai.ort_model(runner.facts()) and "get_image_features" in glue.__dict__
+    assert samurai.input_size(facts) == 128
     # the image encoder takes the frames of several live sequences in one batch, as torch's does
     pixels = torch.stack([samurai.frame_pixels(f, 128) for f in vids.frames[0, :3]])
     got = glue.get_image_features(pixels, return_dict=True)
@@ -128,11 +129,11 @@ def test_a_missing_or_corrupt_part_is_one_line_naming_it(exported, tmp_path):
     path = _copy_export(exported, tmp_path / "a")
     samurai.part_files(path)["mask_decoder"].unlink()
     with pytest.raises(PlanforgeError, match=r"fp32\.mask_decoder\.onnx: missing \(the mask_decoder of .*\); rerun"):
-        samurai.tracker(_runner(path), {})
+        samurai.tracker(_runner(path).facts())
     path = _copy_export(exported, tmp_path / "b")
     samurai.part_files(path)["memory_attention"].write_bytes(b"not an onnx graph")
     with pytest.raises(PlanforgeError, match=r"fp32\.memory_attention\.onnx: ONNX Runtime cannot load it .*rerun"):
-        samurai.tracker(_runner(path), {})
+        samurai.tracker(_runner(path).facts())
 
 
 def test_parts_exported_from_another_checkpoint_are_refused(exported, tmp_path):
@@ -145,13 +146,13 @@ def test_parts_exported_from_another_checkpoint_are_refused(exported, tmp_path):
     meta = {p.key: p for p in graph.metadata_props}[samurai.PARTS_KEY]
     meta.value = meta.value.replace(str(exported["ckpt"]), str(ckpt))
     onnx.save(graph, str(path))
-    samurai.tracker(_runner(path), {})  # the pair agrees
+    samurai.tracker(_runner(path).facts())  # the pair agrees
     ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # a re-prepared checkpoint, the ONNX files stale
     with pytest.raises(PlanforgeError, match="exported from another .*samurai-demo.pt than the one there now; rerun"):
-        samurai.tracker(_runner(path), {})
+        samurai.tracker(_runner(path).facts())
     ckpt.unlink()
     with pytest.raises(PlanforgeError, match=r"its checkpoint .*samurai-demo.pt \(the tracker's torch glue\) is"):
-        samurai.tracker(_runner(path), {})
+        samurai.tracker(_runner(path).facts())
 
 
 def test_the_plan_names_the_files_the_family_writes():

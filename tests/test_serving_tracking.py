@@ -250,7 +250,7 @@ def test_tracking_models_are_served_where_torch_runs_with_their_checkpoint_and_i
     assert plan.triton_models("cpu")["t"] == {"family": "samurai", "checkpoint": "artifacts/checkpoints/t.pt"}
     assert plan.triton_settings("cpu").serving["sequence_idle_us"] == 3_000_000
     assert plan.serving_reference("cpu", "t") == [] and plan.serving_bench_b1("cpu", "t") == []
-    assert "workflow_scripts/models/samurai.py" in plan.triton_code()
+    assert "workflow_scripts/models/samurai/session.py" in plan.triton_code()  # every module of the family
     no_torch = Plan(validate(cfg, check_files=False), available=lambda b: (b != "torch", "not installed"))
     assert no_torch.serving_outputs() == []
 

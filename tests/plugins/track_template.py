@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.runner_facts import RunnerFacts
 from workflow_scripts.models import FAMILIES, FamilySpec
 
 NAME = "track-template"
@@ -92,16 +93,15 @@ def forward_output(raw):
 
 
 def input_size(model) -> int:
-    return int(round(model.template_size * model.context))
+    """The search window's size (`model`: the module, or a runner's facts holding it)."""
+    module = model.module if isinstance(model, RunnerFacts) else model
+    return int(round(module.template_size * module.context))
 
 
 class Tracker:
     """One sequence's state: the template, the box; `model` is the runner's (cast, placed) module."""
 
-    def __init__(self, model: TemplateMatcher, settings: dict | None = None) -> None:
-        mode = (settings or {}).get("mode") or "eager"
-        if mode != "eager":
-            raise PlanforgeError(f"{NAME}: backend mode {mode!r} is not supported (eager torch only)")
+    def __init__(self, model: TemplateMatcher) -> None:
         p = next(model.parameters())
         self.model, self.device, self.dtype = model, p.device, p.dtype
         self.t = model.template_size
@@ -174,8 +174,12 @@ class Tracker:
         return int(sum(t.numel() * t.element_size() for t in held) + (32 if self.box is not None else 0))
 
 
-def tracker(model, settings: dict | None = None) -> Tracker:
-    return Tracker(model, settings)
+def tracker(facts: RunnerFacts) -> Tracker:
+    """A Tracker on the runner's module (`facts`), run eager."""
+    mode = facts.mode or "eager"
+    if facts.module is None or mode != "eager":
+        raise PlanforgeError(f"{NAME}: backend {facts.backend} mode {mode!r} is not supported (eager torch only)")
+    return Tracker(facts.module)
 
 
 FAMILIES.register(NAME, FamilySpec(module=__name__, task="tracking", artifacts=("checkpoint",)))

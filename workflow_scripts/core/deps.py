@@ -35,7 +35,7 @@ def code_files(*modules: str) -> tuple[str, ...]:
     """Files (relative to the repository) of `modules` and every project module they import, transitively.
 
     Modules imported by name at run time (a backend's runner, a family) are not seen here:
-    the rules add those by hand with `runner_file` and `family_file`.
+    the rules add those by hand with `runner_file` and `family_files`.
     """
     seen: dict[Path, None] = {}
     todo = [f"{PACKAGE}.{m}" if not m.startswith(PACKAGE) else m for m in modules]
@@ -69,3 +69,15 @@ def source_file(module: str) -> str:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path.resolve())
+
+
+@functools.cache
+def module_files(module: str) -> tuple[str, ...]:
+    """A module's source files: its one file, or every module of a package (`source_file`'s form each)."""
+    first = source_file(module)
+    path = Path(first) if Path(first).is_absolute() else ROOT / first
+    if path.name != "__init__.py":
+        return (first,)
+    return tuple(
+        str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in sorted(path.parent.rglob("*.py"))
+    )

@@ -114,11 +114,12 @@ def get_family(name: str) -> ModuleType:
     return importlib.import_module(FAMILIES[name].module)
 
 
-def family_file(name: str) -> str:
-    """Path of the family's source file, relative to the repository (for Snakemake code inputs)."""
-    from workflow_scripts.core.deps import source_file
+def family_files(name: str) -> list[str]:
+    """The family's source files, relative to the repository (for Snakemake code inputs): its module, or every
+    module of its package (SAMURAI's)."""
+    from workflow_scripts.core.deps import module_files
 
-    return source_file(FAMILIES[name].module)
+    return list(module_files(FAMILIES[name].module))
 
 
 def is_architecture(checkpoint: str) -> bool:

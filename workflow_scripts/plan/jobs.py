@@ -17,7 +17,7 @@ from workflow_scripts.core.deps import code_files
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import CALIBRATION_METHODS
 from workflow_scripts.core.precisions import parse as parse_precision
-from workflow_scripts.models import FAMILIES, checkpoint_inputs, family_file, family_settings, get_family
+from workflow_scripts.models import FAMILIES, checkpoint_inputs, family_files, family_settings, get_family
 from workflow_scripts.plan import settings as S
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS, backend_available, backend_available_in, runner_file
@@ -418,12 +418,12 @@ class Plan:
         return list(code_files(step, *extra))
 
     def model_code(self, step: str, model: str) -> list[str]:
-        return [*code_files(step), family_file(self.family(model))]
+        return [*code_files(step), *family_files(self.family(model))]
 
     def export_code(self, model: str) -> list[str]:
         """The export's code: `model_code`, and the model's task (its `export_check_inputs`, imported by name)."""
         task = FAMILIES[self.family(model)].task
-        return [*code_files("export", f"workflow_scripts.tasks.{task}"), family_file(self.family(model))]
+        return [*code_files("export", f"workflow_scripts.tasks.{task}"), *family_files(self.family(model))]
 
     def _run_code(self, step: str, model: str, backend: str, *extra: str) -> list[str]:
         """A job's code when it runs a model on a backend: the step (and `extra` modules), the model's task and
@@ -432,7 +432,7 @@ class Plan:
         return [
             *code_files(step, f"workflow_scripts.tasks.{task}", *extra),
             runner_file(backend),
-            family_file(self.family(model)),
+            *family_files(self.family(model)),
         ]
 
     def measure_code(self, step: str, target: str, model: str, backend: str) -> list[str]:
@@ -687,7 +687,7 @@ class Plan:
 
     def triton_code(self) -> list[str]:
         served = [*self.served_models(), *self.models_of_task("vla"), *self.models_of_task("tracking")]
-        families = sorted({family_file(self.family(m)) for m in served})
+        families = sorted({f for m in served for f in family_files(self.family(m))})
         return [*code_files("serving.repository", "serving.python_models"), *families]
 
     def triton_settings(self, target: str, **_) -> S.TritonRepositorySettings:

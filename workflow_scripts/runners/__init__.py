@@ -23,6 +23,7 @@ from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import PRECISIONS
 from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.core.registry import Registry, load_plugins
+from workflow_scripts.core.runner_facts import RunnerFacts
 
 
 @dataclass(frozen=True)
@@ -326,6 +327,18 @@ class Runner:
     def versions(self) -> dict[str, str]:
         """Library versions that determine this runner's numbers."""
         return {}
+
+    def facts(self) -> RunnerFacts:
+        """How this runner holds and runs its model, for a family that drives the model itself (a tracker between
+        frames): the same object on every call, so what a family builds on it is built once per runner."""
+        if "_facts" not in self.__dict__:
+            self._facts = self.build_facts()
+        return self._facts
+
+    def build_facts(self) -> RunnerFacts:
+        """`facts` as first built: the backend, precision, device and options; a runner that holds a torch module or
+        opens ONNX graphs adds how."""
+        return RunnerFacts(self.backend, self.precision, self.device, options=dict(self.options))
 
     # Runners that time their work on the device (CUDA events) append one ms value per `infer` here;
     # the bench loop clears it after warmup and reports it beside the host timer.

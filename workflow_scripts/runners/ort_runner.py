@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnxruntime as ort
 
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import parse
+from workflow_scripts.core.runner_facts import RunnerFacts
 from workflow_scripts.runners import BACKENDS, Runner, by_name
 
 GRAPH_LEVELS = {
@@ -83,6 +85,20 @@ class OrtRunner(Runner):
             self.session = self.open_session(self.path, spinning=False)
             self.sleeping = True
         return self.session
+
+    def open_parts(self, files: dict[str, Path]) -> dict[str, ort.InferenceSession]:
+        """Sessions of the graphs a family runs between its own host work (SAMURAI's parts; `files`: name → path),
+        each with sleeping intra-op threads; this runner's own file is its session reopened so (`stop_spinning`),
+        not opened a second time."""
+        own = [name for name, f in files.items() if Path(f) == self.path]
+        sessions = {name: self.open_session(f, spinning=False) for name, f in files.items() if name not in own}
+        sessions.update({name: self.stop_spinning() for name in own})
+        return sessions
+
+    def build_facts(self) -> RunnerFacts:
+        """The ONNX file, its metadata, and `open_parts` for the graphs that travel with it."""
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        return replace(super().build_facts(), onnx=self.path, onnx_metadata=meta, open_parts=self.open_parts)
 
     def prepare(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         if isinstance(batch, dict):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from workflow_scripts.core.envinfo import transformers_checks_off
 from workflow_scripts.core.fusion import fuse_projections
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import parse
+from workflow_scripts.core.runner_facts import RunnerFacts
 from workflow_scripts.runners import BACKENDS, Runner
 
 # torch-compile-graph: inductor settings per compile mode. Inductor's own "max-autotune" also turns on its
@@ -164,6 +166,18 @@ class TorchRunner(Runner):
             torch.cuda.reset_peak_memory_stats(self.torch_device)
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
+
+    def build_facts(self) -> RunnerFacts:
+        """The cast and placed module, its dtype and how this runner runs it (a tracker runs its parts the same way)."""
+        return replace(
+            super().build_facts(),
+            module=self.model,
+            dtype=self.dtype,
+            mode=self.mode,
+            compile_mode=self.compile_mode,
+            compile_backend=self.compile_backend,
+            inductor_options=self.inductor_options,
+        )
 
     def compute_dtype(self, precision: str) -> torch.dtype:
         """The float type of the activations (and, for a float precision, of the weights)."""

@@ -37,6 +37,7 @@ import numpy as np
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.metrics import latency_stats
+from workflow_scripts.core.runner_facts import RunnerFacts
 from workflow_scripts.models import BadImage, check_image, get_family
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
@@ -86,12 +87,9 @@ class TrackerSequenceModel(_Model):
             torch.set_num_threads(threads)
         self.runner = self.served_runner(self.device, threads or None)
         if self.runner is None:  # torch FP32 eager, as the family loads it
-            self.model, self.settings = (
-                self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval(),
-                None,
-            )
-        else:  # the bench's runner: its module and its facts
-            self.model, self.settings = tracking.tracked_model(self.runner), tracking.tracker_settings(self.runner)
+            self.facts = RunnerFacts.eager(self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval())
+        else:  # the bench's runner: how it holds and runs the model
+            self.facts = self.runner.facts()
         self.idle_s = int(self.params["max_sequence_idle_us"]) / 1e6
         self.trackers: dict[int, object] = {}
         self.last_seen: dict[int, float] = {}
@@ -155,7 +153,7 @@ class TrackerSequenceModel(_Model):
             raise BadInput(f"BOX: expected x y w h with w, h > 0; got {box.tolist()} (sequence {corrid})")
         if corrid in self.trackers:
             self._drop(corrid, "restarted by START")
-        tracker = self.family.tracker(self.model, self.settings)  # as `in_process_tracker`
+        tracker = self.family.tracker(self.facts)  # as `in_process_tracker`
         out_box = tracker.start(frame, box)
         self.trackers[corrid] = tracker
         return out_box, np.nan
@@ -402,11 +400,10 @@ def score_sequences(results: list[tuple[np.ndarray, np.ndarray]], vids) -> dict:
 
 
 def in_process_tracker(fam, runner):
-    """`new_tracker()` over the runner's module with the family's default settings and the runner's facts (as
-    `predictor`): what the served model runs (for a torch FP32 eager runner the facts change nothing)."""
-    model = tracking.tracked_model(runner)
-    settings = tracking.tracker_settings(runner)
-    return lambda: fam.tracker(model, settings)
+    """`new_tracker()` over the runner's model with the family's default settings (as `predictor`): what the served
+    model runs."""
+    facts = runner.facts()
+    return lambda: fam.tracker(facts)
 
 
 def in_process_frames(entry: dict, repository: Path, device: str, threads, dataset: Path, iterations: int) -> dict:

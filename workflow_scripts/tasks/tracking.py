@@ -6,7 +6,8 @@ Dataset (kind `videos`, `make_videos`): per split an index JSON `videos_<split>.
 fraction [S, F]), all from the seed: a textured background, a target shape that moves, bounces and changes
 scale, and distractor shapes of other colours, some drawn in front of it (they occlude it part of the time).
 
-A tracking family provides `tracker(model, settings) -> Tracker` with `start(frame, box_xywh) -> box`,
+A tracking family provides `tracker(facts) -> Tracker` (`facts`: the runner's `RunnerFacts`, how it holds and
+runs the model: `runner.facts()`) and `input_size(facts)`; a Tracker has `start(frame, box_xywh) -> box`,
 `track(frame) -> (box, score)`, `close()` and `state_bytes()`; the state of one sequence lives in its
 Tracker, never on the model, so one loaded model serves many live sequences. Optionally `track_many(trackers,
 frames)`: one frame of each of several live sequences, batched where the family can (the bench's unit of
@@ -354,30 +355,10 @@ def export_check_inputs(fam, model, dataset, count: int, imgsz: int) -> dict[str
     return {"frames": vids.frames[:n], "boxes": vids.boxes[:n, 0]}
 
 
-def tracker_settings(runner) -> dict:
-    """What a family's `tracker` learns about the backend that holds its model (`runner.model`)."""
-    return {
-        "backend": runner.backend,
-        "precision": runner.precision,
-        "device": runner.device,
-        "mode": getattr(runner, "mode", None),  # torch: eager | cudagraph | compile | compile-graph
-        "compile_mode": getattr(runner, "compile_mode", None),
-        "compile_backend": getattr(runner, "compile_backend", None),
-        "inductor_options": getattr(runner, "inductor_options", None),
-        "options": dict(runner.options),
-    }
-
-
-def tracked_model(runner):
-    """What a family's `tracker` runs: the runner's cast and placed module (torch backends), else the runner
-    itself (a backend without a module, e.g. ONNX Runtime: the family reads its session)."""
-    return getattr(runner, "model", runner)
-
-
 def predictor(fam, runner, s) -> Callable:
-    """`new_tracker()` → a fresh Tracker (one per sequence) on the runner's model."""
-    model, settings = tracked_model(runner), tracker_settings(runner)
-    return lambda: fam.tracker(model, settings)
+    """`new_tracker()` → a fresh Tracker (one per sequence) on the runner's model (`runner.facts()`)."""
+    facts = runner.facts()
+    return lambda: fam.tracker(facts)
 
 
 # -- bench ---------------------------------------------------------------------------------------------------
@@ -415,11 +396,11 @@ def _gpu_allocated(device: str) -> int | None:
 def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: int, conf: float) -> dict:
     """The timed unit: one frame of each of `batch` live sequences (`call`); the prompt frame timed apart."""
     vids = load_videos(dataset, "val")
-    model, settings = tracked_model(runner), tracker_settings(runner)
+    facts = runner.facts()
     seqs = [i % len(vids) for i in range(batch)]  # a small split still fills the batch by repeating sequences
 
     def prompt() -> None:
-        t = fam.tracker(model, settings)
+        t = fam.tracker(facts)
         t.start(vids.frames[0, 0], vids.boxes[0, 0])
         t.close()
 
@@ -427,7 +408,7 @@ def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: in
     before = _gpu_allocated(runner.device)
     live = []
     for i in seqs:
-        t = fam.tracker(model, settings)
+        t = fam.tracker(facts)
         t.start(vids.frames[i, 0], vids.boxes[i, 0])
         live.append((t, vids.frames[i], _pingpong(vids.frames.shape[1])))
     after_start = _gpu_allocated(runner.device)
@@ -467,7 +448,7 @@ def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: in
             "prompt_ms": latency_stats(prompt_times),
             "live_sequences": batch,
             "frame_size": list(vids.frames.shape[2:4]),
-            "input_size": fam.input_size(model),  # the family's own resolution (not models.<m>.imgsz)
+            "input_size": fam.input_size(facts),  # the family's own resolution (not models.<m>.imgsz)
             "host_timer_iterations": len(prompt_times),
         },
         "after": after,
