@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,12 @@ BAD_CONFIGS = [
         "samurai checkpoint",
     ),
     ("a yolo .pt for a dfine model", _set("models.a.family", "dfine"), "models.a.checkpoint", "yolo checkpoint"),
+    (
+        "an architecture name its family does not have",
+        lambda c: c["models"]["a"].update(family="dfine", checkpoint="dfine-huge.yaml"),
+        "models.a.checkpoint",
+        "not a dfine architecture",
+    ),
     (
         "a missing checkpoint path",
         _set("models.a.checkpoint", "ckpt/missing.pt"),
@@ -160,3 +167,80 @@ def test_the_list_of_bad_configs(capsys):
         for name, _, key, _ in BAD_CONFIGS:
             print(f"  - {name} ({key})")
     assert len({b[0] for b in BAD_CONFIGS}) == len(BAD_CONFIGS)
+
+
+# -- the same checks without a tree: what each decides from the config and the checkpoint's own files ------------
+
+
+def _validate(config: dict) -> None:
+    from workflow_scripts.config import validate
+
+    validate(config)
+
+
+def _config(**model) -> dict:
+    config = copy.deepcopy(CONFIG)
+    config["models"]["a"].update(model)
+    return config
+
+
+def test_calibration_images_are_checked_only_where_a_model_is_calibrated():
+    from workflow_scripts.core.io import PlanforgeError
+
+    config = _config(checkpoint=str(REPO / "weights/yolo-demo.pt"))
+    config["quantize"]["calibration"]["images"] = 3
+    with pytest.raises(PlanforgeError, match=r"quantize.calibration.images: 3 is more than the 2 images"):
+        _validate(config)
+    config["targets"]["cpu"]["backends"]["onnxruntime"] = ["fp32"]  # nothing calibrates: the split is not read
+    _validate(config)
+
+
+def _dfine_folder(root: Path, **config) -> Path:
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"model_type": "d_fine", "num_queries": 300, **config}))
+    (root / "model.safetensors").write_bytes(b"")
+    return root
+
+
+def test_num_queries_on_a_dfine_folder_that_learned_its_queries_is_refused(tmp_path):
+    from workflow_scripts.core.io import PlanforgeError
+
+    learned = _dfine_folder(tmp_path / "learned", learn_initial_query=True)
+    with pytest.raises(PlanforgeError, match=r"models.a.num_queries: .* learned its 300 initial queries"):
+        _validate(_config(family="dfine", checkpoint=str(learned), num_queries=100))
+    _validate(_config(family="dfine", checkpoint=str(learned), num_queries=300))
+    plain = _dfine_folder(tmp_path / "plain", learn_initial_query=False)
+    _validate(_config(family="dfine", checkpoint=str(plain), num_queries=100))
+
+
+def test_a_dfine_folder_without_weights_or_of_another_model_type_is_refused(tmp_path):
+    from workflow_scripts.core.io import PlanforgeError
+
+    empty = _dfine_folder(tmp_path / "empty")
+    (empty / "model.safetensors").unlink()
+    with pytest.raises(PlanforgeError, match=r"models.a.checkpoint: .* no model.safetensors"):
+        _validate(_config(family="dfine", checkpoint=str(empty)))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "rt_detr"}))
+    with pytest.raises(PlanforgeError, match=r"model_type 'rt_detr', not 'd_fine'"):
+        _validate(_config(family="dfine", checkpoint=str(other)))
+
+
+@pytest.mark.parametrize(
+    "family,checkpoint",
+    [
+        ("yolo", "weights/yolo-demo.pt"),
+        ("dfine", "weights/dfine-demo"),
+        ("samurai", "weights/samurai-demo.pt"),
+        ("dfine", "dfine-demo.yaml"),
+        ("pi0", "pi0-tiny.yaml"),
+        ("samurai", "samurai-tiny.yaml"),
+        ("yolo", "yolov8n.yaml"),
+    ],
+)
+def test_every_checkpoint_the_repository_ships_or_names_is_taken_by_its_family(family, checkpoint):
+    from workflow_scripts.models import checkpoint_problem
+
+    path = REPO / checkpoint
+    assert checkpoint_problem(family, str(path) if path.exists() else checkpoint, downloads=False) is None

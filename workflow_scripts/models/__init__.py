@@ -143,6 +143,12 @@ DOWNLOADED_WEIGHTS = "artifacts/weights/"
 def checkpoint_problem(family: str, checkpoint: str, downloads: bool) -> str | None:
     """Why a model's checkpoint cannot be read, or None: a missing local path, or a download on an offline config."""
     if is_architecture(checkpoint):
+        fam = get_family(family)  # a family with its own named architectures says whether it knows this one
+        if hasattr(fam, "is_architecture_name") and not fam.is_architecture_name(checkpoint):
+            return (
+                f"{checkpoint!r} is not a {family} architecture; use one of {sorted(fam.ARCHITECTURES)} or a "
+                f"{family} checkpoint"
+            )
         return None
     if Path(checkpoint).exists():
         return checkpoint_kind_problem(family, checkpoint)
@@ -196,10 +202,13 @@ def checkpoint_kind_problem(family: str, checkpoint: str) -> str | None:
     framework), so a wrong path is refused when the plan loads instead of after Snakemake removed the old outputs.
 
     A directory is read only by a family with `checkpoint_dir_problem` (D-FINE's save_pretrained folders); a file
-    must be a readable torch checkpoint that holds the family's marker.
+    must be a readable torch checkpoint that holds the family's marker (`CHECKPOINT_MARKER`, else `FORMAT`: the
+    `format` its save_checkpoint writes). A family with neither is not checked here.
     """
     path = Path(checkpoint)
     fam = get_family(family)
+    if _marker(fam) is None and not hasattr(fam, "checkpoint_dir_problem"):
+        return None  # a family (a plugin's) that says nothing of its checkpoint's form: left to its loader
     if path.is_dir():
         if hasattr(fam, "checkpoint_dir_problem"):
             return fam.checkpoint_dir_problem(path)
@@ -213,7 +222,7 @@ def checkpoint_kind_problem(family: str, checkpoint: str) -> str | None:
     blob = saved_pickle(path)
     if isinstance(blob, str):
         return f"{checkpoint!r}: {blob}; replace the file or fix the path"
-    if blob is None or _marker(fam) is None:  # a legacy pickle, or a family that names no marker: not looked into
+    if blob is None or _marker(fam) is None:  # a legacy pickle, or a family that names no file marker
         return None
     found = file_families(blob)
     if family in found:

@@ -13,6 +13,7 @@ needs no NMS, so `iou` is accepted and ignored.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,9 @@ META = ResizeMeta  # what preprocess returns per image (the Triton pre → post 
 def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # from_pretrained imports torchao where it is installed (transformers' quantizers), and torchao >= 0.14 on torch
+    # 2.14 logs a deprecation per enum it registers with torch's pytree: noise before the one line a job says
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def hub_id(name: str) -> str:
