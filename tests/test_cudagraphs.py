@@ -5,11 +5,9 @@ back to the eager function with the reason recorded. The CUDA capture itself ran
 
 from __future__ import annotations
 
-import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from workflow_scripts.core.cudagraphs import ShapeGraphs  # noqa: E402
+from workflow_scripts.core.cudagraphs import ShapeGraphs
 
 
 def test_one_graph_per_signature_and_outputs_are_copies_fake_cuda():

@@ -21,8 +21,6 @@ from workflow_scripts.core.data import load_split, read_image
 from workflow_scripts.make_dataset import make_dataset
 from workflow_scripts.models import checkpoint_inputs, dfine, get_family, raw_outputs
 
-transformers = pytest.importorskip("transformers")
-
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:

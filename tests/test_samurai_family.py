@@ -7,17 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import transformers  # noqa: F401 - a declared dependency: a broken install fails here, it is not skipped
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from workflow_scripts.core.io import PlanforgeError  # noqa: E402
-from workflow_scripts.core.runner_facts import RunnerFacts  # noqa: E402
-from workflow_scripts.models import (  # noqa: E402
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.runner_facts import RunnerFacts
+from workflow_scripts.models import (
     FAMILIES,
     BadImage,
     get_family,
-    samurai,  # noqa: E402
+    samurai,
 )
 
 PLAIN_SAM2 = {"alpha": 0.0, "memory_filter": False, "min_obj_score_logits": 0.0, "stable_frames": 4}
@@ -86,7 +85,8 @@ def test_with_alpha_zero_and_no_memory_filter_it_tracks_exactly_as_transformers_
 
 
 def test_kalman_filter_matches_filterpy():
-    filterpy = pytest.importorskip("filterpy.kalman")
+    from filterpy import kalman as filterpy
+
     kf = samurai.KalmanFilter()
     rng = np.random.default_rng(1)
     z0 = np.array([50.0, 40.0, 0.8, 30.0])

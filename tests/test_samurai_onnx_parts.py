@@ -7,17 +7,16 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
-
-from tests.conftest import REPO  # noqa: E402
-from workflow_scripts import export  # noqa: E402
-from workflow_scripts.core.io import PlanforgeError  # noqa: E402
-from workflow_scripts.core.pipeline import make_runner  # noqa: E402
-from workflow_scripts.models import samurai  # noqa: E402
-from workflow_scripts.tasks import tracking  # noqa: E402
+from tests.conftest import REPO
+from workflow_scripts import export
+from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.pipeline import make_runner
+from workflow_scripts.models import samurai
+from workflow_scripts.tasks import tracking
 
 CLIPS = {"seed": 0, "splits": {"val": 2}, "frames": 20, "frame_size": 128, "distractors": 2}
 

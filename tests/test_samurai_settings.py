@@ -7,16 +7,15 @@ import copy
 
 import numpy as np
 import pytest
+import transformers  # noqa: F401 - a declared dependency: a broken install fails here, it is not skipped
 
-pytest.importorskip("transformers")
-
-from tests.conftest import TINY_CONFIG  # noqa: E402
-from tests.test_samurai_family import clip  # noqa: E402
-from workflow_scripts.config import validate  # noqa: E402
-from workflow_scripts.core.io import PlanforgeError, read_json  # noqa: E402
-from workflow_scripts.models import samurai  # noqa: E402
-from workflow_scripts.plan.jobs import Plan  # noqa: E402
-from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
+from tests.conftest import TINY_CONFIG
+from tests.test_samurai_family import clip
+from workflow_scripts.config import validate
+from workflow_scripts.core.io import PlanforgeError, read_json
+from workflow_scripts.models import samurai
+from workflow_scripts.plan.jobs import Plan
+from workflow_scripts.prepare_checkpoint import prepare_checkpoint
 
 
 def _config(**tracker_entry) -> dict:

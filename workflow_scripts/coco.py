@@ -35,6 +35,8 @@ ARCHIVES = {
     "val2017.zip": ("zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80", 815585330),
 }
 ANNOTATIONS_MEMBER = "annotations/instances_val2017.json"
+# images in ANNOTATIONS_MEMBER of the archive with the MD5 above (config.py checks the splits against it)
+VAL2017_IMAGES = 5000
 IMAGES_PREFIX = "val2017/"
 
 

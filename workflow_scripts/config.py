@@ -14,7 +14,7 @@ import yaml
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS
 from workflow_scripts.core.precisions import parse as parse_precision
-from workflow_scripts.models import FAMILIES, checkpoint_problem, settings_problem
+from workflow_scripts.models import FAMILIES, checkpoint_problem, checkpoint_settings_problem, settings_problem
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS
 from workflow_scripts.tasks import TASKS
@@ -154,6 +154,7 @@ def validate(config: dict, check_files: bool = True) -> dict:
         cfg[section] = _merge(values, cfg.get(section) or {})
     for name, ds in cfg["datasets"].items():
         cfg["datasets"][name] = _merge(DATASET_DEFAULTS, ds)
+        _check_dataset(name, cfg["datasets"][name])
     for name, model in cfg["models"].items():
         cfg["models"][name] = _merge(MODEL_DEFAULTS, model)
         if model["dataset"] not in cfg["datasets"]:
@@ -172,6 +173,9 @@ def validate(config: dict, check_files: bool = True) -> dict:
         problem = checkpoint_problem(model["family"], model["checkpoint"], cfg["downloads"]) if check_files else None
         if problem:
             raise PlanforgeError(f"config key models.{name}.checkpoint: {problem}")
+        wrong = checkpoint_settings_problem(model["family"], cfg["models"][name]) if check_files else None
+        if wrong:
+            raise PlanforgeError(f"config key models.{name}.{wrong[0]}: {wrong[1]}")
     for name, target in cfg["targets"].items():
         int8_given = "int8" in (target.get("tensorrt") or {})
         target = cfg["targets"][name] = _merge(TARGET_DEFAULTS, target)
@@ -194,6 +198,7 @@ def validate(config: dict, check_files: bool = True) -> dict:
                 f"config key targets.{name}.tensorrt.int8: a DLA INT8 engine is built from the calibration cache "
                 "the workflow makes (artifacts/calib/<model>/<method>.cache); set it to implicit"
             )
+    _check_calibration(cfg)
     cfg.setdefault("references", [])
     for i, ref in enumerate(cfg["references"]):
         if ref["model"] not in cfg["models"]:
@@ -214,6 +219,45 @@ def validate(config: dict, check_files: bool = True) -> dict:
             f"{list(BACKENDS[base['backend']].precisions)}"
         )
     return cfg
+
+
+def _check_dataset(name: str, ds: dict) -> None:
+    """What a dataset job would refuse, refused before any job runs (Snakemake removes a job's outputs first)."""
+    where = f"config key datasets.{name}"
+    if ds["kind"] == "synthetic" and ds["image_size"][0] > ds["image_size"][1]:
+        raise PlanforgeError(f"{where}.image_size: {ds['image_size']}: the first value must not exceed the second")
+    if ds["kind"] == "coco":
+        from workflow_scripts.coco import VAL2017_IMAGES
+
+        val, calib = ds["splits"]["val"], ds["splits"]["calib"]
+        if val + calib > VAL2017_IMAGES:
+            raise PlanforgeError(
+                f"{where}.splits: val + calib = {val + calib} is more than the {VAL2017_IMAGES} images of COCO "
+                "val2017; lower them"
+            )
+
+
+def _check_calibration(cfg: dict) -> None:
+    """quantize.calibration.images against the calib split of every model that is calibrated (a model whose task
+    has calibration images, where some target runs an INT8 precision): the split's size is in the config, since
+    the data is generated (or cut) from it deterministically. Checked here, the range files are not removed first."""
+    images = cfg["quantize"]["calibration"]["images"]
+    calibrated = any(
+        parse_precision(p).calibration or parse_precision(p).int8_engine
+        for target in cfg["targets"].values()
+        for precisions in target["backends"].values()
+        for p in precisions
+    )
+    for name, model in cfg["models"].items() if calibrated else ():
+        if not TASKS[FAMILIES[model["family"]].task].calibration_images:
+            continue
+        dataset = model["dataset"]
+        have = cfg["datasets"][dataset]["splits"]["calib"]
+        if images > have:
+            raise PlanforgeError(
+                f"config key quantize.calibration.images: {images} is more than the {have} images of dataset "
+                f"{dataset}'s calib split (datasets.{dataset}.splits.calib, model {name}); lower it or raise the split"
+            )
 
 
 def _merge(defaults: dict, values: dict) -> dict:

@@ -11,6 +11,7 @@ a runner; workflow_scripts/core/pipeline.py joins the two.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -80,6 +81,15 @@ def settings_problem(family: str, model_cfg: dict) -> tuple[str, str] | None:
     return None
 
 
+def checkpoint_settings_problem(family: str, model_cfg: dict) -> tuple[str, str] | None:
+    """(key, why) for a setting the model's checkpoint cannot take, where its family can tell before loading it
+    (the family module's `settings_problem(checkpoint, settings)`, e.g. D-FINE's learned queries); else None."""
+    fam = get_family(family)
+    if not hasattr(fam, "settings_problem"):
+        return None
+    return fam.settings_problem(model_cfg["checkpoint"], family_settings(family, model_cfg))
+
+
 class BadImage(ValueError):
     """An image a family cannot preprocess; its message names the input and the expected form."""
 
@@ -134,9 +144,15 @@ DOWNLOADED_WEIGHTS = "artifacts/weights/"
 def checkpoint_problem(family: str, checkpoint: str, downloads: bool) -> str | None:
     """Why a model's checkpoint cannot be read, or None: a missing local path, or a download on an offline config."""
     if is_architecture(checkpoint):
+        fam = get_family(family)  # a family with its own named architectures says whether it knows this one
+        if hasattr(fam, "is_architecture_name") and not fam.is_architecture_name(checkpoint):
+            return (
+                f"{checkpoint!r} is not a {family} architecture; use one of {sorted(fam.ARCHITECTURES)} or a "
+                f"{family} checkpoint"
+            )
         return None
     if Path(checkpoint).exists():
-        return None
+        return checkpoint_kind_problem(family, checkpoint)
     offline = "this config does not allow downloads; set `downloads: true` or give a local path"
     if str(checkpoint).startswith(DOWNLOADED_WEIGHTS):
         return None if downloads else f"{checkpoint!r} is downloaded by the workflow, but {offline}"
@@ -147,6 +163,73 @@ def checkpoint_problem(family: str, checkpoint: str, downloads: bool) -> str | N
         f"{checkpoint!r}: no such file or directory (from {Path.cwd()}); train or copy it there, or give an "
         f"architecture name such as yolov8n.yaml"
     )
+
+
+def saved_pickle(path: Path) -> bytes | str | None:
+    """The pickle of a torch.save file (its data.pkl), read without loading it; a one-line reason where the file
+    is no torch checkpoint or cannot be read; None for torch's legacy (pre-1.6) layout, which is not looked into."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if not pickles:
+                return "a zip archive without data.pkl, not a torch checkpoint"
+            return z.read(pickles[0])
+    except zipfile.BadZipFile as exc:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(2)
+        except OSError as err:
+            return f"cannot read it ({err.strerror})"
+        if head[:1] == b"\x80":
+            return None  # a legacy torch.save pickle
+        return f"not a torch checkpoint, or a damaged one ({exc})"
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+
+
+def file_families(blob: bytes) -> list[str]:
+    """The families whose checkpoint marker (the family module's CHECKPOINT_MARKER or FORMAT) a saved pickle holds."""
+    return [name for name in FAMILIES.names() if (m := _marker(get_family(name))) and m.encode() in blob]
+
+
+def _marker(fam: ModuleType) -> str | None:
+    return getattr(fam, "CHECKPOINT_MARKER", None) or getattr(fam, "FORMAT", None)
+
+
+def checkpoint_kind_problem(family: str, checkpoint: str) -> str | None:
+    """Why an existing local checkpoint is not one `family` reads, or None; cheap (reads no weights, imports no
+    framework), so a wrong path is refused when the plan loads instead of after Snakemake removed the old outputs.
+
+    A directory is read only by a family with `checkpoint_dir_problem` (D-FINE's save_pretrained folders); a file
+    must be a readable torch checkpoint that holds the family's marker (`CHECKPOINT_MARKER`, else `FORMAT`: the
+    `format` its save_checkpoint writes). A family with neither is not checked here.
+    """
+    path = Path(checkpoint)
+    fam = get_family(family)
+    if _marker(fam) is None and not hasattr(fam, "checkpoint_dir_problem"):
+        return None  # a family (a plugin's) that says nothing of its checkpoint's form: left to its loader
+    if path.is_dir():
+        if hasattr(fam, "checkpoint_dir_problem"):
+            return fam.checkpoint_dir_problem(path)
+        what = "a directory"
+        try:
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+            what += f" of transformers weights (model_type {model_type!r})" if model_type else ""
+        except (OSError, ValueError, AttributeError):
+            pass
+        return f"{checkpoint!r} is {what}; a {family} checkpoint is one file (or an architecture name); fix the path"
+    blob = saved_pickle(path)
+    if isinstance(blob, str):
+        return f"{checkpoint!r}: {blob}; replace the file or fix the path"
+    if blob is None or _marker(fam) is None:  # a legacy pickle, or a family that names no file marker
+        return None
+    found = file_families(blob)
+    if family in found:
+        return None
+    what = f"a {' / '.join(found)} checkpoint" if found else "no checkpoint this workflow reads"
+    return f"{checkpoint!r} is {what}, not a {family} one; give the model a {family} checkpoint or fix its family"
 
 
 def checkpoint_inputs(family: str, checkpoint: str) -> list[str]:

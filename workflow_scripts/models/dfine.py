@@ -13,6 +13,7 @@ needs no NMS, so `iou` is accepted and ignored.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,9 @@ META = ResizeMeta  # what preprocess returns per image (the Triton pre → post 
 def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # from_pretrained imports torchao where it is installed (transformers' quantizers), and torchao >= 0.14 on torch
+    # 2.14 logs a deprecation per enum it registers with torch's pytree: noise before the one line a job says
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def hub_id(name: str) -> str:
@@ -392,6 +396,45 @@ def apply_settings(model, settings: dict):
     for p in rebuilt.parameters():
         p.requires_grad_(False)
     return rebuilt
+
+
+def checkpoint_dir_problem(path: Path) -> str | None:
+    """Why a directory is not a D-FINE save_pretrained folder, or None (its config.json only, no weights read)."""
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"{path}: a directory without a readable config.json ({exc}); give a save_pretrained folder"
+    if not isinstance(config, dict) or config.get("model_type") != "d_fine":
+        got = config.get("model_type") if isinstance(config, dict) else None
+        return f"{path}: config.json says model_type {got!r}, not 'd_fine'; give a D-FINE checkpoint or fix the family"
+    if not any(
+        (path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    ):
+        return f"{path}: has config.json but no model.safetensors or pytorch_model.bin; copy the weights there"
+    return None
+
+
+def settings_problem(checkpoint: str, settings: dict) -> tuple[str, str] | None:
+    """(key, why) for a setting this checkpoint cannot take, decided from a save_pretrained folder's config.json
+    (num_queries on a checkpoint that learned its initial queries); None where fine or not known before loading."""
+    import json
+
+    n = settings.get("num_queries")
+    path = Path(checkpoint) / "config.json"
+    if n is None or not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if config.get("learn_initial_query") and int(n) != config.get("num_queries"):
+        return "num_queries", (
+            f"{checkpoint} learned its {config.get('num_queries')} initial queries (learn_initial_query), so its "
+            f"weights fix the count; remove num_queries or set it to {config.get('num_queries')}"
+        )
+    return None
 
 
 def checkpoint_inputs(checkpoint: str) -> list[str]:

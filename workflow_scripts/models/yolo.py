@@ -19,6 +19,8 @@ from workflow_scripts.models import check_image, is_architecture
 
 PAD_VALUE = 114
 INPUT_NAME = "images"
+# an ultralytics .pt pickles its modules from this package: what models.checkpoint_kind_problem looks for
+CHECKPOINT_MARKER = "ultralytics"
 OUTPUT_NAMES = ("output0",)
 
 # Nodes INT8 quantization leaves in float, by reason. `{head}` is the Detect module that makes

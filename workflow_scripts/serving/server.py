@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import re
 import signal
@@ -59,6 +60,21 @@ def log_tail(path: Path, lines: int = LOG_TAIL) -> str:
     return "\n".join([*errors[:8], *tail[-(lines - min(len(errors), 8)) :]]) or "(server log is empty)"
 
 
+def session_processes(sid: int) -> list[int]:
+    """Pids of the live processes of session `sid` (zombies left out: they run nothing and hold no port)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # exited while read
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(proc.name))
+    return found
+
+
 def _die_with_parent() -> None:
     # runs in the child before exec: SIGTERM it if the workflow process dies, even by SIGKILL
     with contextlib.suppress(Exception):
@@ -73,6 +89,7 @@ class TritonServer:
     http_port: int
     grpc_port: int
     log: Path
+    exit_timeout: float = 5.0  # tritonserver --exit-timeout-secs: how long it waits for in-flight requests on stop
 
     @property
     def http_url(self) -> str:
@@ -95,20 +112,34 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` s; then whatever is left of its process group (python
-        backend stubs outlive a server that was killed)."""
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the server and everything it started; never an error (the job's result is already measured).
+
+        SIGTERM to its process group; tritonserver then waits up to `exit_timeout` s for requests in flight and
+        exits (with code 1 and "Exit timeout expired" where clients still held some: not a failure of ours).
+        After `exit_timeout` + `grace` s, SIGKILL to the group; then to any process left in its session (python
+        backend stubs outlive a server that was killed), until none is left."""
+        sid = self.proc.pid  # started with start_new_session: the server leads its own session and group
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(sid, signal.SIGTERM)
             try:
-                self.proc.wait(grace)
+                self.proc.wait(self.exit_timeout + grace)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    os.killpg(sid, signal.SIGKILL)
                 self.proc.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(sid, signal.SIGKILL)
+            left = session_processes(sid)
+            if not left or time.monotonic() > deadline:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
 
     def failure(self, what: str) -> PlanforgeError:
         """An error naming the log, with its last lines (why the server stopped or never came up)."""
@@ -157,8 +188,12 @@ def serve(
     timeout: float = 120.0,
     project: Path = ROOT,
     models: list[str] | None = None,
+    exit_timeout: float = 5.0,
 ) -> Iterator[TritonServer]:
     """Start tritonserver on `repository`, wait until it is ready, yield it, and always stop it.
+
+    `exit_timeout`: how long a stop waits for requests still in flight (tritonserver's --exit-timeout-secs,
+    30 s by default) before the server and what it started are killed (TritonServer.stop).
 
     `models`: load only these (explicit model control; a job measuring one model does not start the others'
     python stubs, e.g. the Pi0 stub's torch); None loads the whole repository.
@@ -187,6 +222,7 @@ def serve(
         "--exit-on-error=true",
         "--strict-readiness=true",
         "--log-verbose=0",
+        f"--exit-timeout-secs={max(0, math.ceil(exit_timeout))}",
     ]
     if models is not None:
         cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
@@ -203,7 +239,7 @@ def serve(
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        server = TritonServer(proc, http_port, grpc_port, log)
+        server = TritonServer(proc, http_port, grpc_port, log, exit_timeout)
         try:
             deadline = time.monotonic() + timeout
             while not server.ready():
