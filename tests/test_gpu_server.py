@@ -156,6 +156,23 @@ def test_the_server_config_plans_every_kind_at_full_size_with_its_fast_paths_acc
     assert {f"results/plots/{t}_latency_vs_power.png" for t in SERVER_TARGETS} <= planned
 
 
+def test_the_server_config_with_serving_on_plans_triton_for_the_tracker_and_pi0_end_to_end(tmp_path):
+    """`snakemake -n` over config/server.yaml plus a one-key overlay (serving.enabled: true), as a user turns it on."""
+    overlay = tmp_path / "serving_on.yaml"
+    overlay.write_text("serving:\n  enabled: true\n")
+    planned = planned_outputs(
+        REPO, "--profile", "profiles/server", "results/summary.md", "--configfile", "config/server.yaml", str(overlay)
+    )
+    serving = {p for p in planned if "/serving/" in p and p.endswith(".json")}
+    assert serving == {
+        f"results/{t}/serving/{m}{suffix}.json"
+        for t, m in [("server-track", "samurai-t"), ("server-track", "samurai-l")]
+        + [("server-vla", "pi0-1cam"), ("server-vla", "pi0-3cam")]
+        for suffix in ("", "_accuracy")
+    }
+    assert {"results/plots/server-track_serving_throughput_vs_p99.png", "results/summary.md"} <= planned
+
+
 def test_the_server_config_serves_the_tracker_and_pi0_on_the_gpu_when_serving_is_on():
     """The serving plan of config/server.yaml with `serving.enabled: true`: the sequence batcher for each SAMURAI,
     the python backend for each Pi0, each on its own kind's target (detectors serve where ONNX Runtime is listed)."""
