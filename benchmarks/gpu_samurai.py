@@ -1,5 +1,5 @@
 """SAMURAI on a GPU: one frame of each live sequence per timed call, through the pipeline's own bench and accuracy
-steps (the same code the DAG's jobs run for `config/tracking_gpu.yaml`, without Snakemake: the lent GPU machine
+steps (the same code the DAG's jobs run for `config/server.yaml`'s server-track target, without Snakemake: the lent GPU machine
 has no Snakemake).
 
 For each model: make its clips (`make_videos`), prepare its checkpoint (`samurai-t.yaml` / `samurai-l.yaml`: the

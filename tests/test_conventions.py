@@ -96,7 +96,13 @@ def test_every_rule_calls_one_step_cli_that_runs_by_hand_with_help():
         called = re.findall(r"(?:python|\{params\.python:q\}) -m (workflow_scripts[\w.]*)", body)
         assert len(called) == 1, f"rule {name} calls {called or 'no step CLI'}"
         steps |= set(called)
-    by_hand = ("sensitivity", "training.yolo_demo", "training.dfine_demo", "training.samurai_demo", "tensorrt.trtexec_report")
+    by_hand = (
+        "sensitivity",
+        "training.yolo_demo",
+        "training.dfine_demo",
+        "training.samurai_demo",
+        "tensorrt.trtexec_report",
+    )
     steps |= {f"workflow_scripts.{s}" for s in by_hand}
     for step in sorted(steps):
         proc = subprocess.run([sys.executable, "-m", step, "--help"], cwd=REPO, capture_output=True, text=True)

@@ -72,22 +72,138 @@ def test_a_pinned_target_refuses_another_gpu_fake_cuda(monkeypatch):
     check_target_device("t4", "cuda", "T4")
 
 
-def test_the_server_profile_plans_every_torch_fast_path_for_both_models():
+def test_a_target_pinned_to_a_pattern_takes_either_card_and_refuses_others_fake_cuda(monkeypatch):
+    import torch
+
+    from workflow_scripts.config import gpu_pattern
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pin = gpu_pattern(["H100", "H200"], "targets.s.gpu")
+    assert pin == "H100|H200" == gpu_pattern("H100|H200", "targets.s.gpu")
+    for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "nvidia h100 pcie"):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None, n=name: n)
+        check_target_device("s", "cuda", pin)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(PlanforgeError, match=r"pinned to GPU 'H100\|H200' \(targets.s.gpu\) but this machine's GPU"):
+        check_target_device("s", "cuda", pin)
+    assert gpu_pattern(["A100 (80GB)"], "k") == r"A100\ \(80GB\)"  # names in a list are plain text
+    with pytest.raises(PlanforgeError, match=r"config key targets.s.gpu: 'H100\(' is not a valid pattern"):
+        gpu_pattern("H100(", "targets.s.gpu")
+
+
+def test_a_target_names_its_models_and_an_unknown_one_is_a_config_error():
+    import yaml
+
+    from workflow_scripts.config import validate
+
+    raw = yaml.safe_load((REPO / "config/server.yaml").read_text())
+    raw["targets"] = {"t": {"device": "cuda", "backends": {"torch": ["fp16"]}, "batch_sizes": [1], "models": ["nope"]}}
+    with pytest.raises(PlanforgeError, match=r"config key targets.t.models: 'nope' is not one of \["):
+        validate(raw, check_files=False)
+
+
+SERVER_TARGETS = {
+    "server-yolo": (["yolo-demo", "yolov8n-640"], [1, 256]),
+    "server-dfine": (["dfine-demo", "dfine-x"], [1, 32]),
+    "server-track": (["samurai-t", "samurai-l"], [1, 8]),
+    "server-vla": (["pi0-1cam", "pi0-3cam"], [1, 4]),
+}
+
+
+def test_the_server_config_plans_every_kind_at_full_size_with_its_fast_paths_accuracy_and_energy():
+    """config/server.yaml end to end through `snakemake -n` with the server profile (what a user runs)."""
+    from workflow_scripts.config import load
+
+    cfg = load(REPO / "config/server.yaml")
+    assert {t: (s["models"], s["batch_sizes"]) for t, s in cfg["targets"].items()} == SERVER_TARGETS
+    assert all(s["gpu"] == "H100|H200" and s["power"] == "nvml" for s in cfg["targets"].values())
+
     planned = planned_outputs(REPO, "--profile", "profiles/server", "results/summary.md")
     bench = {p for p in planned if "/bench/" in p}
-    for backend in ("torch_fp32", "torch_fp16", "torch-cudagraph_fp16"):
-        for batch in (1, 8, 64, 256):
-            assert f"results/h100/bench/yolov8n-640/{backend}_b{batch}.json" in bench
-    # torch.compile: its own target on the same GPU, smallest and largest batch only
-    compiled = {p for p in bench if "torch-compile" in p}
-    assert compiled == {
-        f"results/h100-compile/bench/{m}/torch-compile_fp16_b{b}.json"
-        for m in ("yolo-demo", "yolov8n-640")
-        for b in (1, 256)
+    fast = {
+        "server-yolo": [
+            "torch_fp32",
+            "torch_fp16",
+            "torch-cudagraph_fp16",
+            "torch-compile_fp16",
+            "torch-compile-graph_fp16",
+        ],
+        "server-dfine": ["torch_fp32", "torch_fp16", "torch-cudagraph_fp16", "torch-compile-graph_fp16"],
+        "server-track": ["torch_fp32", "torch_fp16", "torch-cudagraph_fp16", "torch-compile-graph_fp16"],
+        "server-vla": ["torch_fp32", "torch_bf16", "torch-cudagraph_bf16", "torch-compile-graph_bf16"]
+        + ["torchao_int8_weight", "torchao_int4_weight"],
     }
-    # random weights: latency only, no accuracy jobs for the architecture-only model
-    assert not any("accuracy/yolov8n-640" in p for p in planned)
-    assert "results/h100-compile/accuracy/yolo-demo/torch-compile_fp16.json" in planned
+    expected = {
+        f"results/{t}/bench/{m}/{row}_b{b}.json"
+        for t, (models, batches) in SERVER_TARGETS.items()
+        for m in models
+        for row in fast[t]
+        for b in batches
+    }
+    assert bench == expected  # each target times its own models only, at its own batches
+    # accuracy against FP32 for every path of every model with trained (or compared) outputs; none for the
+    # random-weight detectors, whose mAP means nothing
+    accuracy = {p for p in planned if "/accuracy/" in p and p.endswith(".json")}  # Pi0 also keeps its actions (.npz)
+    scored = {"server-yolo": ["yolo-demo"], "server-dfine": ["dfine-demo"]}
+    want = {
+        f"results/{t}/accuracy/{m}/{row}.json"
+        for t, (models, _) in SERVER_TARGETS.items()
+        for m in scored.get(t, models)
+        for row in fast[t]
+    }
+    assert accuracy == want
+    assert "results/summary.md" in planned
+    assert {f"results/plots/{t}_latency_vs_power.png" for t in SERVER_TARGETS} <= planned
+
+
+def test_the_server_config_with_serving_on_plans_triton_for_the_tracker_and_pi0_end_to_end(tmp_path):
+    """`snakemake -n` over config/server.yaml plus a one-key overlay (serving.enabled: true), as a user turns it on."""
+    overlay = tmp_path / "serving_on.yaml"
+    overlay.write_text("serving:\n  enabled: true\n")
+    planned = planned_outputs(
+        REPO, "--profile", "profiles/server", "results/summary.md", "--configfile", "config/server.yaml", str(overlay)
+    )
+    serving = {p for p in planned if "/serving/" in p and p.endswith(".json")}
+    assert serving == {
+        f"results/{t}/serving/{m}{suffix}.json"
+        for t, m in [("server-track", "samurai-t"), ("server-track", "samurai-l")]
+        + [("server-vla", "pi0-1cam"), ("server-vla", "pi0-3cam")]
+        for suffix in ("", "_accuracy")
+    }
+    assert {"results/plots/server-track_serving_throughput_vs_p99.png", "results/summary.md"} <= planned
+
+
+def test_the_server_config_serves_the_tracker_and_pi0_on_the_gpu_when_serving_is_on():
+    """The serving plan of config/server.yaml with `serving.enabled: true`: the sequence batcher for each SAMURAI,
+    the python backend for each Pi0, each on its own kind's target (detectors serve where ONNX Runtime is listed)."""
+    import yaml
+
+    from workflow_scripts.config import validate
+    from workflow_scripts.plan.jobs import Plan
+
+    cfg = yaml.safe_load((REPO / "config/server.yaml").read_text())
+    cfg["serving"]["enabled"] = True
+    plan = Plan(validate(cfg, check_files=False), available=lambda b: (True, ""))
+    assert plan.serving_targets() == ["server-track", "server-vla"]
+    assert plan.served_here("server-track") == ["samurai-t", "samurai-l"]
+    assert plan.served_here("server-vla") == ["pi0-1cam", "pi0-3cam"]
+    assert "results/server-vla/serving/pi0-1cam.json" in plan.serving_outputs()
+    assert plan.coserving("server-vla") is None  # Pi0 and YOLO on one server: a target that lists both kinds
+    both = validate(
+        {
+            **cfg,
+            "targets": {
+                **cfg["targets"],
+                "server-vla": {
+                    **cfg["targets"]["server-vla"],
+                    "models": ["pi0-1cam", "yolov8n-640"],
+                    "backends": {"torch": ["bf16"], "onnxruntime": ["fp32"]},
+                },
+            },
+        },
+        check_files=False,
+    )
+    assert Plan(both, available=lambda b: (True, "")).coserving("server-vla") == ("pi0-1cam", "yolov8n-640")
 
 
 def test_the_slurm_profile_plans_the_same_jobs_as_the_server_profile():

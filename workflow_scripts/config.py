@@ -6,6 +6,7 @@ come from the registries; the job plan built from a valid config is workflow_scr
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ TENSORRT_DEFAULTS = {
 }
 TARGET_DEFAULTS = {
     "machine": None,
+    "models": None,  # the models this target measures (None: every model)
     "threads": None,
     "backend_options": {},
     "power": "none",
@@ -179,6 +181,12 @@ def validate(config: dict, check_files: bool = True) -> dict:
     for name, target in cfg["targets"].items():
         int8_given = "int8" in (target.get("tensorrt") or {})
         target = cfg["targets"][name] = _merge(TARGET_DEFAULTS, target)
+        unknown = [m for m in target["models"] or () if m not in cfg["models"]]
+        if unknown:
+            raise PlanforgeError(
+                f"config key targets.{name}.models: {unknown[0]!r} is not one of {sorted(cfg['models'])}"
+            )
+        target["gpu"] = gpu_pattern(target["gpu"], f"targets.{name}.gpu")
         for backend, precisions in target["backends"].items():
             spec = BACKENDS[backend]
             where = f"config key targets.{name}.backends.{backend}"
@@ -258,6 +266,19 @@ def _check_calibration(cfg: dict) -> None:
                 f"config key quantize.calibration.images: {images} is more than the {have} images of dataset "
                 f"{dataset}'s calib split (datasets.{dataset}.splits.calib, model {name}); lower it or raise the split"
             )
+
+
+def gpu_pattern(pin: str | list[str] | None, where: str) -> str | None:
+    """A target's GPU pin as one pattern: a list of names is any of them ("H100|H200"); a string is a regex,
+    case-insensitive, searched in the GPU's name (plain text such as "H100" matches as before)."""
+    if pin is None:
+        return None
+    pattern = "|".join(re.escape(p) for p in pin) if isinstance(pin, list) else pin
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise PlanforgeError(f"config key {where}: {pin!r} is not a valid pattern ({e}); e.g. H100|H200") from None
+    return pattern
 
 
 def _merge(defaults: dict, values: dict) -> dict:

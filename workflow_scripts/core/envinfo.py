@@ -169,6 +169,7 @@ def environment(device: str) -> dict:
 
 def check_target_device(target: str, device: str, gpu_pin: str | None) -> None:
     """Refuse to time a target on the wrong hardware: no GPU for a cuda target, or another GPU than pinned."""
+    from workflow_scripts.core import machine
     from workflow_scripts.core.io import PlanforgeError
 
     if not device.startswith("cuda"):
@@ -181,7 +182,7 @@ def check_target_device(target: str, device: str, gpu_pin: str | None) -> None:
             f"(e.g. --profile profiles/server) or drop the target"
         )
     name = torch.cuda.get_device_name(torch.device(device))
-    if gpu_pin and gpu_pin.lower() not in name.lower():
+    if gpu_pin and not machine.matches(gpu_pin, name):  # a regex (config.gpu_pattern): "H100", "H100|H200"
         raise PlanforgeError(
             f"target {target}: pinned to GPU '{gpu_pin}' (targets.{target}.gpu) but this machine's GPU is "
             f"'{name}'; run it on a {gpu_pin} or use the target that matches this GPU"

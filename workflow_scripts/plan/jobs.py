@@ -125,6 +125,11 @@ class Plan:
             self._availability_in[python, backend] = self._available_in(python, backend)
         return self._availability_in[python, backend]
 
+    def target_models(self, target: str) -> list[str]:
+        """The models a target measures: targets.<t>.models where given (each kind at its own batches), else all."""
+        names = self.targets[target]["models"]
+        return [m for m in self.models if names is None or m in names]
+
     def here(self, target: str) -> bool:
         """A target names the machine it is for (targets.<t>.machine); on any other it is skipped."""
         pattern = self.targets[target]["machine"]
@@ -218,7 +223,7 @@ class Plan:
     # -- runs and outputs ------------------------------------------------------------------------------
     def runs(self, target: str) -> Iterator[tuple[str, str, str]]:
         """(model, backend, precision) triples a target measures, available backends only."""
-        for model in self.models if self.here(target) else ():
+        for model in self.target_models(target) if self.here(target) else ():
             for backend, precisions in self.targets[target]["backends"].items():
                 timed = self.available_on(target, backend)[0] or self.bench_trtexec(target, backend)
                 if timed and self.runs_on(model, backend):
@@ -253,7 +258,7 @@ class Plan:
         for t in targets or self.targets:
             triples = [r for r in self.runs(t) if self.scored(r[0]) and self.scored_here(t, r[1])]
             # a target with nothing to measure here (e.g. only TensorRT, not installed) gets no baseline job
-            for m in self.models if triples else ():
+            for m in self.target_models(t) if triples else ():
                 if self.scored(m) and self.available_on(t, base[0])[0] and self.runs_on(m, base[0]):
                     triples.append((m, *base))
             out += [accuracy_path(t, m, b, p) for m, b, p in dict.fromkeys(triples)]
@@ -276,7 +281,7 @@ class Plan:
             engine_path(t, m, p, n)
             for t in targets or self.trt_targets
             if t in self.trt_targets and self.target_trt_builder(t) and not self.missing_interpreter(t)
-            for m in self.models
+            for m in self.target_models(t)
             if self.runs_on(m, "tensorrt")
             for p in self.targets[t]["backends"]["tensorrt"]
             for n in self.targets[t]["batch_sizes"]
@@ -326,7 +331,7 @@ class Plan:
                 if spec["python"] and not ok:  # "…(missing Python module tensorrt for Python 3.10.12)": say whose
                     why = f"{why.split(' (', 1)[-1].rstrip(')')} under targets.{t}.python {spec['python']}"
                 if ok:  # installed: say which models it still does not run (their family has no such artifact)
-                    for m in self.models:
+                    for m in self.target_models(t):
                         why_not = FAMILIES[self.family(m)].backend_problem(self.family(m), BACKENDS[b].artifact, b)
                         if why_not:
                             lines.append(f"{t}: {b}: {m} not run: {why_not}")
@@ -586,17 +591,17 @@ class Plan:
     def served_detection(self, target: str) -> list[str]:
         """Detection ensembles, where ONNX Runtime is configured and installed (it runs their model)."""
         ok = "onnxruntime" in self.targets[target]["backends"] and self.available("onnxruntime")[0]
-        return self.served_models() if ok else []
+        return [m for m in self.served_models() if m in self.target_models(target)] if ok else []
 
     def served_vla(self, target: str) -> list[str]:
         """vla models (Pi0: the family's torch module in a python-backend model), where torch runs."""
         ok = "torch" in self.targets[target]["backends"] and self.available("torch")[0]
-        return self.models_of_task("vla") if ok else []
+        return [m for m in self.models_of_task("vla") if m in self.target_models(target)] if ok else []
 
     def served_tracking(self, target: str) -> list[str]:
         """tracking models (SAMURAI: the family's Tracker per sequence behind the sequence batcher), where torch runs."""
         ok = "torch" in self.targets[target]["backends"] and self.available("torch")[0]
-        return self.models_of_task("tracking") if ok else []
+        return [m for m in self.models_of_task("tracking") if m in self.target_models(target)] if ok else []
 
     def served_here(self, target: str) -> list[str]:
         return [*self.served_detection(target), *self.served_vla(target), *self.served_tracking(target)]

@@ -68,6 +68,7 @@ TORCH_OPTIONS = {
     "fuse_projections": False,  # true: q/k/v and gate/up projections as one GEMM each (core.fusion)
     "compile_mode": None,  # None: the backend's own mode
     "compile_backend": "inductor",  # eager / aot_eager: the same dynamo graphs without code generation
+    "cache_dir": "artifacts/inductor_cache",  # inductor's on-disk caches (as torch-compile-graph's); null: /tmp
 }
 
 BACKENDS: Registry[BackendSpec] = Registry("backend")

@@ -157,6 +157,7 @@ class TorchRunner(Runner):
             self.compile_backend = str(self.options["compile_backend"])
             inductor = self.compile_backend == "inductor"
             self.compile_mode = (self.options["compile_mode"] or self.compile_mode) if inductor else None
+            self.inductor_cache = use_inductor_cache(self.options["cache_dir"]) if inductor else None
             self.forward = torch.compile(
                 self._eager, backend=self.compile_backend, mode=self.compile_mode, dynamic=False
             )
@@ -347,6 +348,8 @@ class TorchRunner(Runner):
             v["inductor_options"] = json.dumps(self.inductor_options, sort_keys=True)
             v["inductor_cache_dir"] = str(self.inductor_cache)
             v["inductor_cache_events"] = json.dumps(self.cache_events, sort_keys=True)
+        elif self.inductor_cache:  # torch-compile: inductor's own mode, the same persistent caches
+            v["inductor_cache_dir"] = str(self.inductor_cache)
         if self.fused_projections is not None:
             v["fused_projections"] = json.dumps(self.fused_projections, sort_keys=True)
         if self.cuda:
