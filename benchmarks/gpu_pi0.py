@@ -128,7 +128,7 @@ class Run:
     def phases(self, name: str, iterations: int = 50) -> dict:
         """The chunk's two phases replayed from CUDA graphs: the prefix alone, and the whole chunk (denoise = the
         difference). The runner's own graph holds the whole chunk; the prefix graph is captured beside it."""
-        from workflow_scripts.core.pipeline import make_runner
+        from workflow_scripts.pipeline import make_runner
         from workflow_scripts.runners.torch_runner import capturable
         from workflow_scripts.tasks import vla
 

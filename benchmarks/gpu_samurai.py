@@ -142,8 +142,8 @@ class Run:
         import pstats
         import time
 
-        from workflow_scripts.core.pipeline import make_runner
         from workflow_scripts.models import samurai
+        from workflow_scripts.pipeline import make_runner
         from workflow_scripts.tasks import tracking
 
         backend, precision, extra = ROWS[name]

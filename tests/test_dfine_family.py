@@ -261,7 +261,7 @@ def test_a_fixed_input_size_keeps_the_outputs_and_puts_anchors_in_the_model_dtyp
 
 
 def test_the_torch_runner_fixes_the_input_size_once_per_shape():
-    from workflow_scripts.core.pipeline import make_runner
+    from workflow_scripts.pipeline import make_runner
 
     runner = make_runner("torch", "dfine-demo.yaml", "dfine", "fp32", "cpu", 1, {})
     calls = []
@@ -276,7 +276,7 @@ def test_the_torch_runner_fixes_the_input_size_once_per_shape():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
 def test_dfine_captures_in_a_cuda_graph_and_replays_the_eager_outputs():
-    from workflow_scripts.core.pipeline import make_runner
+    from workflow_scripts.pipeline import make_runner
 
     runner = make_runner("torch-cudagraph", "dfine-demo.yaml", "dfine", "fp16", "cuda", 1, {})
     eager = make_runner("torch", "dfine-demo.yaml", "dfine", "fp16", "cuda", 1, {})

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from workflow_scripts.core.fusion import fuse_projections
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family
+from workflow_scripts.pipeline import make_runner
 
 
 class Layer(nn.Module):  # the call order of transformers' attention and gated MLP

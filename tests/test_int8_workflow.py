@@ -155,8 +155,7 @@ def test_keeping_a_node_in_float_requantizes_without_recalibrating(int8_copy: Pa
 def test_openvino_runs_the_fp32_and_int8_onnx_files_like_onnx_runtime(int8_built: Path):
     import openvino  # noqa: F401 - in the test extra: a broken install fails here, it is not skipped
 
-    from workflow_scripts.core.data import load_split
-    from workflow_scripts.core.pipeline import load_images
+    from workflow_scripts.core.data import load_images, load_split
     from workflow_scripts.models import yolo
     from workflow_scripts.runners import backend_available
     from workflow_scripts.runners.openvino_runner import OpenVinoRunner

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from tests.conftest import make_workflow_copy, snakemake
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family
+from workflow_scripts.pipeline import make_runner
 from workflow_scripts.tasks import gate, get_task
 
 EPISODES = {"kind": "episodes", "seed": 0, "splits": {"val": 3}, "cameras": 2, "camera_size": 64}

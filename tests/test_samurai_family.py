@@ -339,7 +339,7 @@ def test_parts_replayed_from_stand_in_graphs_track_exactly_as_eager_fake_cuda():
 
 
 def test_a_torch_runner_hands_the_tracker_its_module_and_mode_as_typed_facts():
-    from workflow_scripts.core.pipeline import make_runner
+    from workflow_scripts.pipeline import make_runner
 
     runner = make_runner("torch", "samurai-tiny.yaml", "samurai", "bf16", "cpu", 1)
     facts = runner.facts()

@@ -14,8 +14,8 @@ import torch
 from tests.conftest import REPO
 from workflow_scripts import export
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import samurai
+from workflow_scripts.pipeline import make_runner
 from workflow_scripts.tasks import tracking
 
 CLIPS = {"seed": 0, "splits": {"val": 2}, "frames": 20, "frame_size": 128, "distractors": 2}

@@ -67,7 +67,7 @@ def setup(tmp_path_factory):
 
 def _in_process(work: Path, vids, i: int):
     """Sequence i tracked in this process by `tasks.tracking.run_sequence` on the same checkpoint."""
-    from workflow_scripts.core.pipeline import make_runner
+    from workflow_scripts.pipeline import make_runner
 
     runner = make_runner("torch", work / "t.pt", "samurai", "fp32", "cpu", 1)
     return tracking.run_sequence(

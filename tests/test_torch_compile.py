@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from workflow_scripts.core.pipeline import make_runner
+from workflow_scripts.pipeline import make_runner
 
 # the smallest inputs each family runs at (the tiny D-FINE needs at least 100 anchors for its 100 queries)
 CASES = {"yolo": ("yolov8n.yaml", 64), "dfine": ("dfine-demo.yaml", 96)}

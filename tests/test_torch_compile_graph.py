@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import TINY_CONFIG
 from workflow_scripts.config import validate
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.core.pipeline import make_runner
+from workflow_scripts.pipeline import make_runner
 from workflow_scripts.plan.jobs import Plan
 from workflow_scripts.runners import BACKENDS, get_runner_class
 from workflow_scripts.runners.torch_runner import GRAPH_COMPILE_MODES, inductor_options, use_inductor_cache

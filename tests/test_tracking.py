@@ -140,7 +140,7 @@ def template_family(monkeypatch):
 
 
 def test_the_template_tracker_follows_its_target_and_the_auc_gate_is_a_ratio(tmp_path, template_family):
-    from workflow_scripts.core.pipeline import make_runner
+    from workflow_scripts.pipeline import make_runner
 
     track.make_videos(tmp_path, {**VIDEOS, "splits": {"val": 4}, "frames": 16, "frame_size": 128}, "val")
     runner = make_runner("torch", "track-template.yaml", "track-template", "fp32", "cpu", 1)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, read_json, run_cli, write_json
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import FAMILIES, get_family
+from workflow_scripts.pipeline import make_runner
 from workflow_scripts.plan.settings import AccuracySettings
 from workflow_scripts.tasks import TASKS, gate, get_task
 

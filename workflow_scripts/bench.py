@@ -23,8 +23,8 @@ from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
 from workflow_scripts.core.load import LoadProbe
 from workflow_scripts.core.metrics import latency_stats, stability_verdict
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import FAMILIES, get_family
+from workflow_scripts.pipeline import make_runner
 from workflow_scripts.plan.settings import BenchSettings, Stability
 from workflow_scripts.power import get_sampler
 from workflow_scripts.tasks import TASKS, get_task

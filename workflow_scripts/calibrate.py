@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.core.data import load_split
+from workflow_scripts.core.data import batches, load_images, load_split
 from workflow_scripts.core.envinfo import library_versions
 from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
-from workflow_scripts.core.pipeline import batches, load_images
 from workflow_scripts.core.precisions import CALIBRATION_METHODS
 from workflow_scripts.models import get_family
 from workflow_scripts.plan.settings import CalibrationSettings

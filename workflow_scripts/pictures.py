@@ -9,8 +9,8 @@ import argparse
 from pathlib import Path
 
 from workflow_scripts.core.io import PlanforgeError, run_cli, save_figure
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import FAMILIES, get_family
+from workflow_scripts.pipeline import make_runner
 from workflow_scripts.plan.settings import PictureSettings
 from workflow_scripts.tasks import get_task
 

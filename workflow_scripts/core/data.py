@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -230,3 +231,13 @@ def read_image(path: str | Path) -> np.ndarray:
         raise PlanforgeError(f"{p}: image not found") from None
     except Exception as exc:  # decoders raise many types (ultralytics even hooks Image.open for HEIF)
         raise PlanforgeError(f"{p}: unreadable image ({exc.__class__.__name__}); replace or remove it") from None
+
+
+def load_images(split: CocoSplit, limit: int | None = None) -> list[tuple[dict, np.ndarray]]:
+    """(image record, RGB array) pairs for the first `limit` images of a split."""
+    records = split.images[:limit] if limit else split.images
+    return [(rec, read_image(split.image_path(rec))) for rec in records]
+
+
+def batches(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -5,7 +5,7 @@ A family module provides `load_torch`, `class_names`, `preprocess`, `postprocess
 per-image dataclass `preprocess` returns beside the batch, numeric fields only: it travels between the
 Triton pre and post models as a float32 row). `preprocess` checks each image with `check_image`. Its registry
 entry says which task it serves and whether Triton pre/post models exist for it. Families never import
-a runner; workflow_scripts/core/pipeline.py joins the two.
+a runner; workflow_scripts/pipeline/ joins the two.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class _Model:
         or None where the entry names none: torch FP32 eager, which the family's own loader serves."""
         if "backend" not in self.params:
             return None
-        from workflow_scripts.core.pipeline import make_runner
+        from workflow_scripts.pipeline import make_runner
 
         options = json.loads(self.params.get("backend_options") or "{}") or None
         return make_runner(

@@ -177,7 +177,7 @@ def in_process_runner(entry: dict, repository: Path, device: str, threads: int |
     """The runner of a served python model's checkpoint (the repository's copy) on the served backend and precision
     (`served_backend`: torch FP32 unless the entry names another), as the accuracy jobs build it: the in-process
     reference of the Pi0 and tracking sweeps and of their served-accuracy checks."""
-    from workflow_scripts.core.pipeline import make_runner
+    from workflow_scripts.pipeline import make_runner
 
     backend, precision, options = served_backend(entry)
     return make_runner(

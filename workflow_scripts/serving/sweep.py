@@ -26,8 +26,8 @@ from workflow_scripts.core.data import load_split, read_image
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, atomic_path, read_json, run_cli, write_json
 from workflow_scripts.core.metrics import latency_stats
-from workflow_scripts.core.pipeline import make_runner
 from workflow_scripts.models import get_family, raw_outputs
+from workflow_scripts.pipeline import make_runner
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
 from workflow_scripts.serving.repository import triton_models_of, without_dynamic_batching

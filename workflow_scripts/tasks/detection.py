@@ -7,10 +7,9 @@ import math
 import time
 from collections.abc import Callable
 
-from workflow_scripts.core.data import CocoSplit, load_split, read_image
+from workflow_scripts.core.data import CocoSplit, batches, load_images, load_split, read_image
 from workflow_scripts.core.io import PlanforgeError, read_json
 from workflow_scripts.core.metrics import coco_evaluate, latency_stats, timed_calls
-from workflow_scripts.core.pipeline import batches, load_images
 
 NAME = "detection"
 

@@ -1,13 +1,12 @@
-"""Where model families meet backends: build a runner for a model artifact, load image batches."""
+"""Where model families meet backends: build a runner for a model artifact.
+
+The one place a family meets a runner (families and runners never import each other), above core: core
+imports neither."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from workflow_scripts.core.data import CocoSplit, read_image
 from workflow_scripts.core.envinfo import check_target_device
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.models import get_family
@@ -50,13 +49,3 @@ def make_runner(
     if target is not None:
         check_target_device(target, device, gpu)
     return runner
-
-
-def load_images(split: CocoSplit, limit: int | None = None) -> list[tuple[dict, np.ndarray]]:
-    """(image record, RGB array) pairs for the first `limit` images of a split."""
-    records = split.images[:limit] if limit else split.images
-    return [(rec, read_image(split.image_path(rec))) for rec in records]
-
-
-def batches(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
