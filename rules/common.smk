@@ -7,7 +7,12 @@ from snakemake.exceptions import WorkflowError
 
 from workflow_scripts import config as pfconfig
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS
+from workflow_scripts.core.precisions import (
+    CALIBRATION_METHODS,
+    PRECISIONS,
+    parse_variant,
+    qdq_variants,
+)
 from workflow_scripts.plan.jobs import Plan
 from workflow_scripts.plan.settings import Settings
 from workflow_scripts.runners import BACKENDS

@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     cache.write(a.out)
     for name, why in cache.left_out.items():
         print(f"{name}: left out ({why}); TensorRT runs the layers that read it in float")
-    print(f"{a.out}: TRT-{cache.version}-{cache.algorithm}, {len(cache.scales)} tensors, {len(cache.left_out)} left out")
+    print(
+        f"{a.out}: TRT-{cache.version}-{cache.algorithm}, {len(cache.scales)} tensors, {len(cache.left_out)} left out"
+    )
 
 
 if __name__ == "__main__":
