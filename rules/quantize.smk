@@ -104,7 +104,9 @@ def int8_fallback_rows(kind):
     """The bench or accuracy rows of the fallback variants their checkpoint found needed (read once it has run)."""
 
     def decision(model, qdq):
-        with open(checkpoints.int8_fallback.get(model=model, qdq=qdq).output.report) as f:
+        with open(
+            checkpoints.int8_fallback.get(model=model, qdq=qdq).output.report
+        ) as f:
             return json.load(f)
 
     return lambda wildcards: PLAN.fallback_outputs(kind, decision)

@@ -211,10 +211,10 @@ def test_openvino_runs_the_fp32_and_int8_onnx_files_like_onnx_runtime(int8_built
 def test_sensitivity_blocks_and_keep_float_names_are_checked(int8_built: Path):
     from workflow_scripts.core.io import PlanforgeError
     from workflow_scripts.quantize import excluded_nodes
-    from workflow_scripts.sensitivity import blocks
+    from workflow_scripts.sensitivity import blocks, weighted_nodes
 
     fp32 = int8_built / "artifacts/onnx/a/fp32.onnx"
-    found = blocks([n.name for n in onnx.load(str(fp32)).graph.node], want=24)
+    found = blocks(weighted_nodes(onnx.load(str(fp32))))
     assert found[:2] == ["/model.0/", "/model.1/"] and "/model.21/" in found
     assert {f"/model.22/cv{k}.{i}/" for k in (2, 3) for i in range(3)} <= set(found)
     groups = excluded_nodes("yolo", onnx.load(str(fp32)), ["/model.4/"])

@@ -36,13 +36,19 @@ from workflow_scripts.plan.settings import AccuracySettings, FallbackSettings, Q
 from workflow_scripts.quantize import excluded_nodes, int8_plan, quantize
 from workflow_scripts.tasks import gate
 
-WANT_BLOCKS = 24  # split the graph's name tree until about this many blocks
+WANT_BLOCKS = 16  # split the graph's name tree until no block holds more than 1/16 of the weighted nodes
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # where INT8 kernels run, and what a block's cost is
+
+
+def weighted_nodes(model) -> list[str]:
+    """Names of the nodes whose integer kernels matter (convolutions and matrix products), in graph order."""
+    return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS]
 
 
 def blocks(node_names: list[str], exclude: set[str] = frozenset(), want: int = WANT_BLOCKS) -> list[str]:
     """Node-name prefixes (`/a/b/`) covering the nodes, in graph order: from the top of the name tree, the
-    largest block is split into its children until there are about `want` (a node with no deeper path is a
-    block of its own name; a split that would give more than 3 × `want` blocks is not made)."""
+    largest block is split into its children while it holds more than 1/`want` of the nodes (a node with no
+    deeper path is a block of its own name), up to 4 × `want` blocks."""
     names = [n for n in node_names if n not in exclude and n.startswith("/")]
 
     def key(name: str, depth: int) -> str:
@@ -50,19 +56,18 @@ def blocks(node_names: list[str], exclude: set[str] = frozenset(), want: int = W
         return name if len(parts) <= depth else "/" + "/".join(parts[:depth]) + "/"
 
     groups: dict[str, tuple[list[str], int]] = {"/": (names, 0)}  # prefix → (its nodes, its depth)
-    final: set[str] = set()
+    largest = max(2, len(names) // want)
     while True:
-        open_ = [g for g, (ns, _) in groups.items() if g.endswith("/") and len(ns) > 1 and g not in final]
-        if not open_ or (len(groups) >= want and "/" not in groups):
+        open_ = [g for g, (ns, _) in groups.items() if g.endswith("/") and len(ns) > largest]
+        if not open_:
             break
         g = max(open_, key=lambda x: len(groups[x][0]))
         members, d = groups[g]
         kids: dict[str, list[str]] = {}
         for n in members:
             kids.setdefault(key(n, d + 1), []).append(n)
-        if len(groups) - 1 + len(kids) > 3 * want and g != "/":
-            final.add(g)
-            continue
+        if len(groups) - 1 + len(kids) > 4 * want and g != "/":
+            break
         del groups[g]
         groups.update({c: (ns, d + 1) for c, ns in kids.items()})
     order = {n: i for i, n in enumerate(names)}
@@ -121,7 +126,7 @@ def rank_blocks(fp32: Path, qdq: Path, data: list[np.ndarray], prefixes: list[st
     per_block: dict[str, dict] = {}
     for tensor, (s_pre, n_pre, s_flt, n_flt) in sums.items():
         b = block_of(producer.get(tensor, ""), prefixes)
-        if b is None:
+        if b is None or s_pre == 0.0:  # an all-zero tensor (a constant Clip bound) has no SQNR
             continue
         q, x = sqnr(s_pre, n_pre), sqnr(s_flt, n_flt)
         e = per_block.setdefault(b, {"block": b, "qdq_sqnr_db": q, "xmodel_sqnr_db": x, "tensors": 0})
@@ -218,7 +223,7 @@ def fallback(
     base = read_json(baseline) if baseline else None
     model = onnx.load(str(fp32))
     kept = {n for names in excluded_nodes(family, model, q.keep_float).values() for n in names}
-    prefixes = blocks([n.name for n in model.graph.node], exclude=kept)
+    prefixes = blocks(weighted_nodes(model), exclude=kept)
     data = calibration_batches(family, dataset, acc.imgsz, s.rank_images, batch=1)
     ranking = rank_blocks(fp32, qdq, data, prefixes)
     order = [e["block"] for e in ranking]
