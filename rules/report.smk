@@ -88,6 +88,7 @@ rule summary:
         serving=PLAN.serving_outputs(),
         serving_plots=PLAN.serving_plot_outputs(),
         calibration_caches=PLAN.calibration_cache_outputs(),
+        fallback_decisions=PLAN.fallback_decision_outputs(),
         fallback_bench=int8_fallback_rows("bench"),  # INT8 float-fallback rows, where needed (quantize.smk)
         fallback_accuracy=int8_fallback_rows("accuracy"),
         code=PLAN.step_code("summary"),

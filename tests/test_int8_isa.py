@@ -188,3 +188,23 @@ def test_the_search_finds_the_shortest_passing_prefix_in_few_runs(needed, expect
 def test_the_search_keeps_the_best_prefix_when_its_budget_runs_out():
     keep, runs = search([f"/b{i}/" for i in range(20)], lambda k: {"passed": False, "ratio": 0.5 + 0.01 * len(k)}, 3)
     assert len(runs) == 3 and keep == [f"/b{i}/" for i in range(4)]  # tried 1, 2, 4
+
+
+def test_a_listed_fallback_precision_is_decided_from_its_plain_row():
+    only_fb = {**CPU, "backends": {"onnxruntime": ["fp32", "int8_minmax_fb"]}}
+    plan = _plan(_with_targets(cpu=only_fb), machine_isa="avx512_vnni")
+    assert ("dfine-demo", "int8_minmax") in plan.fallback_decisions()
+    assert plan.fallback_inputs("dfine-demo", "int8_minmax")["accuracy"] == (
+        "results/cpu/accuracy/dfine-demo/onnxruntime_int8_minmax.json"
+    )
+    assert plan.model_artifact("cpu", "dfine-demo", "onnxruntime", "int8_minmax_fb") == (
+        "artifacts/onnx/dfine-demo/int8_minmax_fb.onnx"
+    )
+
+
+def test_every_fallback_decision_is_an_input_of_the_summary_so_a_stale_one_is_remade():
+    plan = _plan(_with_targets(cpu=CPU), machine_isa="avx2")
+    assert plan.fallback_decision_outputs() == [
+        "artifacts/onnx/yolo-demo/int8_minmax_u8u8_fb.json",
+        "artifacts/onnx/dfine-demo/int8_minmax_u8u8_fb.json",
+    ]

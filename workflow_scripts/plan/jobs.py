@@ -525,12 +525,16 @@ class Plan:
             return "u8s8"
         return ISAS[self.cpu_isa(target)].int8_scheme
 
-    def _int8_runs(self, target: str) -> Iterator[tuple[str, str, str, str]]:
-        """(model, backend, plain int8 precision, its QDQ variant) of the target's ONNX-backend INT8 runs."""
+    def _int8_runs(self, target: str) -> list[tuple[str, str, str, str]]:
+        """(model, backend, plain int8 precision, its QDQ variant) of the target's ONNX-backend INT8 runs (a listed
+        fallback precision counts as its plain one: its decision reads the plain row)."""
+        found = []
         for m, b, p in self.runs(target):
             spec = parse_precision(p)
-            if BACKENDS[b].artifact == "onnx" and spec.calibration and not spec.fallback:
-                yield m, b, p, spec.qdq_variant(self.int8_scheme(target))
+            if BACKENDS[b].artifact == "onnx" and spec.calibration:
+                plain = parse_precision(spec.plain)
+                found.append((m, b, plain.name, plain.qdq_variant(self.int8_scheme(target))))
+        return list(dict.fromkeys(found))
 
     def variant_isas(self, model: str, variant: str) -> dict[str, str]:
         """target → cpu_isa of the targets whose runs read this QDQ variant (in the quantize job's params)."""
@@ -560,8 +564,10 @@ class Plan:
         ]
         return list(dict.fromkeys(found))
 
-    def fallback_report(self, model: str, qdq: str) -> str:
-        return f"artifacts/onnx/{model}/{qdq}_fb.json"
+    def fallback_decision_outputs(self) -> list[str]:
+        """Every fallback decision's report: the summary needs them all, so a stale decision is remade (and may then
+        add or drop its rows) even where no row of it is planned."""
+        return [f"artifacts/onnx/{m}/{v}_fb.json" for m, v in self.fallback_decisions()]
 
     def fallback_inputs(self, model: str, qdq: str, **_) -> dict[str, str | list[str]]:
         """What a fallback decision reads: the row that decides it and its baseline (besides the models)."""
