@@ -237,12 +237,12 @@ def test_fake_avx2_target_runs_the_u8u8_model_the_plan_chose_for_it(int8_copy: P
     w = int8_copy
     model = onnx.load(str(w / "artifacts/onnx/a/int8_minmax_u8u8.onnx"))
     weights = {i.name: i for i in model.graph.initializer}
-    conv_weights = [
-        weights[n.input[2]]
+    stored = [  # the quantized initializers DequantizeLinear reads: conv weights (and int32 biases)
+        weights[n.input[0]].data_type
         for n in model.graph.node
-        if n.op_type == "DequantizeLinear" and n.input[0] in weights and len(n.input) > 2 and n.input[2] in weights
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights
     ]
-    assert conv_weights and all(z.data_type == onnx.TensorProto.UINT8 for z in conv_weights), "U8U8: uint8 weights"
+    assert onnx.TensorProto.UINT8 in stored and onnx.TensorProto.INT8 not in stored, "U8U8: uint8 weights, no int8"
     report = json.loads((w / "artifacts/onnx/a/int8_minmax_u8u8.json").read_text())
     assert report["weights"]["type"] == "quint8" and report["int8"]["choice"].startswith("AVX2 without VNNI: U8U8")
     acc = json.loads((w / "results/cpu/accuracy/a/onnxruntime_int8_minmax.json").read_text())
