@@ -98,15 +98,3 @@ checkpoint int8_fallback:
         " --fp32 {input.fp32} --qdq {input.qdq} --ranges {input.ranges} --method {params.method}"
         " --dataset {params.dataset} --checkpoint-info {input.info} --accuracy {input.accuracy} {params.baseline}"
         " --settings {params.settings:q} --out {output.onnx} --report {output.report} > {log} 2>&1"
-
-
-def int8_fallback_rows(kind):
-    """The bench or accuracy rows of the fallback variants their checkpoint found needed (read once it has run)."""
-
-    def decision(model, qdq):
-        with open(
-            checkpoints.int8_fallback.get(model=model, qdq=qdq).output.report
-        ) as f:
-            return json.load(f)
-
-    return lambda wildcards: PLAN.fallback_outputs(kind, decision)
