@@ -7,7 +7,12 @@ from snakemake.exceptions import WorkflowError
 
 from workflow_scripts import config as pfconfig
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS
+from workflow_scripts.core.precisions import (
+    CALIBRATION_METHODS,
+    PRECISIONS,
+    parse_variant,
+    qdq_variants,
+)
 from workflow_scripts.plan.jobs import Plan
 from workflow_scripts.plan.settings import Settings
 from workflow_scripts.runners import BACKENDS
@@ -110,3 +115,15 @@ def exclusive_threads():
         return max(1, workflow.cores or 1)
     except WorkflowError:  # --report and other modes run no job and set no cores
         return 1
+
+
+def int8_fallback_rows(kind):
+    """The bench or accuracy rows of the fallback variants their checkpoint found needed (read once it has run)."""
+
+    def decision(model, qdq):
+        with open(
+            checkpoints.int8_fallback.get(model=model, qdq=qdq).output.report
+        ) as f:
+            return json.load(f)
+
+    return lambda wildcards: PLAN.fallback_outputs(kind, decision)

@@ -39,21 +39,62 @@ rule trt_calibration_cache:
 
 
 rule quantize_onnx:
+    """A QDQ variant: int8_<calib> (U8S8) or int8_<calib>_u8u8 (CPUs whose u8s8 kernels saturate; plan.int8_scheme)."""
     input:
         fp32="artifacts/onnx/{model}/fp32.onnx",
-        ranges="artifacts/calib/{model}/{calib}.ranges.json",
+        ranges=w(PLAN.qdq_ranges),
         code=model_code("quantize"),
     output:
-        onnx="artifacts/onnx/{model}/int8_{calib}.onnx",
-        report="artifacts/onnx/{model}/int8_{calib}.json",
+        onnx="artifacts/onnx/{model}/{qdq}.onnx",
+        report="artifacts/onnx/{model}/{qdq}.json",
     log:
-        "logs/onnx/{model}/int8_{calib}.log",
+        "logs/onnx/{model}/{qdq}.log",
+    wildcard_constraints:
+        qdq=_one_of(qdq_variants(fallback=False)),
     conda:
         "../envs/export.yaml"
     params:
         family=family,
+        method=lambda w: parse_variant(w.qdq).calibration,
         settings=settings(PLAN.quantize_settings),
     shell:
         "python -m workflow_scripts.quantize --family {params.family} --fp32 {input.fp32} --ranges {input.ranges}"
-        " --method {wildcards.calib} --settings {params.settings:q} --out {output.onnx} --report {output.report}"
+        " --method {params.method} --settings {params.settings:q} --out {output.onnx} --report {output.report}"
         " > {log} 2>&1"
+
+
+checkpoint int8_fallback:
+    """Every scored INT8 row's float-fallback variant: the plain QDQ model where the row passes the gate, else
+    the fewest blocks kept in float that make it pass. A checkpoint: only a needed fallback adds bench and
+    accuracy rows (int8_fallback_rows), so the summary lists no copy of a passing row, and a second dry run
+    after a complete one is empty."""
+    input:
+        unpack(w(PLAN.fallback_inputs)),
+        fp32="artifacts/onnx/{model}/fp32.onnx",
+        qdq="artifacts/onnx/{model}/{qdq}.onnx",
+        qdq_report="artifacts/onnx/{model}/{qdq}.json",
+        ranges=w(PLAN.qdq_ranges),
+        info="artifacts/checkpoints/{model}.json",
+        val=val_annotations,
+        calib=lambda w: PLAN.calib_annotations(w.model),
+        code=w(PLAN.fallback_code),
+    output:
+        onnx="artifacts/onnx/{model}/{qdq}_fb.onnx",
+        report="artifacts/onnx/{model}/{qdq}_fb.json",
+    log:
+        "logs/onnx/{model}/{qdq}_fb.log",
+    wildcard_constraints:
+        qdq=_one_of(qdq_variants(fallback=False)),
+    conda:
+        "../envs/bench.yaml"
+    params:
+        family=family,
+        dataset=dataset_dir,
+        method=lambda w: parse_variant(w.qdq).calibration,
+        baseline=optional_arg("--baseline", "baseline"),
+        settings=settings(PLAN.fallback_settings),
+    shell:
+        "python -m workflow_scripts.sensitivity --model {wildcards.model} --family {params.family}"
+        " --fp32 {input.fp32} --qdq {input.qdq} --ranges {input.ranges} --method {params.method}"
+        " --dataset {params.dataset} --checkpoint-info {input.info} --accuracy {input.accuracy} {params.baseline}"
+        " --settings {params.settings:q} --out {output.onnx} --report {output.report} > {log} 2>&1"

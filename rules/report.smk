@@ -88,6 +88,9 @@ rule summary:
         serving=PLAN.serving_outputs(),
         serving_plots=PLAN.serving_plot_outputs(),
         calibration_caches=PLAN.calibration_cache_outputs(),
+        fallback_decisions=PLAN.fallback_decision_outputs(),
+        fallback_bench=int8_fallback_rows("bench"),  # INT8 float-fallback rows, where needed (quantize.smk)
+        fallback_accuracy=int8_fallback_rows("accuracy"),
         code=PLAN.step_code("summary"),
     output:
         report(
@@ -105,7 +108,8 @@ rule summary:
         baseline=PLAN.baseline_label(),
         references=as_json(PLAN.cfg["references"]),
     shell:
-        "python -m workflow_scripts.summary --bench {input.bench} --accuracy {input.accuracy}"
+        "python -m workflow_scripts.summary --bench {input.bench} {input.fallback_bench}"
+        " --accuracy {input.accuracy} {input.fallback_accuracy}"
         " --plots {input.plots} {input.serving_plots} --pictures {input.pictures} --serving {input.serving} --unavailable {params.unavailable:q} --gate {params.gate}"
         " --baseline {params.baseline} --references {params.references:q}"
         " --calibration-caches {input.calibration_caches} --out {output} > {log} 2>&1"

@@ -84,8 +84,8 @@ def planned_outputs(workdir: Path, *targets: str) -> set[str]:
     proc = snakemake(workdir, "-n", *targets)
     text = proc.stdout + proc.stderr
     outputs: set[str] = set()
-    for block in re.split(r"\n(?=\[.*\]\n|(?:local)?rule )", text):
-        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+    for block in re.split(r"\n(?=\[.*\]\n|(?:local)?(?:rule|checkpoint) )", text):
+        m = re.search(r"^(?:local)?(?:rule|checkpoint) (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
         out = re.search(r"^\s+output: (.+)$", block, re.M)

@@ -73,3 +73,32 @@ def test_a_file_that_is_not_a_cache_is_one_line_naming_it(tmp_path):
     bad.write_text("TRT-100300-MinMaxCalibration\nimages: 1.0\n")
     with pytest.raises(PlanforgeError, match=r"x.cache:2: expected"):
         CalibrationCache.read(bad)
+
+
+def test_zero_and_non_finite_ranges_are_left_out_of_the_cache_as_tensorrt_does(tmp_path):
+    # dfine-demo's /inner/model/decoder/Constant_52_output_0 is a Clip bound 0.0: calibrated range [0, 0]
+    ranges = {
+        "images": (0.0, 1.0),
+        "/inner/model/decoder/Constant_52_output_0": (0.0, 0.0),
+        "nan_tensor": (float("nan"), 1.0),
+        "inf_tensor": (-float("inf"), 0.0),
+        "tiny": (0.0, 1e-45),  # absmax / 127 underflows float32 to 0
+    }
+    cache = CalibrationCache.from_ranges(ranges, "minmax")
+    assert set(cache.scales) == {"images"}
+    assert set(cache.left_out) == set(ranges) - {"images"}
+    assert "zero" in cache.left_out["/inner/model/decoder/Constant_52_output_0"]
+    path = tmp_path / "minmax.cache"
+    cache.write(path)
+    back = CalibrationCache.read(path)
+    assert back.bad_scales() == {} and set(back.scales) == {"images"}
+    for line in path.read_text().splitlines()[1:]:
+        assert decode_scale(line.rsplit(": ", 1)[1]) > 0
+
+
+def test_a_cache_with_a_zero_scale_is_never_written(tmp_path):
+    cache = CalibrationCache("MinMaxCalibration", scales={"a": 0.5, "b": 0.0})
+    assert cache.bad_scales() == {"b": 0.0}
+    with pytest.raises(PlanforgeError, match=r"'b' has scale 0.0"):
+        cache.write(tmp_path / "x.cache")
+    assert not (tmp_path / "x.cache").exists()

@@ -11,6 +11,8 @@ import onnx
 import pytest
 
 from tests.conftest import copy_built, make_workflow_copy, planned_outputs, snakemake, write_config
+from workflow_scripts.core.isa import ISAS, local_isa
+from workflow_scripts.core.precisions import parse
 from workflow_scripts.tensorrt.calib_cache import CalibrationCache
 
 pytestmark = pytest.mark.workflow
@@ -43,13 +45,21 @@ INT8_CONFIG = {
     "accuracy": {"batch": 4},
 }
 PLOTS = {"results/plots/cpu_latency_vs_batch.png", "results/plots/cpu_accuracy_vs_latency.png"}
+SCHEME = ISAS[local_isa()].int8_scheme  # the target cpu runs this machine's INT8 scheme (u8u8 without VNNI)
+
+
+def qdq(method: str) -> str:
+    """The QDQ variant target cpu runs for int8_<method> on this machine: int8_<method>[_u8u8]."""
+    return parse(f"int8_{method}").qdq_variant(SCHEME)
 
 
 def int8_chain(method: str, calibrate: bool = True) -> set[str]:
-    """Everything downstream of one method's calibration, for model a on target cpu."""
+    """Everything downstream of one method's calibration, for model a on target cpu (its fallback decision too)."""
     out = {
-        f"artifacts/onnx/a/int8_{method}.onnx",
-        f"artifacts/onnx/a/int8_{method}.json",
+        f"artifacts/onnx/a/{qdq(method)}.onnx",
+        f"artifacts/onnx/a/{qdq(method)}.json",
+        f"artifacts/onnx/a/{qdq(method)}_fb.onnx",
+        f"artifacts/onnx/a/{qdq(method)}_fb.json",
         f"results/cpu/bench/a/onnxruntime_int8_{method}_b1.json",
         f"results/cpu/accuracy/a/onnxruntime_int8_{method}.json",
         f"results/cpu/pictures/a/onnxruntime_int8_{method}.png",
@@ -87,13 +97,14 @@ def test_int8_artifacts_cache_and_accuracy_follow_the_contract(int8_built: Path)
         assert cache.version == 100300
         assert cache.algorithm == {"minmax": "MinMaxCalibration", "percentile": "EntropyCalibration2"}[method]
         assert "images" in cache.scales and len(cache.scales) == report["tensors"] > 100
-        model = onnx.load(str(w / f"artifacts/onnx/a/int8_{method}.onnx"))
+        model = onnx.load(str(w / f"artifacts/onnx/a/{qdq(method)}.onnx"))
         ops = [n.op_type for n in model.graph.node]
         assert ops.count("QuantizeLinear") > 50
         # the box outputs stay float: the graph output is the float Concat of decoded boxes and scores
         producer = next(n for n in model.graph.node if "output0" in n.output)
         assert producer.op_type == "Concat"
-        qreport = json.loads((w / f"artifacts/onnx/a/int8_{method}.json").read_text())
+        qreport = json.loads((w / f"artifacts/onnx/a/{qdq(method)}.json").read_text())
+        assert qreport["int8"]["isa"] == {"cpu": local_isa()} and qreport["int8"]["scheme"] == SCHEME
         kept = [n for names in qreport["kept_float"].values() for n in names]
         assert producer.name in kept and any("/dfl/" in n for n in kept)
         producers = {o: n for n in model.graph.node for o in n.output}
@@ -104,6 +115,24 @@ def test_int8_artifacts_cache_and_accuracy_follow_the_contract(int8_built: Path)
         acc = json.loads((w / f"results/cpu/accuracy/a/onnxruntime_int8_{method}.json").read_text())
         assert acc["baseline"]["backend"] == "torch" and acc["ratio_to_baseline"] is not None
         assert acc["gate"]["threshold"] == 0.95
+        assert acc["int8"]["choice"] == qreport["int8"]["choice"]  # the INT8 plan the row ran, named in its JSON
+        fb = json.loads((w / f"artifacts/onnx/a/{qdq(method)}_fb.json").read_text())
+        assert fb["decided_by"] == f"results/cpu/accuracy/a/onnxruntime_int8_{method}.json"
+        fb_rows = {
+            f"results/cpu/{k}/a/onnxruntime_int8_{method}_fb{b}.json" for k, b in (("bench", "_b1"), ("accuracy", ""))
+        }
+        if acc["gate"]["passed"]:
+            assert not fb["needed"] and fb["reason"].startswith(f"not needed: int8_{method} passes (ratio ")
+            fb_model = (w / f"artifacts/onnx/a/{qdq(method)}_fb.onnx").read_bytes()
+            assert fb_model == (w / f"artifacts/onnx/a/{qdq(method)}.onnx").read_bytes(), (
+                "the plain model is the result"
+            )
+            assert not any((w / r).exists() for r in fb_rows), "a passing row gets no copy"
+        else:
+            assert fb["needed"] and fb["runs"] and fb["ranking"][0]["qdq_sqnr_db"] <= fb["ranking"][-1]["qdq_sqnr_db"]
+            assert all((w / r).exists() for r in fb_rows)
+            fb_acc = json.loads((w / f"results/cpu/accuracy/a/onnxruntime_int8_{method}_fb.json").read_text())
+            assert fb_acc["int8"]["fallback_blocks"] == fb["keep_float"]
     summary = (w / SUMMARY).read_text()
     assert "int8_minmax" in summary and "int8_percentile" in summary
     assert "`artifacts/calib/a/minmax.cache`: TRT-100300-MinMaxCalibration, " in summary  # read back from the file
@@ -182,15 +211,40 @@ def test_openvino_runs_the_fp32_and_int8_onnx_files_like_onnx_runtime(int8_built
 def test_sensitivity_blocks_and_keep_float_names_are_checked(int8_built: Path):
     from workflow_scripts.core.io import PlanforgeError
     from workflow_scripts.quantize import excluded_nodes
-    from workflow_scripts.sensitivity import blocks
+    from workflow_scripts.sensitivity import blocks, weighted_nodes
 
     fp32 = int8_built / "artifacts/onnx/a/fp32.onnx"
-    found = blocks(fp32)
+    found = blocks(weighted_nodes(onnx.load(str(fp32))))
     assert found[:2] == ["/model.0/", "/model.1/"] and "/model.21/" in found
-    assert [b for b in found if b.startswith("/model.22/")] == [
-        f"/model.22/cv{k}.{i}/" for k in (2, 3) for i in range(3)
-    ]
+    assert {f"/model.22/cv{k}.{i}/" for k in (2, 3) for i in range(3)} <= set(found)
     groups = excluded_nodes("yolo", onnx.load(str(fp32)), ["/model.4/"])
     assert groups["config keep_float"] and all(n.startswith("/model.4/") for n in groups["config keep_float"])
     with pytest.raises(PlanforgeError, match=r"keep_float: '/model\.99/' is no node"):
         excluded_nodes("yolo", onnx.load(str(fp32)), ["/model.99/"])
+
+
+def test_fake_avx2_target_runs_the_u8u8_model_the_plan_chose_for_it(int8_copy: Path):
+    """A target declaring an AVX2 CPU (a fake on a VNNI machine) gets U8U8 QDQ models, and its rows run them."""
+
+    def change(c):
+        c["targets"]["cpu"]["cpu_isa"] = "avx2"
+        c["targets"]["cpu"]["backends"]["onnxruntime"] = ["fp32", "int8_minmax"]
+
+    _edit(int8_copy, change)
+    planned = planned_outputs(int8_copy, *ALL)
+    assert "artifacts/onnx/a/int8_minmax_u8u8.onnx" in planned and "artifacts/calib/a/minmax.ranges.json" not in planned
+    snakemake(int8_copy, SUMMARY)
+    w = int8_copy
+    model = onnx.load(str(w / "artifacts/onnx/a/int8_minmax_u8u8.onnx"))
+    weights = {i.name: i for i in model.graph.initializer}
+    stored = [  # the quantized initializers DequantizeLinear reads: conv weights (and int32 biases)
+        weights[n.input[0]].data_type
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights
+    ]
+    assert onnx.TensorProto.UINT8 in stored and onnx.TensorProto.INT8 not in stored, "U8U8: uint8 weights, no int8"
+    report = json.loads((w / "artifacts/onnx/a/int8_minmax_u8u8.json").read_text())
+    assert report["weights"]["type"] == "quint8" and report["int8"]["choice"].startswith("AVX2 without VNNI: U8U8")
+    acc = json.loads((w / "results/cpu/accuracy/a/onnxruntime_int8_minmax.json").read_text())
+    assert acc["artifact"] == "artifacts/onnx/a/int8_minmax_u8u8.onnx" and acc["int8"]["isa"] == {"cpu": "avx2"}
+    assert planned_outputs(w, *ALL) == set()

@@ -117,7 +117,7 @@ def test_an_int8_row_gets_a_picture_with_predicted_and_ground_truth_boxes(tiny):
         + ("--settings", json.dumps({"images": 2, "num_bins": None, "percentile": None}))
         + ("--ranges", str(ranges), "--report", str(root / "minmax.json")),
         ("quantize", "--fp32", str(fp32), "--ranges", str(ranges), "--method", "minmax")
-        + ("--settings", QuantizeSettings("quint8", True, False, []).to_json())
+        + ("--settings", QuantizeSettings("quint8", "qint8", True, False, [], "u8s8", {}).to_json())
         + ("--out", str(int8), "--report", str(root / "int8_minmax.json")),
     ]
     for step, *args in steps:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.isa import ISAS
 from workflow_scripts.core.precisions import CALIBRATION_METHODS, PRECISIONS
 from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.models import FAMILIES, checkpoint_problem, checkpoint_settings_problem, settings_problem
@@ -30,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "per_channel": True,
         "reduce_range": False,
         "trt_version": 100300,
+        "fallback": {"rank_images": 8, "max_runs": 6},
     },
     "bench": {
         "warmup": 10,
@@ -105,6 +107,7 @@ TARGET_DEFAULTS = {
     "python": None,  # the interpreter the target's model jobs run under (None: `python` on PATH)
     "gpu": None,
     "container": None,
+    "cpu_isa": None,  # None: the plan reads this machine's (core.isa.local_isa), dotprod for a Jetson
     "tensorrt": TENSORRT_DEFAULTS,
 }
 
@@ -122,6 +125,7 @@ def schema() -> dict:
         calibration={"enum": CALIBRATION_METHODS.names()},
         power={"enum": SAMPLERS.names()},
         family={"enum": FAMILIES.names()},
+        cpu_isa={"enum": ISAS.names()},
         backend_options={
             "type": "object",
             "additionalProperties": False,

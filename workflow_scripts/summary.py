@@ -129,6 +129,21 @@ def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
     return notes
 
 
+def int8_plan_lines(accuracy_files: list[Path]) -> dict[str, list[str]]:
+    """target → one line per INT8 row naming the instruction set and the choice made (the QDQ sidecar's `int8`)."""
+    out: dict[str, list[str]] = {}
+    for p in accuracy_files:
+        r = read_json(p)
+        if "int8" in r and r["int8"]:
+            verdict = "passes" if r["gate"]["passed"] else "FAILS"
+            out.setdefault(r["target"], []).append(
+                f"- INT8 plan, {r['model']} {r['backend']} {r['precision']}: {r['int8']['choice']}; "
+                f"{r['metric_label']} {r[r['gate']['metric']]:.4f}, ratio {_fmt(r.get('ratio_to_baseline'), 3)}: "
+                f"{verdict} the gate."
+            )
+    return {t: [*lines, ""] for t, lines in out.items()}
+
+
 def _label(row: pd.Series) -> str:
     return f"{row['model']} {row['backend']} {row['precision']} b{int(row['batch'])}"
 
@@ -340,6 +355,7 @@ def render(
     references: list[dict] | None = None,
     pictures: list[Path] = (),
     calibration_caches: list[Path] = (),
+    int8_plans: dict[str, list[str]] | None = None,
 ) -> str:
     """The summary as markdown; plot links are relative to `out`."""
     lines = ["# planforge summary", ""]
@@ -479,6 +495,7 @@ def render(
                 )
             if not failed.empty:
                 lines.append("")
+        lines += (int8_plans or {}).get(target, [])
         lines += picture_lines(list(pictures), target, out)
         lines += serving_lines(serving, target)
         for kind in PLOT_KINDS:
@@ -544,8 +561,9 @@ def summarise(
             if p.stem.endswith("_" + kind):
                 plots[p.stem] = p
     text = render(
-        bench, acc, unavailable, gate, baseline, plots, out, serving, references, picture_files, calibration_caches
-    )
+        bench, acc, unavailable, gate, baseline, plots, out, serving, references, picture_files, calibration_caches,
+        int8_plan_lines(accuracy_files),
+    )  # fmt: skip
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return text

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from workflow_scripts.core import machine
 from workflow_scripts.core.deps import code_files
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.core.precisions import CALIBRATION_METHODS
+from workflow_scripts.core.isa import ISAS, JETSON_ISA, local_isa
+from workflow_scripts.core.precisions import CALIBRATION_METHODS, INT8_SCHEMES, parse_variant
 from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.models import FAMILIES, checkpoint_inputs, family_files, family_settings, get_family
 from workflow_scripts.plan import settings as S
@@ -87,6 +88,7 @@ class Plan:
         gpu_name: Callable[[], str] = machine.gpu_name,
         trt_builder: Callable[[], str | None] = trt.builder,
         available_in: Callable[[str, str], tuple[bool, str]] = backend_available_in,
+        machine_isa: Callable[[], str] = local_isa,
     ) -> None:
         self.cfg = cfg
         self.datasets, self.models, self.targets = cfg["datasets"], cfg["models"], cfg["targets"]
@@ -98,6 +100,7 @@ class Plan:
         self._availability: dict[str, tuple[bool, str]] = {}
         self._available_in = available_in
         self._availability_in: dict[tuple[str, str], tuple[bool, str]] = {}
+        self._machine_isa = machine_isa
 
     # -- what this machine runs -----------------------------------------------------------------------
     def available(self, backend: str) -> tuple[bool, str]:
@@ -369,6 +372,8 @@ class Plan:
             return f"artifacts/checkpoints/{model}.pt"
         if spec.artifact == "engine":
             return engine_path(target, model, precision, batch or max(self.targets[target]["batch_sizes"]))
+        if parse_precision(precision).calibration:  # a QDQ model: the variant of the target's INT8 scheme
+            return onnx_path(model, parse_precision(precision).qdq_variant(self.int8_scheme(target)))
         return onnx_path(model, spec.artifact_variant(precision))
 
     def onnx_parts(self, model: str) -> list[str]:
@@ -497,14 +502,120 @@ class Plan:
         keys = CALIBRATION_METHODS[calib].settings
         return S.CalibrationSettings(**{k: (c[k] if k in keys else None) for k in ("images", "num_bins", "percentile")})
 
-    def quantize_settings(self, model: str, **_) -> S.QuantizeSettings:
-        q = self.cfg["quantize"]
+    def quantize_settings(self, model: str, qdq: str, **_) -> S.QuantizeSettings:
+        """A QDQ variant's settings: its scheme's weight type, and the instruction sets of the targets that run it
+        (so a change of a target's cpu_isa remakes the model even where the scheme stays)."""
+        q, v = self.cfg["quantize"], parse_variant(qdq)
         return S.QuantizeSettings(
             activation_type=q["activation_type"],
+            weight_type=INT8_SCHEMES[v.scheme].weight_type,
             per_channel=q["per_channel"],
             reduce_range=q["reduce_range"],
             keep_float=self.models[model]["keep_float"],
+            scheme=v.scheme,
+            isa=self.variant_isas(model, v.plain),
         )
+
+    # -- INT8: the target's instruction set picks the QDQ scheme; a missed gate gets a float fallback --------
+    def cpu_isa(self, target: str) -> str:
+        """targets.<t>.cpu_isa, else dotprod for a Jetson, else this machine's (core.isa)."""
+        t = self.targets[target]
+        if t["cpu_isa"]:
+            return t["cpu_isa"]
+        return JETSON_ISA if t["power"] in JETSON_SAMPLERS else self._machine_isa()
+
+    def int8_scheme(self, target: str) -> str:
+        """u8s8, or u8u8 where the target CPU's u8s8 kernels saturate; GPUs run no such kernels (u8s8)."""
+        if self.targets[target]["device"].startswith("cuda"):
+            return "u8s8"
+        return ISAS[self.cpu_isa(target)].int8_scheme
+
+    def _int8_runs(self, target: str) -> list[tuple[str, str, str, str]]:
+        """(model, backend, plain int8 precision, its QDQ variant) of the target's ONNX-backend INT8 runs (a listed
+        fallback precision counts as its plain one: its decision reads the plain row)."""
+        found = []
+        for m, b, p in self.runs(target):
+            spec = parse_precision(p)
+            if BACKENDS[b].artifact == "onnx" and spec.calibration:
+                plain = parse_precision(spec.plain)
+                found.append((m, b, plain.name, plain.qdq_variant(self.int8_scheme(target))))
+        return list(dict.fromkeys(found))
+
+    def variant_isas(self, model: str, variant: str) -> dict[str, str]:
+        """target → cpu_isa of the targets whose runs read this QDQ variant (in the quantize job's params)."""
+        return {
+            t: self.cpu_isa(t) for t in self.targets for m, _, _, v in self._int8_runs(t) if (m, v) == (model, variant)
+        }
+
+    def qdq_ranges(self, model: str, qdq: str, **_) -> str:
+        return f"artifacts/calib/{model}/{parse_variant(qdq).calibration}.ranges.json"
+
+    def fallback_source(self, model: str, qdq: str) -> tuple[str, str, str]:
+        """(target, backend, precision) whose accuracy row decides a QDQ variant's fallback, and whose settings the
+        search measures with: the first scored run of that variant, in config order."""
+        for t in self.targets:
+            for m, b, p, v in self._int8_runs(t):
+                if (m, v) == (model, qdq) and self.scored(m) and self.scored_here(t, b):
+                    return t, b, p
+        raise PlanforgeError(f"no target runs {model} as {qdq} with accuracy on: nothing to decide a fallback from")
+
+    def fallback_decisions(self) -> list[tuple[str, str]]:
+        """(model, plain QDQ variant) of every scored INT8 row: each gets a fallback decision (rules/quantize.smk)."""
+        found = [
+            (m, v)
+            for t in self.targets
+            for m, b, _, v in self._int8_runs(t)
+            if self.scored(m) and self.scored_here(t, b) and TASKS[self.task(m)].calibration_images
+        ]
+        return list(dict.fromkeys(found))
+
+    def fallback_decision_outputs(self) -> list[str]:
+        """Every fallback decision's report: the summary needs them all, so a stale decision is remade (and may then
+        add or drop its rows) even where no row of it is planned."""
+        return [f"artifacts/onnx/{m}/{v}_fb.json" for m, v in self.fallback_decisions()]
+
+    def fallback_inputs(self, model: str, qdq: str, **_) -> dict[str, str | list[str]]:
+        """What a fallback decision reads: the row that decides it and its baseline (besides the models)."""
+        t, b, p = self.fallback_source(model, qdq)
+        return {"accuracy": accuracy_path(t, model, b, p), "baseline": self.baseline_accuracy(t, model, b, p)}
+
+    def fallback_code(self, model: str, qdq: str, **_) -> list[str]:
+        """A fallback search's code: it quantizes and scores on the deciding row's backend."""
+        return self._run_code("sensitivity", model, self.fallback_source(model, qdq)[1])
+
+    def fallback_settings(self, model: str, qdq: str, **_) -> S.FallbackSettings:
+        t, b, p = self.fallback_source(model, qdq)
+        return S.FallbackSettings(
+            target=t,
+            backend=b,
+            quantize=self.quantize_settings(model, qdq).as_dict(),
+            accuracy=self.accuracy_settings(t, model, b).as_dict(),
+            rank_images=self.cfg["quantize"]["fallback"]["rank_images"],
+            max_runs=self.cfg["quantize"]["fallback"]["max_runs"],
+        )
+
+    def fallback_outputs(self, kind: str, decision: Callable[[str, str], dict]) -> list[str]:
+        """The bench ('bench') or accuracy ('accuracy') rows of the fallback variants a decision found needed.
+
+        `decision(model, qdq)` is the decision's JSON (in Snakemake: read once its checkpoint has run). A row goes
+        to the target and backend of the INT8 run it was measured from, and to others of the same variant and
+        backend; a fallback precision a target lists itself is planned like any precision (bench_outputs)."""
+        decided = set(self.fallback_decisions())
+        out = []
+        for t in self.targets:
+            planned = set(self.runs(t))
+            for m, b, p, v in self._int8_runs(t):
+                fb = parse_precision(p).name + "_fb"
+                if (m, v) not in decided or (m, b, fb) in planned:
+                    continue
+                d = decision(m, v)
+                if not d["needed"] or d["backend"] != b:
+                    continue
+                if kind == "bench":
+                    out += [bench_path(t, m, b, fb, n) for n in self.targets[t]["batch_sizes"]]
+                else:
+                    out.append(accuracy_path(t, m, b, fb))
+        return out
 
     def split_settings(self, dataset: str, split: str, **_) -> dict:
         """A synthetic dataset's config with only `split`'s size (other splits' sizes do not change its images)."""
@@ -633,7 +744,11 @@ class Plan:
         return self.targets[target]["backends"].get("onnxruntime", [])
 
     def triton_onnx(self, target: str, **_) -> list[str]:
-        return [onnx_path(m, p) for m in self.served_detection(target) for p in self._served_precisions(target)]
+        return [
+            self.model_artifact(target, m, "onnxruntime", p)
+            for m in self.served_detection(target)
+            for p in self._served_precisions(target)
+        ]
 
     def triton_checkpoints(self, target: str, **_) -> list[str]:
         served = [*self.served_vla(target), *self.served_tracking(target)]
@@ -674,7 +789,7 @@ class Plan:
             m: {
                 "family": self.family(m),
                 "imgsz": self.imgsz(m),
-                "onnx": {p: onnx_path(m, p) for p in self._served_precisions(target)},
+                "onnx": {p: self.model_artifact(target, m, "onnxruntime", p) for p in self._served_precisions(target)},
                 **({"engines": engines[m]} if m in engines else {}),
             }
             for m in self.served_detection(target)

@@ -133,9 +133,24 @@ class CalibrationSettings(Settings):
 @dataclasses.dataclass(frozen=True)
 class QuantizeSettings(Settings):
     activation_type: str
+    weight_type: str  # qint8 (u8s8) or quint8 (u8u8: where the target CPU's u8s8 kernels saturate)
     per_channel: bool
     reduce_range: bool
     keep_float: list
+    scheme: str  # core.precisions.INT8_SCHEMES
+    isa: dict  # target → cpu_isa of the targets that run this QDQ model (core.isa.ISAS)
+
+
+@dataclasses.dataclass(frozen=True)
+class FallbackSettings(Settings):
+    """The float-fallback search of one QDQ variant: the row that decides it, and how it measures."""
+
+    target: str
+    backend: str
+    quantize: dict  # QuantizeSettings of the plain variant
+    accuracy: dict  # AccuracySettings of the deciding row's accuracy job
+    rank_images: int  # calib images the SQNR ranking runs on
+    max_runs: int  # accuracy runs the search may spend confirming
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,15 @@ each further line is `<tensor name>: <scale>`, the scale being the big-endian IE
 float32 of absmax / 127, as 8 hex digits. TensorRT takes the tensor's dynamic range as
 [-127 × scale, 127 × scale]. ONNX Runtime's `write_calibration_table` writes a different
 format (ORT's TensorRT EP format, `name absmax`), so this module writes it by hand.
+
+A tensor whose calibrated range is [0, 0] (a constant such as a Clip bound 0.0) or not finite has no
+usable scale, and is left out of the cache rather than written with scale 0 or inf: that is what
+TensorRT's own calibrator does. It cannot make a scale for a uniformly zero tensor ("Tensor … is
+uniformly zero", NVIDIA/TensorRT#1102), and for a tensor the cache does not name the builder warns
+"Missing scale and zero-point for tensor …, expect fall back to non-int8 implementation for any layer
+consuming or producing given tensor" (NVIDIA/TensorRT#3131), which is right for a constant. A scale of
+0 instead breaks the build (NVIDIA/TensorRT#1826, #3020). The smallest positive scale would also be
+exact for an all-zero tensor, but it claims a range nothing measured; leaving it out says so.
 """
 
 from __future__ import annotations
@@ -49,6 +58,15 @@ def scale_from_range(lo: float, hi: float) -> float:
     return absmax / 127.0
 
 
+def unusable_range(lo: float, hi: float) -> str | None:
+    """Why a range gives no INT8 scale TensorRT can use (it is then left out of the cache), or None."""
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        return f"range [{lo}, {hi}] is not finite"
+    if decode_scale(encode_scale(max(abs(float(lo)), abs(float(hi))) / 127.0)) <= 0.0:  # also one float32 rounds to 0
+        return f"range [{lo}, {hi}] is zero (a constant or an all-zero tensor)"
+    return None
+
+
 @dataclass
 class CalibrationCache:
     """Per-tensor INT8 scales plus the header TensorRT checks (library version, algorithm)."""
@@ -56,16 +74,34 @@ class CalibrationCache:
     algorithm: str  # EntropyCalibration2 or MinMaxCalibration
     version: int = DEFAULT_TRT_VERSION
     scales: dict[str, float] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # tensor → why it has no scale (not written)
 
     @classmethod
     def from_ranges(
         cls, ranges: dict[str, tuple[float, float]], method: str, version: int = DEFAULT_TRT_VERSION
     ) -> CalibrationCache:
-        """A cache from activation ranges (tensor → (min, max)) calibrated by `method` (minmax/entropy/percentile)."""
+        """A cache from activation ranges (tensor → (min, max)) calibrated by `method` (minmax/entropy/percentile).
+
+        Zero and non-finite ranges are left out (`left_out` says which and why), as TensorRT's calibrator does."""
         algorithm = CALIBRATION_METHODS[method].trt_algorithm  # an unknown method is a one-line error
-        return cls(algorithm, version, {name: scale_from_range(lo, hi) for name, (lo, hi) in ranges.items()})
+        cache = cls(algorithm, version)
+        for name, (lo, hi) in ranges.items():
+            why = unusable_range(lo, hi)
+            if why:
+                cache.left_out[name] = why
+            else:
+                cache.scales[name] = scale_from_range(lo, hi)
+        return cache
+
+    def bad_scales(self) -> dict[str, float]:
+        """Scales TensorRT cannot use: zero, negative or not finite (none in a cache this module writes)."""
+        return {n: s for n, s in self.scales.items() if not (math.isfinite(s) and s > 0.0)}
 
     def dumps(self) -> str:
+        bad = self.bad_scales()
+        if bad:
+            name, scale = next(iter(bad.items()))
+            raise PlanforgeError(f"calibration cache: tensor {name!r} has scale {scale}; leave it out instead")
         lines = [f"TRT-{self.version}-{self.algorithm}"]
         lines += [f"{name}: {encode_scale(scale)}" for name, scale in self.scales.items()]
         return "\n".join(lines) + "\n"
@@ -128,7 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     cache = CalibrationCache.from_ranges(read_ort_ranges(a.ranges), a.method, a.trt_version)
     cache.write(a.out)
-    print(f"{a.out}: TRT-{cache.version}-{cache.algorithm}, {len(cache.scales)} tensors")
+    for name, why in cache.left_out.items():
+        print(f"{name}: left out ({why}); TensorRT runs the layers that read it in float")
+    print(
+        f"{a.out}: TRT-{cache.version}-{cache.algorithm}, {len(cache.scales)} tensors, {len(cache.left_out)} left out"
+    )
 
 
 if __name__ == "__main__":
