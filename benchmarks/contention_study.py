@@ -162,6 +162,8 @@ def run(a: argparse.Namespace, stability: dict | None = None) -> dict:
     out = Path(a.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    # a TERM (or an INT, which a background shell ignores) stops the hog and the row in hand, not only this process
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     hog = Hog(a.hog, a.hog_on, a.hog_off).start()
     done = []
     try:
