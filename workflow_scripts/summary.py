@@ -156,10 +156,11 @@ def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
         f = fp32.iloc[0]
         pair = pd.DataFrame([r, f])
         if _unstable(pair).any():
-            which = "; ".join(_unstable_text(x) for _, x in pair[_unstable(pair)].iterrows())
+            bad = pair[_unstable(pair)]
+            which = "; ".join(_unstable_text(x) for _, x in bad.iterrows())
             notes.append(
-                f"- INT8 {_label(r)}: no speed ratio to FP32: {which} † is unstable, so the two do not compare; "
-                "measure again on a quiet machine."
+                f"- INT8 {_label(r)}: no speed ratio to FP32: {which} † {'are' if len(bad) > 1 else 'is'} unstable, "
+                "so the two do not compare; measure again on a quiet machine."
             )
             continue
         speedup = f["p50_ms"] / r["p50_ms"]
