@@ -172,3 +172,20 @@ def test_gpu_int8_rows_get_no_cpu_instruction_set_reason(tmp_path):
     ]
     (line,) = _line(_render(tmp_path, bench, []), "- INT8 det")
     assert "slower" in line and "CPU" not in line
+
+
+def test_a_cited_figure_is_set_beside_stable_rows_only(tmp_path):
+    bench = [
+        _bench("det", "detection", "onnxruntime", "fp32", 1, 100.0, stable=False),
+        _bench("det", "detection", "onnxruntime", "fp32", 4, 30.0),
+    ]
+    files = []
+    for i, r in enumerate(bench):
+        f = tmp_path / f"b{i}.json"
+        f.write_text(json.dumps(r))
+        files.append(f)
+    cited = [{"model": "det", "source": "a paper", "rows": [{"backend": "onnxruntime", "precision": "fp32", "batch": b,
+              "p50_ms": 20.0, "throughput": 50.0} for b in (1, 4)]}]  # fmt: skip
+    text = summary.summarise(files, [], [], 0.95, "torch_fp32", tmp_path / "s.md", [], references=cited)
+    assert "| det | onnxruntime | fp32 | 1 | 20.00 | 100.00† | 50.0 | 10.0† | a paper |" in text
+    assert "| det | onnxruntime | fp32 | 4 | 20.00 | 30.00 | 50.0 | 133.3 | a paper |" in text

@@ -277,7 +277,8 @@ def serving_lines(records: list[dict], target: str) -> list[str]:
 
 def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
     """Cited figures beside this workflow's own: the best measured p50 / throughput of the same
-    model, backend, precision and batch over every target of this run ('—' where none ran)."""
+    model, backend, precision and batch over every target of this run, stable rows only ('—' where none ran;
+    an unstable row's figure marked † where only unstable ones did)."""
     if not references:
         return []
     lines = [
@@ -296,13 +297,16 @@ def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
                     & (mine["precision"] == row["precision"])
                     & (mine["batch"] == row["batch"])
                 ]
-            here_p50 = mine["p50_ms"].min() if not mine.empty else None
-            here_tp = mine["throughput"].max() if not mine.empty else None
+            stable = mine[~_unstable(mine)] if not mine.empty else mine
+            here_p50 = _fmt(stable["p50_ms"].min()) if not stable.empty else None
+            here_tp = _fmt(stable["throughput"].max(), 1) if not stable.empty else None
+            if stable.empty and not mine.empty:  # only unstable rows: their figures, marked, never as a clean one
+                here_p50, here_tp = f"{mine['p50_ms'].min():.2f}†", f"{mine['throughput'].max():.1f}†"
             source = ref["source"] + (f" ({row['note']})" if row.get("note") else "")
             lines.append(
                 f"| {ref['model']} | {row['backend']} | {row['precision']} | {row['batch']} | "
                 f"{_fmt(row.get('p50_ms'))} | {_fmt(here_p50)} | {_fmt(row.get('throughput'), 1)} | "
-                f"{_fmt(here_tp, 1)} | {source} |"
+                f"{_fmt(here_tp)} | {source} |"
             )
     return lines + [""]
 
