@@ -170,6 +170,8 @@ def run(a: argparse.Namespace, stability: dict | None = None) -> dict:
         for repeat in range(1, a.repeat + 1):
             for row in rows:
                 settings = plan.bench_settings(a.target, row.model, row.backend)
+                widened = {k: v for k, v in (("iterations", a.iterations), ("min_seconds", a.min_seconds)) if v}
+                settings = dataclasses.replace(settings, **widened)  # a wider loop than the config's, to compare
                 if stability:
                     settings = dataclasses.replace(
                         settings, stability=dataclasses.replace(settings.stability, **stability)
@@ -204,6 +206,7 @@ def run(a: argparse.Namespace, stability: dict | None = None) -> dict:
         "target": a.target,
         "hog": {"processes": a.hog, "kind": hog.kind, "on_s": a.hog_on, "off_s": a.hog_off},
         "stability_override": stability,
+        "loop_override": {"iterations": a.iterations, "min_seconds": a.min_seconds},
         "machine": _machine(),
         "rows": done,
     }
@@ -364,6 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--target", default="cpu")
         s.add_argument("--rows", nargs="*", help="only rows whose model/backend_precision_bN contains one of these")
         s.add_argument("--repeat", type=int, default=1, help="time each row this many times (files .rK)")
+        s.add_argument("--iterations", type=int, help="timed calls per loop instead of bench.iterations")
+        s.add_argument("--min-seconds", type=float, help="seconds per timed loop instead of bench.min_seconds")
         if name == "run":
             s.add_argument("--hog", type=int, default=0, help="busy processes beside every row (0: none)")
             s.add_argument("--hog-on", type=float, default=1.0, help="seconds busy per cycle")
