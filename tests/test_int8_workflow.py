@@ -10,7 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import copy_built, make_workflow_copy, planned_outputs, snakemake, write_config
+from tests.conftest import (
+    CONTENTION_NOT_JUDGED,
+    copy_built,
+    make_workflow_copy,
+    planned_outputs,
+    snakemake,
+    write_config,
+)
 from workflow_scripts.core.isa import ISAS, local_isa
 from workflow_scripts.core.precisions import parse
 from workflow_scripts.tensorrt.calib_cache import CalibrationCache
@@ -41,7 +48,7 @@ INT8_CONFIG = {
             "batch_sizes": [1],
         }
     },
-    "bench": {"warmup": 1, "iterations": 3},
+    "bench": {"warmup": 1, "iterations": 3, "stability": CONTENTION_NOT_JUDGED},
     "accuracy": {"batch": 4},
 }
 PLOTS = {"results/plots/cpu_latency_vs_batch.png", "results/plots/cpu_accuracy_vs_latency.png"}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import make_workflow_copy, snakemake
+from tests.conftest import CONTENTION_NOT_JUDGED, make_workflow_copy, snakemake
 from workflow_scripts.models import get_family
 from workflow_scripts.pipeline import make_runner
 from workflow_scripts.tasks import gate, get_task
@@ -173,7 +173,7 @@ VLA_CONFIG = {
             "batch_sizes": [1],
         }
     },
-    "bench": {"warmup": 2, "iterations": 5},
+    "bench": {"warmup": 2, "iterations": 5, "stability": CONTENTION_NOT_JUDGED},
 }
 
 

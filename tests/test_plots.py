@@ -24,6 +24,7 @@ def _points(*rows) -> pd.DataFrame:
                 "p50_ms": ms,
                 "score": s,
                 "metric_label": "mAP50-95",
+                "task": "detection",
             }
             for m, p, ms, s in rows
         ]
@@ -58,6 +59,43 @@ def test_the_summary_lists_the_front_fastest_first():
     assert "b ort" not in line and "mAP50-95 ↑" in line
 
 
+def test_an_errors_front_keeps_the_lowest_error_within_each_latency():
+    pts = _points(("a", "bf16", 5.0, 0.002), ("a", "fp32", 9.0, 0.0), ("a", "int4", 7.0, 0.01))
+    assert _names(pareto_front(pts, higher_is_better=False)) == ["a bf16", "a fp32"]
+    # read as a score, the error-free baseline would look worst and the largest error best
+    assert _names(pareto_front(pts)) == ["a bf16", "a int4"]
+
+
+def test_the_accuracy_plot_gives_each_task_its_own_panel_with_its_metric_and_direction(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    det = _points(("d", "fp32", 13.3, 0.889), ("d", "int8", 7.7, 0.885))
+    vla = _points(("v", "bf16", 20.0, 0.0004), ("v", "fp32", 30.0, 0.0))
+    vla[["task", "metric_label"]] = ["vla", "action MSE vs FP32"]
+    trk = _points(("t", "fp32", 2.0, 0.35), ("t", "int8", 1.0, 0.30))
+    trk[["task", "metric_label"]] = ["tracking", "success AUC"]
+    unstable = _points(("d", "int8", 3.0, 0.95))
+    unstable["stable"] = False  # faster and more accurate on paper, but disturbed: never on the front
+    pts = pd.concat([det, vla, trk, unstable], ignore_index=True)
+    pts["gate_passed"] = True
+    figures = []
+    monkeypatch.setattr("workflow_scripts.plots.save_figure", lambda fig, path: figures.append(fig))
+    plot_accuracy("cpu", pts, tmp_path / "acc.png")
+    (fig,) = figures
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    assert set(axes) == {"detection", "tracking", "vla"}
+    assert axes["detection"].get_ylabel() == "mAP50-95 (higher is better ↑)"
+    assert axes["tracking"].get_ylabel() == "success AUC (higher is better ↑)"
+    assert axes["vla"].get_ylabel() == "action MSE vs FP32 (lower is better ↓)"
+    steps = {t: next(ln for ln in ax.get_lines() if ln.get_label() == "Pareto front") for t, ax in axes.items()}
+    assert list(steps["vla"].get_ydata()[:2]) == [0.0004, 0.0]  # the error-free fp32 is on its front
+    assert 0.95 not in list(steps["detection"].get_ydata())  # the unstable point is left off
+    assert list(steps["detection"].get_ydata()[:2]) == [0.885, 0.889]
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "d ort int8 († unstable)" in texts
+    plt.close(fig)
+
+
 def test_the_accuracy_plot_draws_the_front_as_a_step_line_and_names_every_point_outside_the_axes(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
@@ -67,7 +105,7 @@ def test_the_accuracy_plot_draws_the_front_as_a_step_line_and_names_every_point_
     monkeypatch.setattr("workflow_scripts.plots.save_figure", lambda fig, path: figures.append(fig))
     plot_accuracy("cpu", pts, tmp_path / "acc.png")
     (fig,) = figures
-    ax = fig.axes[0]
+    (ax,) = fig.axes  # one task: one panel
     (step,) = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
     assert step.get_drawstyle() == "steps-post" and list(step.get_ydata()[:2]) == [0.885, 0.889]
     (legend,) = fig.legends

@@ -20,7 +20,7 @@ import types
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, make_workflow_copy, planned_outputs, snakemake
+from tests.conftest import CONTENTION_NOT_JUDGED, REPO, make_workflow_copy, planned_outputs, snakemake
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.tasks import gate, get_task
 
@@ -166,7 +166,7 @@ TRACK_CONFIG = {
             "batch_sizes": [1, 2],
         }
     },
-    "bench": {"warmup": 2, "iterations": 20},
+    "bench": {"warmup": 2, "iterations": 20, "stability": CONTENTION_NOT_JUDGED},
 }
 
 

@@ -7,8 +7,9 @@ not one runner call on fixed inputs (tracking: one frame of a live sequence) giv
 of `inputs`; it is timed by the host clock and returns host values (so the device is done), through the
 same warm-up, stability, load and power handling. Where the model
 records its phases (Pi0: prefix and denoising), they are reported apart in `phase_latency_ms`.
-A disturbed timed loop is measured again (bench.stability); every loop's spread and the machine's
-load are recorded.
+A disturbed timed loop (its spread, or other processes on its CPUs or its GPU: bench.stability) is measured
+again, after waiting (bounded) for the machine to go quiet where others were the cause; every loop's spread
+and the machine's load are recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
-from workflow_scripts.core.load import LoadProbe
+from workflow_scripts.core.load import GpuProbe, LoadProbe, contention_verdict, wait_for_quiet
 from workflow_scripts.core.metrics import latency_stats, stability_verdict
 from workflow_scripts.models import FAMILIES, get_family
 from workflow_scripts.pipeline import make_runner
@@ -38,12 +39,15 @@ TIMERS = {
     "model_loop": "at least `iterations` timed calls and at least `min_seconds` of them, after at least `warmup` "
     "calls and min_seconds/2 of warm-up; the power sampler covers the timed calls",
     "stability": "dispersion = cv (std/mean) and p99/p50 of the reported timed loop, on the device timer where the "
-    "runner has one; a loop over stability.criteria is disturbed and is warmed up and timed again, up to "
-    "criteria.attempts loops; the least disturbed (lowest worse-ratio-to-its-limit) is reported; `stable` is false "
-    "when none passed",
+    "runner has one; contention = other processes' CPU time on the CPUs this process may use (load.other_cpus_busy) "
+    "and, on CUDA, other processes on the GPU (load.gpu, NVML); a loop over stability.criteria (max_cv, "
+    "max_p99_over_p50, max_other_cpus × cpus_usable, another GPU process) is disturbed and is warmed up and timed "
+    "again, up to criteria.attempts loops, after waiting up to criteria.quiet_wait_s in all (per row) for the "
+    "machine to go quiet where contention was the cause; the least disturbed (lowest worse-ratio-to-its-limit) is "
+    "reported; `stable` is false when none passed",
     "load": "the machine during the reported timed loop: 1-minute load average before/after, CPU counts, and "
-    "other_cpu_s = busy CPU-seconds of all CPUs in /proc/stat minus this process's own (os.times) "
-    "(workflow_scripts/core/load.py)",
+    "other_cpu_s = busy CPU-seconds of the CPUs this process may use in /proc/stat minus this process's own "
+    "(os.times); on CUDA, `gpu`: other processes on the device (workflow_scripts/core/load.py)",
 }
 
 
@@ -81,6 +85,7 @@ def _attempt(
     device: str,
     batch: int,
     stability: Stability,
+    gpu: GpuProbe | None = None,
 ) -> dict:
     """One warm-up and one timed loop, with its statistics, spread, verdict and the machine's load."""
     t_warm = time.perf_counter()
@@ -95,6 +100,8 @@ def _attempt(
         times.clear()  # nor on the model's phase timers
     sampler = get_sampler(power, device=device)
     probe = LoadProbe().start()
+    if gpu is not None:
+        gpu.start()
     sampler.start()
     t_start = time.perf_counter()
     model_times = []
@@ -104,13 +111,18 @@ def _attempt(
     wall = time.perf_counter() - t_start
     sampler.stop()
     load = probe.stop()
+    if gpu is not None:
+        load["gpu"] = gpu.stop()
     n = len(model_times)
     stats = latency_stats(model_times)
     device_ms = list(runner.device_times_ms or [])
     device_stats = latency_stats([t / 1e3 for t in device_ms]) if device_ms else None
     # the verdict reads the device timer where the runner has one: the GPU's own spread
     timer = "device_latency_ms" if device_stats else "latency_ms"
-    verdict = stability_verdict(device_stats or stats, stability.max_cv, stability.max_p99_over_p50)
+    verdict = loop_verdict(
+        stability_verdict(device_stats or stats, stability.max_cv, stability.max_p99_over_p50),
+        contention_verdict(load, stability.max_other_cpus),
+    )
     return {
         "attempt": None,  # numbered by the caller's list position below
         "warmup_done": done,
@@ -132,6 +144,57 @@ def _attempt(
     }
 
 
+def loop_verdict(spread: dict, contention: dict) -> dict:
+    """One timed loop's verdict: its spread's (core.metrics.stability_verdict) and its contention's
+    (core.load.contention_verdict). Stable when neither is disturbed; the reason names each that is; the score
+    is the worse of the two (<= 1 is stable)."""
+    reasons = [r for r in (spread["reason"], contention["reason"]) if r]
+    return {
+        **spread,
+        "stable": spread["stable"] and not contention["disturbed"],
+        "reason": "; ".join(reasons) or None,
+        "score": max(spread["score"], contention["score"]),
+        "contended": contention["disturbed"],
+    }
+
+
+def measure(
+    timed,
+    prepared,
+    warmup: int,
+    iterations: int,
+    min_seconds: float,
+    power: str,
+    device: str,
+    batch: int,
+    stability: Stability,
+    gpu: GpuProbe | None = None,
+) -> list[dict]:
+    """Timed loops until one is undisturbed, at most `stability.attempts`. Before measuring again after a loop that
+    other processes disturbed, wait for the machine to go quiet: at most `stability.quiet_wait_s` over the row."""
+    attempts: list[dict] = []
+    wait_left = stability.quiet_wait_s
+    for n in range(1, stability.attempts + 1):
+        attempt = _attempt(timed, prepared, warmup, iterations, min_seconds, power, device, batch, stability, gpu)
+        attempt["attempt"] = n
+        attempt["quiet_wait"] = None
+        attempts.append(attempt)
+        v = attempt["verdict"]
+        if v["stable"]:
+            break
+        more = "no attempts left"
+        if n < stability.attempts:
+            more = "measuring again"
+            if v["contended"] and wait_left > 0:
+                w = wait_for_quiet(stability.max_other_cpus, wait_left, gpu=gpu)
+                wait_left -= w["waited_s"]
+                attempt["quiet_wait"] = w
+                state = "quiet" if w["quiet"] else f"still busy ({w['other_cpus_busy']} CPUs used by others)"
+                more = f"waited {w['waited_s']:.1f} s for the machine to go quiet: {state}; measuring again"
+        print(f"bench: attempt {n}/{stability.attempts} disturbed ({v['reason']}); {more}", file=sys.stderr)
+    return attempts
+
+
 def _attempt_summary(a: dict) -> dict:
     v = a["verdict"]
     keep = ("attempt", "warmup_done", "iterations", "latency_ms", "device_latency_ms", "throughput_items_per_s")
@@ -140,8 +203,11 @@ def _attempt_summary(a: dict) -> dict:
         "stable": v["stable"],
         "reason": v["reason"],
         "score": v["score"],
+        "contended": v["contended"],
         "dispersion": a["dispersion"],
         "load": a["load"],
+        # after this loop, before the next: the wait for other processes to leave the machine (None: no wait)
+        "quiet_wait": a["quiet_wait"],
     }
 
 
@@ -182,16 +248,8 @@ def bench(
     else:
         timed, prepared = runner, runner.prepare(unit["inputs"])
         runner.setup(prepared)
-    attempts: list[dict] = []
-    for n in range(1, stability.attempts + 1):
-        attempt = _attempt(timed, prepared, warmup, iterations, min_seconds, power, device, batch, stability)
-        attempt["attempt"] = n
-        attempts.append(attempt)
-        v = attempt["verdict"]
-        if v["stable"]:
-            break
-        more = "measuring again" if n < stability.attempts else "no attempts left"
-        print(f"bench: attempt {n}/{stability.attempts} disturbed ({v['reason']}); {more}", file=sys.stderr)
+    gpu_probe = GpuProbe(device) if device.startswith("cuda") else None
+    attempts = measure(timed, prepared, warmup, iterations, min_seconds, power, device, batch, stability, gpu_probe)
     best = min(attempts, key=lambda a: a["verdict"]["score"])  # the stable one, else the least disturbed
     after = unit["after"](timed.to_numpy(best["out"]))
     verdict = best["verdict"]
@@ -235,6 +293,9 @@ def bench(
             "criteria": dataclasses.asdict(stability),
             "timer": best["dispersion"]["timer"],
             "reported_attempt": best["attempt"],
+            # the reported loop's own verdict: what disturbed it (spread, other processes), None when stable
+            "reported_reason": verdict["reason"],
+            "contended": verdict["contended"],
             # every timed loop's summary (not its per-call times, not its power reading)
             "attempts": [_attempt_summary(a) for a in attempts],
         },

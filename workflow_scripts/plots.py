@@ -11,6 +11,7 @@ import pandas as pd
 from workflow_scripts.core.io import run_cli, save_figure
 from workflow_scripts.core.pareto import pareto_front
 from workflow_scripts.core.results import load_tables, merged
+from workflow_scripts.tasks import TASKS
 
 PLOT_KINDS = (
     "latency_vs_batch",
@@ -86,48 +87,85 @@ def plot_latency(target: str, bench: pd.DataFrame, png: Path) -> None:
     save_figure(fig, png)
 
 
+def _unstable_rows(pts: pd.DataFrame) -> pd.Series:
+    """Rows whose bench JSON says "stable": false (never on a Pareto front)."""
+    return pts["stable"] == False if "stable" in pts else pd.Series(False, index=pts.index)  # noqa: E712
+
+
+def _axis_label(task: str | None, pts: pd.DataFrame) -> tuple[str, bool]:
+    """The y label of one task's panel (its metric and direction) and whether higher is better."""
+    spec = TASKS[task] if task in TASKS else None
+    higher = spec.higher_is_better if spec else True
+    given = sorted(set(pts["metric_label"].dropna())) if "metric_label" in pts else []
+    label = spec.metric_label if spec else (given or ["accuracy (the task's metric)"])[0]
+    return f"{label} ({'higher' if higher else 'lower'} is better {'↑' if higher else '↓'})", higher
+
+
 def plot_accuracy(target: str, merged: pd.DataFrame, png: Path) -> None:
-    """The task's accuracy metric against batch-1 latency, one point per configuration, with the Pareto
-    front (the most accurate configuration within each latency) as a step line."""
+    """Each task's accuracy metric against batch-1 latency, one panel per task (metrics of different tasks do
+    not compare): one point per configuration, and the task's Pareto front (the most accurate configuration
+    within each latency, in the metric's own direction) as a step line. Unstable rows (†) are drawn hollow and
+    left off the front."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9.5, 4.8), layout="constrained")
     pts = merged[(merged["batch"] == 1) & merged["score"].notna()] if not merged.empty else merged
-    if pts.empty:
-        ax.text(0.5, 0.5, "no accuracy measured on this target", ha="center", va="center", transform=ax.transAxes)
+    tasks = sorted(set(pts["task"].dropna())) if "task" in pts and not pts.empty else []
+    groups = [(t, pts[pts["task"] == t]) for t in tasks] or [(None, pts)]
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(4.6 * len(groups) + 4.5, 4.8), layout="constrained", squeeze=False
+    )
     style = _styles([(r["model"], r["backend"], r["precision"]) for _, r in pts.iterrows()])
-    for _, r in pts.sort_values(["model", "backend", "precision"]).iterrows():
-        key = (r["model"], r["backend"], r["precision"])
-        passed = r["gate_passed"] == True  # noqa: E712 (NaN: no gate)
-        ax.scatter(
-            r["p50_ms"],
-            r["score"],
-            s=60,
-            color=style[key]["color"],
-            marker=style[key]["marker"],
-            edgecolors="black" if passed else "red",
-            linewidths=0.6 if passed else 2,
-            zorder=3,
-            label=" ".join(key) + ("" if passed else " (FAILS the gate)"),
-        )
-    front = pareto_front(pts)
-    if not front.empty:
-        right = pts["p50_ms"].max() * 1.15
-        xs = [*front["p50_ms"], right]
-        ys = [*front["score"], front["score"].iloc[-1]]
-        ax.step(xs, ys, where="post", color="black", lw=1.2, ls="--", zorder=2, label="Pareto front")
-        ax.scatter(front["p50_ms"], front["score"], s=190, facecolors="none", edgecolors="black", lw=1, zorder=2)
-    ax.margins(x=0.08, y=0.12)
-    ax.set_xlabel("batch-1 model latency, ms (p50)")
-    labels = sorted(set(pts["metric_label"])) if not pts.empty else []
-    ax.set_ylabel(" / ".join(labels) or "accuracy (the task's metric)")
-    ax.set_title(f"{target}: accuracy vs latency (up and left is better; ringed: on the Pareto front)", fontsize=10)
-    ax.grid(True, alpha=0.3)
+    for ax, (task, rows) in zip(axes[0], groups):
+        if rows.empty:
+            ax.text(0.5, 0.5, "no accuracy measured on this target", ha="center", va="center", transform=ax.transAxes)
+        unstable = _unstable_rows(rows)
+        for i, r in rows.sort_values(["model", "backend", "precision"]).iterrows():
+            key = (r["model"], r["backend"], r["precision"])
+            passed = r["gate_passed"] == True  # noqa: E712 (NaN: no gate)
+            note = ("" if passed else " (FAILS the gate)") + (" († unstable)" if unstable[i] else "")
+            ax.scatter(
+                r["p50_ms"],
+                r["score"],
+                s=60,
+                color="none" if unstable[i] else style[key]["color"],
+                marker=style[key]["marker"],
+                edgecolors=(style[key]["color"] if unstable[i] else "black") if passed else "red",
+                linewidths=0.6 if passed and not unstable[i] else 2,
+                zorder=3,
+                label=" ".join(key) + note,
+            )
+        ylabel, higher = _axis_label(task, rows)
+        front = pareto_front(rows[~unstable], higher_is_better=higher)
+        if not front.empty:
+            right = rows["p50_ms"].max() * 1.15
+            xs = [*front["p50_ms"], right]
+            ys = [*front["score"], front["score"].iloc[-1]]
+            ax.step(xs, ys, where="post", color="black", lw=1.2, ls="--", zorder=2, label="Pareto front")
+            ax.scatter(front["p50_ms"], front["score"], s=190, facecolors="none", edgecolors="black", lw=1, zorder=2)
+        ax.margins(x=0.08, y=0.12)
+        ax.set_xlabel("batch-1 model latency, ms (p50)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(task or "accuracy", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{target}: accuracy vs latency per task (left is faster; ringed: on that task's Pareto front)")
     if not pts.empty:
-        fig.legend(loc="outside right center", fontsize=8, title="model backend precision", title_fontsize=8)
+        handles, labels = {}, []
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in handles:
+                    handles[lab] = h
+                    labels.append(lab)
+        fig.legend(
+            [handles[lab] for lab in labels],
+            labels,
+            loc="outside right center",
+            fontsize=8,
+            title="model backend precision",
+            title_fontsize=8,
+        )
     save_figure(fig, png)
 
 

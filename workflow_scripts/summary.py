@@ -12,6 +12,7 @@ import pandas as pd
 
 from workflow_scripts.core.io import atomic_path, read_json, run_cli
 from workflow_scripts.core.pareto import pareto_front
+from workflow_scripts.core.precisions import PRECISIONS
 from workflow_scripts.core.results import load_tables, merged
 from workflow_scripts.plots import PLOT_KINDS
 from workflow_scripts.tasks import TASKS
@@ -79,7 +80,11 @@ def fastest(rows: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
 
 
 def _unstable_text(row: pd.Series) -> str:
-    return f"{_label(row)} (p50 {row['p50_ms']:.2f} ms, cv {_fmt(row['cv'])}, p99/p50 {_fmt(row['p99_over_p50'])})"
+    """A row and what disturbed it, in figures (its reported loop's reason; older JSONs: its spread)."""
+    why = row.get("disturbance")
+    if not isinstance(why, str):
+        why = f"cv {_fmt(row['cv'])}, p99/p50 {_fmt(row['p99_over_p50'])}"
+    return f"{_label(row)} (p50 {row['p50_ms']:.2f} ms, {why})"
 
 
 def skipped_line(rows: pd.DataFrame, lowest: pd.Series | None, best: pd.Series | None) -> list[str]:
@@ -101,10 +106,44 @@ def skipped_line(rows: pd.DataFrame, lowest: pd.Series | None, best: pd.Series |
     return [f"- Skipped as unstable †, faster on paper but disturbed in every timed loop: {texts}."]
 
 
+def _precision(name: str):
+    """The parsed precision (core.precisions), or None for a name this checkout does not know."""
+    return PRECISIONS[name] if name in PRECISIONS else None
+
+
+def _cpu_flags(row: pd.Series) -> tuple[str, str]:
+    """(the CPU's vector instruction sets, its INT8 dot-product ones) as the row's JSON recorded them."""
+    flags = row.get("cpu_flags") if isinstance(row.get("cpu_flags"), str) else None
+    int8 = row.get("cpu_int8") if isinstance(row.get("cpu_int8"), str) else ""
+    return (flags or int8 or "not recorded").replace(",", ", "), int8.replace(",", ", ")
+
+
+def _int8_reason(r: pd.Series, slower: bool) -> str:
+    """Why an INT8 row is slower than FP32, where the instruction set can say: only for a slower row of integer
+    kernels (a QDQ model) on a CPU. A faster row, GPU rows and weight-only INT8 get no reason."""
+    p = _precision(str(r["precision"]))
+    on_cpu = str(r.get("run_device") or "cpu").startswith("cpu")
+    integer_kernels = p is None or (p.calibration is not None and not p.weight_only)
+    if not slower or not on_cpu or not integer_kernels:
+        return ""
+    flags, int8 = _cpu_flags(r)
+    if int8:
+        return (
+            f"; this CPU has INT8 dot-product instructions ({int8}), so the instruction set is not why; the "
+            "Quantize/Dequantize work around the integer kernels outweighs what they save on this model"
+        )
+    return (
+        f"; this CPU ({flags}) has no INT8 dot-product instructions (VNNI, AMX, ARM dotprod), so its INT8 kernels "
+        "widen to 16 bits and the added Quantize/Dequantize work is not paid back"
+    )
+
+
 def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
-    """One line per INT8 row: its batch-matched speed against FP32 of the same backend, and why."""
+    """One line per INT8 row: its batch-matched speed against FP32 of the same backend, with the instruction-set
+    reason only where INT8 measured slower; no ratio where either row is unstable (†)."""
     notes = []
-    int8 = joined[joined["precision"].astype(str).str.startswith("int8")]
+    kinds = [(p.kind if (p := _precision(str(n))) else str(n)[:4]) for n in joined["precision"]]
+    int8 = joined[[k == "int8" for k in kinds]]
     for _, r in int8.iterrows():
         fp32 = joined[
             (joined["model"] == r["model"])
@@ -114,18 +153,22 @@ def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
         ]
         if fp32.empty:
             continue
-        speedup = fp32.iloc[0]["p50_ms"] / r["p50_ms"]
-        instr = r.get("cpu_int8") if isinstance(r.get("cpu_int8"), str) else None
-        why = (
-            f"this CPU has INT8 dot-product instructions ({instr})"
-            if instr
-            else "this CPU reports no INT8 dot-product instructions (VNNI/AMX/dotprod), so INT8 kernels widen "
-            "to 16 bits and the added Quantize/Dequantize work is not paid back"
+        f = fp32.iloc[0]
+        pair = pd.DataFrame([r, f])
+        if _unstable(pair).any():
+            bad = pair[_unstable(pair)]
+            which = "; ".join(_unstable_text(x) for _, x in bad.iterrows())
+            notes.append(
+                f"- INT8 {_label(r)}: no speed ratio to FP32: {which} † {'are' if len(bad) > 1 else 'is'} unstable, "
+                "so the two do not compare; measure again on a quiet machine."
+            )
+            continue
+        speedup = f["p50_ms"] / r["p50_ms"]
+        slower = speedup < 1
+        notes.append(
+            f"- INT8 {_label(r)}: {speedup:.2f}× the speed of FP32 ({'slower' if slower else 'faster'}, measured: "
+            f"p50 {r['p50_ms']:.2f} vs {f['p50_ms']:.2f} ms){_int8_reason(r, slower)}."
         )
-        verdict = "faster" if speedup > 1 else "slower"
-        if _unstable(pd.DataFrame([r, fp32.iloc[0]])).any():
-            why += " († a row of the two is unstable: this ratio is not to be trusted)"
-        notes.append(f"- INT8 {_label(r)}: {speedup:.2f}× the speed of FP32 ({verdict}, measured); {why}.")
     return notes
 
 
@@ -249,7 +292,8 @@ def serving_lines(records: list[dict], target: str) -> list[str]:
 
 def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
     """Cited figures beside this workflow's own: the best measured p50 / throughput of the same
-    model, backend, precision and batch over every target of this run ('—' where none ran)."""
+    model, backend, precision and batch over every target of this run, stable rows only ('—' where none ran;
+    an unstable row's figure marked † where only unstable ones did)."""
     if not references:
         return []
     lines = [
@@ -268,13 +312,16 @@ def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
                     & (mine["precision"] == row["precision"])
                     & (mine["batch"] == row["batch"])
                 ]
-            here_p50 = mine["p50_ms"].min() if not mine.empty else None
-            here_tp = mine["throughput"].max() if not mine.empty else None
+            stable = mine[~_unstable(mine)] if not mine.empty else mine
+            here_p50 = _fmt(stable["p50_ms"].min()) if not stable.empty else None
+            here_tp = _fmt(stable["throughput"].max(), 1) if not stable.empty else None
+            if stable.empty and not mine.empty:  # only unstable rows: their figures, marked, never as a clean one
+                here_p50, here_tp = f"{mine['p50_ms'].min():.2f}†", f"{mine['throughput'].max():.1f}†"
             source = ref["source"] + (f" ({row['note']})" if row.get("note") else "")
             lines.append(
                 f"| {ref['model']} | {row['backend']} | {row['precision']} | {row['batch']} | "
                 f"{_fmt(row.get('p50_ms'))} | {_fmt(here_p50)} | {_fmt(row.get('throughput'), 1)} | "
-                f"{_fmt(here_tp, 1)} | {source} |"
+                f"{_fmt(here_tp)} | {source} |"
             )
     return lines + [""]
 
@@ -294,18 +341,30 @@ def calibration_cache_lines(caches: list[Path]) -> list[str]:
 
 
 def pareto_lines(joined: pd.DataFrame) -> list[str]:
-    """The batch-1 Pareto front of one target (latency ↓, the task's metric ↑), fastest first."""
-    front = pareto_front(joined[joined["batch"] == 1]) if "score" in joined else joined.iloc[0:0]
-    if front.empty:
+    """The batch-1 Pareto front of one target per task (latency ↓, the task's metric in its own direction: a
+    score ↑, an error ↓), fastest first. Tasks never share a front: their metrics do not compare."""
+    if "score" not in joined or joined.empty:
         return []
-    steps = [
-        f"**{r['model']} {r['backend']} {r['precision']}** ({r['p50_ms']:.2f} ms, {r['score']:.4f})"
-        for _, r in front.iterrows()
-    ]
-    return [
-        f"- Pareto front at batch 1 (p50 ↓, {front['metric_label'].iloc[0]} ↑; each is the most accurate within its "
-        f"latency): {' → '.join(steps)}."
-    ]
+    b1 = joined[joined["batch"] == 1]
+    groups = list(b1.groupby("task")) if "task" in b1 else [(None, b1)]
+    lines = []
+    for task_name, rows in groups:
+        higher = TASKS[task_name].higher_is_better if task_name in TASKS else True
+        front = pareto_front(rows, higher_is_better=higher)
+        if front.empty:
+            continue
+        digits = ".4f" if higher else ".4g"
+        steps = [
+            f"**{r['model']} {r['backend']} {r['precision']}** ({r['p50_ms']:.2f} ms, {r['score']:{digits}})"
+            for _, r in front.iterrows()
+        ]
+        what = f"{task_name}: " if task_name else ""
+        best = "accurate" if higher else "exact"
+        lines.append(
+            f"- Pareto front at batch 1 ({what}p50 ↓, {front['metric_label'].iloc[0]} {'↑' if higher else '↓'}; each "
+            f"is the most {best} within its latency): {' → '.join(steps)}."
+        )
+    return lines
 
 
 def picture_lines(pictures: list[Path], target: str, out: Path) -> list[str]:
@@ -416,7 +475,7 @@ def render(
             for _, r in joined[unstable].iterrows():  # footnotes: what † means, row by row
                 lines += [
                     f"† {_label(r)}: unstable, {r['unstable_reason']}; its figures are that loop's, and it is "
-                    "never picked as fastest.",
+                    "never picked as fastest, used in a speed ratio or put on a Pareto front.",
                     "",
                 ]
             unscored = sorted(set(tb["model"]) - (set(ta["model"]) if not ta.empty else set()))
@@ -443,8 +502,8 @@ def render(
                         f"{best['throughput']:.1f} {unit} (model only)."
                     )
                 lines += skipped_line(passing, lowest, best)
-            # stable rows of score-gated tasks only (an error metric has no "more accurate" direction to trade)
-            lines += pareto_lines(_scores(scored[~_unstable(scored)])) if not scored.empty else []
+            # stable rows only, one front per task (each in its metric's direction)
+            lines += pareto_lines(scored[~_unstable(scored)]) if not scored.empty else []
             for model in unscored:  # random weights (accuracy: false): latency only, no gate
                 rows = joined[joined["model"] == model]
                 fast, peak = fastest(rows)

@@ -44,18 +44,47 @@ def cpu_name() -> str:
 INT8_INSTRUCTIONS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
+# the vector instruction sets that decide how INT8 and FP32 kernels run (x86: SSE4.2 … AMX; ARM: NEON, dotprod)
+VECTOR_INSTRUCTIONS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
+
+
 @functools.cache
-def cpu_int8_instructions() -> str:
-    """The INT8 dot-product instruction sets this CPU reports ('' where none, or unknown)."""
+def _cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return ""
+        return frozenset()
     flags = set()
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):
             flags.update(line.split(":", 1)[1].split())
-    return ",".join(f for f in INT8_INSTRUCTIONS if f in flags)
+    return frozenset(flags)
+
+
+def cpu_int8_instructions() -> str:
+    """The INT8 dot-product instruction sets this CPU reports ('' where none, or unknown)."""
+    return ",".join(f for f in INT8_INSTRUCTIONS if f in _cpu_flags())
+
+
+def cpu_vector_instructions() -> str:
+    """The vector instruction sets of VECTOR_INSTRUCTIONS this CPU reports, comma-separated ('' where unknown)."""
+    return ",".join(f for f in VECTOR_INSTRUCTIONS if f in _cpu_flags())
 
 
 def device_info(device: str) -> dict[str, str | None]:
@@ -64,6 +93,7 @@ def device_info(device: str) -> dict[str, str | None]:
         "device": device,
         "cpu": cpu_name(),
         "cpu_int8_instructions": cpu_int8_instructions(),
+        "cpu_vector_instructions": cpu_vector_instructions(),
         "cpu_count": str(os.cpu_count()),
         "gpu": None,
         "driver": None,

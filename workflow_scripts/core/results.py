@@ -12,6 +12,17 @@ from workflow_scripts.tasks import TASKS
 KEYS = ["target", "model", "backend", "precision"]
 
 
+def _reported_reason(r: dict) -> str | None:
+    """The reported timed loop's own verdict reason (older JSONs: from its attempt's summary)."""
+    s = r.get("stability") or {}
+    if "reported_reason" in s:
+        return s["reported_reason"]
+    for a in s.get("attempts") or ():
+        if a.get("attempt") == s.get("reported_attempt"):
+            return a.get("reason")
+    return None
+
+
 def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Bench rows (one per model/backend/precision/batch) and accuracy rows, as DataFrames."""
     bench = []
@@ -42,6 +53,8 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 "device": r["environment"].get("gpu") or r["environment"].get("cpu"),
                 "libraries": r["environment"].get("libraries", {}),
                 "cpu_int8": r["environment"].get("cpu_int8_instructions"),
+                "cpu_flags": r["environment"].get("cpu_vector_instructions"),  # None in JSONs written before
+                "run_device": r["environment"].get("device"),  # cpu, cuda, cuda:1
                 "runner": r.get("runner", {}),
                 "git_commit": r["environment"].get("git_commit"),
                 "timestamp": r["environment"].get("timestamp"),
@@ -54,6 +67,9 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
                 "cv": (r.get("dispersion") or {}).get("cv"),
                 "p99_over_p50": (r.get("dispersion") or {}).get("p99_over_p50"),
                 "unstable_reason": (r.get("stability") or {}).get("reason"),
+                # what disturbed the reported loop (spread, other processes), in figures; None when it was not
+                "disturbance": _reported_reason(r),
+                "other_cpus_busy": (r.get("load") or {}).get("other_cpus_busy"),
                 # engines timed by trtexec (no TensorRT bindings): its GPU compute time, and no outputs to score
                 "timed_by": r.get("timed_by", "runner"),
                 "accuracy_not_measured": (r.get("accuracy") or {}).get("reason"),

@@ -73,6 +73,10 @@ class Stability:
     max_cv: float
     max_p99_over_p50: float
     attempts: int
+    # other processes may keep at most this fraction of the CPUs the bench may use busy during a timed loop
+    max_other_cpus: float = 0.075
+    # per row, in all: how long to wait for the machine to go quiet before measuring a contended loop again
+    quiet_wait_s: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
