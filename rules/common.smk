@@ -127,3 +127,17 @@ def int8_fallback_rows(kind):
             return json.load(f)
 
     return lambda wildcards: PLAN.fallback_outputs(kind, decision)
+
+
+def target_rows(kind):
+    """A target's bench or accuracy rows for its plots: the planned ones and its INT8 fallback rows where needed."""
+    fallback = int8_fallback_rows(kind)
+    planned = PLAN.bench_outputs if kind == "bench" else PLAN.accuracy_outputs
+
+    def rows(wildcards):
+        mine = f"results/{wildcards.target}/"
+        return planned([wildcards.target]) + [
+            p for p in fallback(wildcards) if p.startswith(mine)
+        ]
+
+    return rows

@@ -1,7 +1,7 @@
 rule plots:
     input:
-        bench=lambda w: PLAN.bench_outputs([w.target]),
-        accuracy=lambda w: PLAN.accuracy_outputs([w.target]),
+        bench=target_rows("bench"),
+        accuracy=target_rows("accuracy"),
         code=PLAN.step_code("plots"),
     output:
         latency=report(
@@ -27,7 +27,7 @@ rule plots:
 
 rule power_plot:
     input:
-        bench=lambda w: PLAN.bench_outputs([w.target]),
+        bench=target_rows("bench"),
         code=PLAN.step_code("plots"),
     output:
         report(

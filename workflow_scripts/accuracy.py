@@ -8,6 +8,7 @@ from pathlib import Path
 
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, read_json, run_cli, write_json
+from workflow_scripts.core.isa import int8_record
 from workflow_scripts.models import FAMILIES, get_family
 from workflow_scripts.pipeline import make_runner
 from workflow_scripts.plan.settings import AccuracySettings
@@ -100,9 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         save_outputs=a.save_outputs,
     )
     r = gate(r, read_json(a.baseline) if a.baseline else None, s.gate, s.error_tolerance)
-    sidecar = a.artifact.with_suffix(".json")  # a QDQ model's: the INT8 plan it was made for (quantize, sensitivity)
-    if a.artifact.suffix == ".onnx" and sidecar.is_file() and "int8" in (side := read_json(sidecar)):
-        r["int8"] = side["int8"]
+    if plan := int8_record(a.artifact):  # a QDQ model's: the INT8 plan it was made for (quantize, sensitivity)
+        r["int8"] = plan
     write_json(a.out, r)
     verdict = "pass" if r["gate"]["passed"] else "FAIL"
     print(f"{a.out}: {r['metric_label']} {r[r['metric']]:.6g}, ratio {r['ratio_to_baseline']} ({verdict})")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
+from workflow_scripts.core.isa import int8_record
 from workflow_scripts.core.load import GpuProbe, LoadProbe, contention_verdict, wait_for_quiet
 from workflow_scripts.core.metrics import latency_stats, stability_verdict
 from workflow_scripts.models import FAMILIES, get_family
@@ -383,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
         r = bench_with_trtexec(a.trtexec, a.model, a.family, a.artifact, a.precision, a.batch, a.target, s)
     else:
         r = _bench_with_runner(a, s)
+    if plan := int8_record(a.artifact):  # a QDQ model's: the INT8 plan it was made for (quantize, sensitivity)
+        r["int8"] = plan
     write_json(a.out, r)
     d = r["dispersion"]
     print(

@@ -419,7 +419,7 @@ def render(
     """The summary as markdown; plot links are relative to `out`."""
     lines = ["# planforge summary", ""]
     if not bench.empty:
-        commits = sorted({c for c in bench["git_commit"] if c})
+        commits = sorted({c for c in bench["git_commit"] if isinstance(c, str) and c})  # NaN where a row had none
         lines += [
             f"Measured {bench['timestamp'].min()} … {bench['timestamp'].max()} (UTC) from git "
             f"{', '.join(commits) or 'unknown'}. Accuracy gate: {_metric_label(_scores(acc))} ≥ {gate:g} × the "

@@ -13,6 +13,7 @@ saturate; the measured alternative `reduce_range` kept less of dfine-demo's mAP 
 from __future__ import annotations
 
 import functools
+import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,3 +74,13 @@ def local_isa() -> str:
         if line.startswith(("flags", "Features")):
             flags.update(line.split(":", 1)[1].split())
     return isa_from_flags(platform.machine(), flags)
+
+
+def int8_record(artifact: str | Path) -> dict | None:
+    """The INT8 plan a QDQ model was made for (its sidecar JSON's `int8`: the ISA and the choice), for the bench
+    and accuracy records of the rows that run it; None for any other artifact."""
+    artifact = Path(artifact)
+    sidecar = artifact.with_suffix(".json")
+    if artifact.suffix != ".onnx" or not sidecar.is_file():
+        return None
+    return json.loads(sidecar.read_text()).get("int8")
