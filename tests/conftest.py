@@ -99,6 +99,38 @@ def planned_outputs(workdir: Path, *targets: str) -> set[str]:
     return outputs
 
 
+# The quick tier (`python -m pytest -m "not slow"`, README) leaves out these files: each runs whole workflows, a real
+# tritonserver or a Slurm cluster, trains a model or builds a module-wide fixture of that kind. CI runs them all.
+SLOW_FILES = {
+    "test_bad_config_safety.py",
+    "test_bad_input.py",
+    "test_dfine_family.py",
+    "test_engines.py",
+    "test_gpu_server.py",
+    "test_int8_workflow.py",
+    "test_jetson.py",
+    "test_pi0_vla.py",
+    "test_pictures.py",
+    "test_plugin_backend.py",
+    "test_py310.py",
+    "test_samurai_family.py",
+    "test_samurai_onnx_parts.py",
+    "test_serving.py",
+    "test_serving_stop.py",
+    "test_serving_tracking.py",
+    "test_slurm_cluster.py",
+    "test_stability.py",
+    "test_staleness.py",
+    "test_tracking.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES or item.get_closest_marker("workflow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def built_workflow(tmp_path_factory) -> Path:
     """The tiny workflow run once end to end; tests copy it before changing anything."""
