@@ -193,6 +193,7 @@ def test_dla_layer_counts_come_from_a_real_dla_build_log():
 
 def test_a_dla_int8_engine_must_build_from_the_calibration_cache():
     cfg = copy.deepcopy(TINY_CONFIG)
+    cfg["quantize"] = {"calibration": {"images": 2}}  # the tiny calib split's size (more is refused at planning)
     cfg["targets"]["dla"] = {
         "device": "cuda",
         "backends": {"tensorrt": ["fp16", "int8"]},
