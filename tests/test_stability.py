@@ -208,13 +208,13 @@ def test_without_a_driver_nvml_is_reported_unchecked_not_as_a_disturbance():
 
 
 def test_fake_nvml_the_bench_waits_for_the_other_gpu_process_to_leave_and_measures_again():
-    from workflow_scripts.bench import CallUnit, measure
+    from workflow_scripts.bench import CallUnit, Loop, measure
 
     # reads: loop 1 start and stop, then the first quiet-wait window, see pid 4242; from then on only this process
     nvml = FakeNvml([[(ME, 900), (4242, 512)]] * 3 + [[(ME, 900)]])
     limits = Stability(max_cv=100.0, max_p99_over_p50=100.0, attempts=3, max_other_cpus=100.0, quiet_wait_s=5)
     unit = CallUnit(lambda: np.ones((64, 64)) @ np.ones((64, 64)))
-    attempts = measure(unit, None, 1, 5, 0.0, "none", "cuda:0", 1, limits, GpuProbe("cuda:0", nvml=nvml))
+    attempts = measure(unit, None, Loop(1, 5, 0.0, "none", "cuda:0", 1, limits, GpuProbe("cuda:0", nvml=nvml)))
     first, second = attempts
     assert not first["verdict"]["stable"] and first["verdict"]["contended"]
     assert "another process used the GPU (1 other process on the device: pid 4242" in first["verdict"]["reason"]

@@ -76,22 +76,27 @@ class CallUnit:
         return outputs
 
 
-def _attempt(
-    runner,
-    prepared,
-    warmup: int,
-    iterations: int,
-    min_seconds: float,
-    power: str,
-    device: str,
-    batch: int,
-    stability: Stability,
-    gpu: GpuProbe | None = None,
-) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """How a row's timed loops run: at least `warmup` calls (and min_seconds/2) of warm-up, then at least
+    `iterations` timed calls (and min_seconds), the power sampler, where, the batch, when a loop counts as
+    disturbed, and the GPU's process probe (CUDA only)."""
+
+    warmup: int
+    iterations: int
+    min_seconds: float
+    power: str
+    device: str
+    batch: int
+    stability: Stability
+    gpu: GpuProbe | None = None
+
+
+def _attempt(runner, prepared, loop: Loop) -> dict:
     """One warm-up and one timed loop, with its statistics, spread, verdict and the machine's load."""
     t_warm = time.perf_counter()
     done = 0
-    while done < warmup or time.perf_counter() - t_warm < min_seconds / 2:
+    while done < loop.warmup or time.perf_counter() - t_warm < loop.min_seconds / 2:
         runner.infer(prepared)
         done += 1
     if runner.device_times_ms is not None:
@@ -99,21 +104,21 @@ def _attempt(
     phases = runner.phase_times_ms()
     for times in (phases or {}).values():
         times.clear()  # nor on the model's phase timers
-    sampler = get_sampler(power, device=device)
+    sampler = get_sampler(loop.power, device=loop.device)
     probe = LoadProbe().start()
-    if gpu is not None:
-        gpu.start()
+    if loop.gpu is not None:
+        loop.gpu.start()
     sampler.start()
     t_start = time.perf_counter()
     model_times = []
-    while len(model_times) < iterations or time.perf_counter() - t_start < min_seconds:
+    while len(model_times) < loop.iterations or time.perf_counter() - t_start < loop.min_seconds:
         out, seconds = runner.timed_infer(prepared)
         model_times.append(seconds)
     wall = time.perf_counter() - t_start
     sampler.stop()
     load = probe.stop()
-    if gpu is not None:
-        load["gpu"] = gpu.stop()
+    if loop.gpu is not None:
+        load["gpu"] = loop.gpu.stop()
     n = len(model_times)
     stats = latency_stats(model_times)
     device_ms = list(runner.device_times_ms or [])
@@ -121,8 +126,8 @@ def _attempt(
     # the verdict reads the device timer where the runner has one: the GPU's own spread
     timer = "device_latency_ms" if device_stats else "latency_ms"
     verdict = loop_verdict(
-        stability_verdict(device_stats or stats, stability.max_cv, stability.max_p99_over_p50),
-        contention_verdict(load, stability.max_other_cpus),
+        stability_verdict(device_stats or stats, loop.stability.max_cv, loop.stability.max_p99_over_p50),
+        contention_verdict(load, loop.stability.max_other_cpus),
     )
     return {
         "attempt": None,  # numbered by the caller's list position below
@@ -130,12 +135,12 @@ def _attempt(
         "iterations": n,
         "latency_ms": stats,
         "device_latency_ms": device_stats,
-        "throughput_items_per_s": round(batch * n / sum(model_times), 3),
-        "throughput_wall_items_per_s": round(batch * n / wall, 3),
+        "throughput_items_per_s": round(loop.batch * n / sum(model_times), 3),
+        "throughput_wall_items_per_s": round(loop.batch * n / wall, 3),
         "dispersion": {"timer": timer, "cv": verdict["cv"], "p99_over_p50": verdict["p99_over_p50"]},
         "verdict": verdict,
         "load": load,
-        "power": sampler.result(batch * n),
+        "power": sampler.result(loop.batch * n),
         # the model's own phases (Pi0: prefix, denoise) over this loop's timed calls, where it records them
         "phase_latency_ms": {k: latency_stats([t / 1e3 for t in v]) for k, v in phases.items() if v}
         if phases
@@ -159,24 +164,14 @@ def loop_verdict(spread: dict, contention: dict) -> dict:
     }
 
 
-def measure(
-    timed,
-    prepared,
-    warmup: int,
-    iterations: int,
-    min_seconds: float,
-    power: str,
-    device: str,
-    batch: int,
-    stability: Stability,
-    gpu: GpuProbe | None = None,
-) -> list[dict]:
+def measure(timed, prepared, loop: Loop) -> list[dict]:
     """Timed loops until one is undisturbed, at most `stability.attempts`. Before measuring again after a loop that
     other processes disturbed, wait for the machine to go quiet: at most `stability.quiet_wait_s` over the row."""
+    stability, gpu = loop.stability, loop.gpu
     attempts: list[dict] = []
     wait_left = stability.quiet_wait_s
     for n in range(1, stability.attempts + 1):
-        attempt = _attempt(timed, prepared, warmup, iterations, min_seconds, power, device, batch, stability, gpu)
+        attempt = _attempt(timed, prepared, loop)
         attempt["attempt"] = n
         attempt["quiet_wait"] = None
         attempts.append(attempt)
@@ -250,7 +245,8 @@ def bench(
         timed, prepared = runner, runner.prepare(unit["inputs"])
         runner.setup(prepared)
     gpu_probe = GpuProbe(device) if device.startswith("cuda") else None
-    attempts = measure(timed, prepared, warmup, iterations, min_seconds, power, device, batch, stability, gpu_probe)
+    loop = Loop(warmup, iterations, min_seconds, power, device, batch, stability, gpu_probe)
+    attempts = measure(timed, prepared, loop)
     best = min(attempts, key=lambda a: a["verdict"]["score"])  # the stable one, else the least disturbed
     after = unit["after"](timed.to_numpy(best["out"]))
     verdict = best["verdict"]
