@@ -222,7 +222,7 @@ def sweep(a: argparse.Namespace) -> None:
         a.out = str(base / f"hog{n}_on{on:g}_off{off:g}")
         a.hog, a.hog_on, a.hog_off = n, on, off
         print(f"-- hog: {n} process(es), busy {on:g} s / idle {off:g} s -> {a.out}")
-        run(a, stability={"max_other_cpus": 1000.0, "attempts": 1, "quiet_wait_s": 0})
+        run(a, stability={"max_other_cpus": 1000.0, "attempts": 1, "quiet_wait_s": 0, "max_reference_slowdown": None})
 
 
 # -- compare and calibrate -----------------------------------------------------------------------------------
@@ -250,10 +250,11 @@ def compare(a_dir: Path, b_dir: Path, tolerance: float) -> tuple[list[str], bool
     a, b = read_rows(a_dir), read_rows(b_dir)
     common = sorted(set(a) & set(b))
     lines = [
-        f"{a_dir} (A) vs {b_dir} (B): p50 of the reported loop; other = CPUs other processes kept busy during it",
+        f"{a_dir} (A) vs {b_dir} (B): p50 of the reported loop; other = CPUs other processes kept busy during it; "
+        "ref = the reference kernel beside it against the machine's best (core/reference.py; - where not read)",
         "",
-        "| row | p50 A ms | p50 B ms | B/A | A verdict | B verdict | other A | other B | check |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | p50 A ms | p50 B ms | B/A | A verdict | B verdict | other A | other B | ref A | ref B | check |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     counts = {"within": 0, "flagged": 0, "FAIL": 0}
     for name in common:
@@ -269,8 +270,10 @@ def compare(a_dir: Path, b_dir: Path, tolerance: float) -> tuple[list[str], bool
             check = "FAIL"
         counts[check] += 1
         oa, ob = ((r.get("load") or {}).get("other_cpus_busy") for r in (ra, rb))
+        refa, refb = (((r.get("load") or {}).get("reference") or {}).get("slowdown", "-") for r in (ra, rb))
         lines.append(
-            f"| {name} | {pa:.2f} | {pb:.2f} | {ratio:.2f} | {_verdict(ra)} | {_verdict(rb)} | {oa} | {ob} | {check} |"
+            f"| {name} | {pa:.2f} | {pb:.2f} | {ratio:.2f} | {_verdict(ra)} | {_verdict(rb)} | {oa} | {ob} "
+            f"| {refa} | {refb} | {check} |"
         )
     missing = sorted(set(a) ^ set(b))
     lines += [

@@ -23,8 +23,9 @@ from pathlib import Path
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
 from workflow_scripts.core.isa import int8_record
-from workflow_scripts.core.load import GpuProbe, LoadProbe, contention_verdict, wait_for_quiet
+from workflow_scripts.core.load import GpuProbe, LoadProbe, contention_verdict, usable_cpus, wait_for_quiet
 from workflow_scripts.core.metrics import latency_stats, stability_verdict
+from workflow_scripts.core.reference import ReferenceProbe, reference_verdict
 from workflow_scripts.models import FAMILIES, get_family
 from workflow_scripts.pipeline import make_runner
 from workflow_scripts.plan.settings import BenchSettings, Stability
@@ -41,10 +42,12 @@ TIMERS = {
     "calls and min_seconds/2 of warm-up; the power sampler covers the timed calls",
     "stability": "dispersion = cv (std/mean) and p99/p50 of the reported timed loop, on the device timer where the "
     "runner has one; contention = other processes' CPU time on the CPUs this process may use (load.other_cpus_busy) "
-    "and, on CUDA, other processes on the GPU (load.gpu, NVML); a loop over stability.criteria (max_cv, "
-    "max_p99_over_p50, max_other_cpus × cpus_usable, another GPU process) is disturbed and is warmed up and timed "
-    "again, up to criteria.attempts loops, after waiting up to criteria.quiet_wait_s in all (per row) for the "
-    "machine to go quiet where contention was the cause; the least disturbed (lowest worse-ratio-to-its-limit) is "
+    "and, on CUDA, other processes on the GPU (load.gpu, NVML); on the CPU, a fixed reference kernel read before "
+    "and after the loop against this machine's best (load.reference, core/reference.py: the host's other tenants); "
+    "a loop over stability.criteria (max_cv, max_p99_over_p50, max_other_cpus × cpus_usable, another GPU process, "
+    "max_reference_slowdown) is disturbed and is warmed up and timed again, up to criteria.attempts loops, after "
+    "waiting up to criteria.quiet_wait_s in all (per row) for the machine to go quiet (and the reference kernel to "
+    "run at speed) where contention was the cause; the least disturbed (lowest worse-ratio-to-its-limit) is "
     "reported; `stable` is false when none passed",
     "load": "the machine during the reported timed loop: 1-minute load average before/after, CPU counts, and "
     "other_cpu_s = busy CPU-seconds of the CPUs this process may use in /proc/stat minus this process's own "
@@ -80,7 +83,7 @@ class CallUnit:
 class Loop:
     """How a row's timed loops run: at least `warmup` calls (and min_seconds/2) of warm-up, then at least
     `iterations` timed calls (and min_seconds), the power sampler, where, the batch, when a loop counts as
-    disturbed, and the GPU's process probe (CUDA only)."""
+    disturbed, the GPU's process probe (CUDA only) and the reference kernel read beside each loop (CPU only)."""
 
     warmup: int
     iterations: int
@@ -90,6 +93,7 @@ class Loop:
     batch: int
     stability: Stability
     gpu: GpuProbe | None = None
+    reference: ReferenceProbe | None = None
 
 
 def _attempt(runner, prepared, loop: Loop) -> dict:
@@ -104,6 +108,9 @@ def _attempt(runner, prepared, loop: Loop) -> dict:
     phases = runner.phase_times_ms()
     for times in (phases or {}).values():
         times.clear()  # nor on the model's phase timers
+    if loop.reference is not None:
+        time.sleep(0.05)  # the warm-up's worker threads stop spinning before the kernel is read
+        loop.reference.start()
     sampler = get_sampler(loop.power, device=loop.device)
     probe = LoadProbe().start()
     if loop.gpu is not None:
@@ -119,6 +126,8 @@ def _attempt(runner, prepared, loop: Loop) -> dict:
     load = probe.stop()
     if loop.gpu is not None:
         load["gpu"] = loop.gpu.stop()
+    if loop.reference is not None:
+        load["reference"] = loop.reference.stop()
     n = len(model_times)
     stats = latency_stats(model_times)
     device_ms = list(runner.device_times_ms or [])
@@ -127,7 +136,7 @@ def _attempt(runner, prepared, loop: Loop) -> dict:
     timer = "device_latency_ms" if device_stats else "latency_ms"
     verdict = loop_verdict(
         stability_verdict(device_stats or stats, loop.stability.max_cv, loop.stability.max_p99_over_p50),
-        contention_verdict(load, loop.stability.max_other_cpus),
+        contention(load, loop.stability),
     )
     return {
         "attempt": None,  # numbered by the caller's list position below
@@ -150,6 +159,21 @@ def _attempt(runner, prepared, loop: Loop) -> dict:
     }
 
 
+def contention(load: dict, stability: Stability) -> dict:
+    """Other processes on the loop's CPUs or GPU (core.load.contention_verdict), or the host slower than its best
+    on the reference kernel (core.reference.reference_verdict): disturbed when either is; the higher score."""
+    verdicts = [
+        contention_verdict(load, stability.max_other_cpus),
+        reference_verdict(load.get("reference"), stability.max_reference_slowdown),
+    ]
+    return {
+        "disturbed": any(v["disturbed"] for v in verdicts),
+        "reason": "; ".join(v["reason"] for v in verdicts if v["reason"]) or None,
+        "score": max(v["score"] for v in verdicts),
+        "slow_host": verdicts[1]["disturbed"],
+    }
+
+
 def loop_verdict(spread: dict, contention: dict) -> dict:
     """One timed loop's verdict: its spread's (core.metrics.stability_verdict) and its contention's
     (core.load.contention_verdict). Stable when neither is disturbed; the reason names each that is; the score
@@ -161,6 +185,7 @@ def loop_verdict(spread: dict, contention: dict) -> dict:
         "reason": "; ".join(reasons) or None,
         "score": max(spread["score"], contention["score"]),
         "contended": contention["disturbed"],
+        "slow_host": contention.get("slow_host", False),
     }
 
 
@@ -184,8 +209,13 @@ def measure(timed, prepared, loop: Loop) -> list[dict]:
             if v["contended"] and wait_left > 0:
                 w = wait_for_quiet(stability.max_other_cpus, wait_left, gpu=gpu)
                 wait_left -= w["waited_s"]
-                attempt["quiet_wait"] = w
                 state = "quiet" if w["quiet"] else f"still busy ({w['other_cpus_busy']} CPUs used by others)"
+                if v["slow_host"] and loop.reference is not None and wait_left > 0:
+                    w["reference"] = loop.reference.wait_for_speed(stability.max_reference_slowdown, wait_left)
+                    wait_left -= w["reference"]["waited_s"]
+                    r = w["reference"]
+                    state += "; reference kernel " + ("at speed" if r["fast"] else f"still {r['slowdown']:.2f}× slow")
+                attempt["quiet_wait"] = w
                 more = f"waited {w['waited_s']:.1f} s for the machine to go quiet: {state}; measuring again"
         print(f"bench: attempt {n}/{stability.attempts} disturbed ({v['reason']}); {more}", file=sys.stderr)
     return attempts
@@ -245,7 +275,10 @@ def bench(
         timed, prepared = runner, runner.prepare(unit["inputs"])
         runner.setup(prepared)
     gpu_probe = GpuProbe(device) if device.startswith("cuda") else None
-    loop = Loop(warmup, iterations, min_seconds, power, device, batch, stability, gpu_probe)
+    reference = None
+    if device == "cpu" and stability.max_reference_slowdown is not None:
+        reference = ReferenceProbe(threads or len(usable_cpus() or ()) or 1)
+    loop = Loop(warmup, iterations, min_seconds, power, device, batch, stability, gpu_probe, reference)
     attempts = measure(timed, prepared, loop)
     best = min(attempts, key=lambda a: a["verdict"]["score"])  # the stable one, else the least disturbed
     after = unit["after"](timed.to_numpy(best["out"]))

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
             "attempts": 3,
             "max_other_cpus": 0.075,
             "quiet_wait_s": 30,
+            "max_reference_slowdown": 0.15,
         },
     },
     "accuracy": {

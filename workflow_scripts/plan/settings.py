@@ -77,6 +77,9 @@ class Stability:
     max_other_cpus: float = 0.075
     # per row, in all: how long to wait for the machine to go quiet before measuring a contended loop again
     quiet_wait_s: float = 30.0
+    # CPU rows: a fixed reference kernel read beside the loop may run at most this fraction slower than this
+    # machine's best (core/reference.py); None: not read (the config's default is 0.15)
+    max_reference_slowdown: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
