@@ -359,7 +359,7 @@ def bench_with_trtexec(
     task_name = FAMILIES[family].task
     timing = time_engine(
         trtexec, engine, batch, s.imgsz, s.warmup, s.iterations, float(s.min_seconds), s.backend_options,
-        s.power, s.device, s.stability.max_cv, s.stability.max_p99_over_p50, s.stability.attempts,
+        s.power, s.device, s.stability,
     )  # fmt: skip
     return {
         "status": "ok",

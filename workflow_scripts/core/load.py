@@ -13,7 +13,8 @@ platform cannot say):
   host's, not the cgroup's;
 - `usable_busy_cpu_s`: the same, summed over the `cpuN` lines of the usable CPUs only (equal to the machine's
   where this process may run everywhere);
-- `self_cpu_s`: CPU-seconds this process used meanwhile, every thread, user + system (`os.times()`);
+- `self_cpu_s`: CPU-seconds this process used meanwhile, every thread, user + system (`os.times()`); with
+  `LoadProbe(children=True)`, also its children that ended meanwhile (trtexec, which the bench waits for);
 - `other_cpu_s`: `usable_busy_cpu_s - self_cpu_s`, floored at 0: CPU time other processes (and the
   hypervisor's steal) took on the CPUs this process may run on while the loop ran. Resolution: one clock tick
   (`clock_tick_s`, usually 10 ms) per CPU, so on a loop of a fraction of a second it is coarse;
@@ -69,9 +70,9 @@ def _loadavg() -> float | None:
         return None
 
 
-def _self_cpu() -> float:
+def _self_cpu(children: bool = False) -> float:
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + ((t.children_user + t.children_system) if children else 0.0)
 
 
 def usable_cpus() -> set[int] | None:
@@ -92,20 +93,21 @@ def _tick_s() -> float | None:
 class LoadProbe:
     """Samples the load average, /proc/stat and this process's CPU time at start and at stop."""
 
-    def __init__(self, stat: Path = PROC_STAT) -> None:
+    def __init__(self, stat: Path = PROC_STAT, children: bool = False) -> None:
         self.stat = stat
+        self.children = children  # a child timed to its end (trtexec) is this process's own work
 
     def start(self) -> LoadProbe:
         self.cpus = usable_cpus()
         self.load_before = _loadavg()
         self.ticks = busy_ticks(self.cpus, self.stat)
-        self.self_cpu = _self_cpu()
+        self.self_cpu = _self_cpu(self.children)
         self.t0 = time.perf_counter()
         return self
 
     def stop(self) -> dict:
         wall = time.perf_counter() - self.t0
-        self_cpu = _self_cpu() - self.self_cpu
+        self_cpu = _self_cpu(self.children) - self.self_cpu
         ticks = busy_ticks(self.cpus, self.stat)
         tick_s = _tick_s()
 
@@ -208,8 +210,11 @@ class GpuProbe:
     listed process but one (this one) counts as another. `nvml` is the pynvml module (tests pass a fake).
     """
 
-    def __init__(self, device: str, nvml=None, pid: int | None = None) -> None:
+    def __init__(self, device: str, nvml=None, pid: int | None = None, on_gpu: bool = True) -> None:
         self.pid = os.getpid() if pid is None else pid
+        # False: this process never uses the GPU itself (it times trtexec, which has ended before the lists are
+        # read at stop), so every process listed is another
+        self.on_gpu = on_gpu
         self.problem = None
         self.nvml = nvml
         if self.nvml is None:
@@ -264,7 +269,7 @@ class GpuProbe:
             return {"checked": False, "others": [], "other_count": 0, "reason": self.problem}
         pids = sorted(p for p in listed if active is None or p in active)  # with samples: ran kernels meanwhile
         own_seen = self.pid in listed
-        if own_seen:
+        if own_seen or not self.on_gpu:
             others = [p for p in pids if p != self.pid]
             count = len(others)
         else:  # PIDs of another namespace: this process is one of them, which one cannot be told
@@ -277,7 +282,7 @@ class GpuProbe:
                 f"pid {r['pid']}" + (f", {r['used_gpu_mib']:g} MiB" if r["used_gpu_mib"] is not None else "")
                 for r in rows
             )
-            if own_seen:
+            if own_seen or not self.on_gpu:
                 reason = f"{count} other process{'es' * (count != 1)} on the device: {named}"
             else:
                 reason = (

@@ -13,6 +13,7 @@ loop, and the energy is that mean power times the timed span.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from workflow_scripts.core.io import PlanforgeError, read_json
-from workflow_scripts.core.load import LoadProbe
+from workflow_scripts.core.load import GpuProbe, LoadProbe, contention_verdict, wait_for_quiet
 from workflow_scripts.core.metrics import stability_verdict
 from workflow_scripts.power import get_sampler
 from workflow_scripts.tensorrt import engines
@@ -128,32 +129,49 @@ def time_engine(
     options: dict,
     power: str,
     device: str,
-    max_cv: float,
-    max_p99_over_p50: float,
-    attempts: int,
+    stability: Any,
     identity: dict | None = None,
 ) -> dict[str, Any]:
-    """Time `engine` with trtexec (up to `attempts` runs until one is stable); the bench record's timing fields."""
+    """Time `engine` with trtexec (up to `stability.attempts` runs until one is stable); the bench record's timing
+    fields. A run is disturbed by its spread, or by other processes: on the CPUs (trtexec's own CPU time, a child
+    this process waits for, is not another's), or on the GPU (NVML's lists, where the driver has them; this
+    process never touches the GPU, so the one process listed beside trtexec's own is another). Before timing a
+    contended run again the bench waits for the machine to go quiet, at most `stability.quiet_wait_s` in all."""
     sidecar = engines.check_engine(engine, identity or engines.machine_identity(exe))
     # trtexec's warm-up is a duration: the bench's min_seconds/2, at least trtexec's own 200 ms default
     warmup_ms = max(200, int(min_seconds * 500))
     duration_s = math.ceil(min_seconds) if min_seconds else 0
     runs: list[dict] = []
+    gpu = GpuProbe(device, on_gpu=False) if device.startswith("cuda") else None
+    wait_left = stability.quiet_wait_s
     with tempfile.TemporaryDirectory(prefix="trtexec-") as tmp:
-        for n in range(1, attempts + 1):
+        for n in range(1, stability.attempts + 1):
             times, profile = Path(tmp) / f"times{n}.json", Path(tmp) / f"profile{n}.json"
             cmd = timing_command(
                 exe, engine, sidecar, batch, imgsz, warmup_ms, iterations, duration_s,
                 bool(options.get("cuda_graph")), times, profile,
             )  # fmt: skip
             sampler = get_sampler(power, device=device)
-            probe = LoadProbe().start()
+            probe = LoadProbe(children=True).start()
+            if gpu is not None:
+                gpu.start()
             output, started, stopped = run_timed(cmd, sampler)
             load = probe.stop()
+            if gpu is not None:
+                load["gpu"] = gpu.stop()
             t = parse_times(read_json(times), str(times))
             records = read_json(times)
             span_s = (max(r["endComputeMs"] for r in records) - min(r["startComputeMs"] for r in records)) / 1e3
-            verdict = stability_verdict(t["gpu_compute_ms"], max_cv, max_p99_over_p50)
+            spread = stability_verdict(t["gpu_compute_ms"], stability.max_cv, stability.max_p99_over_p50)
+            others = contention_verdict(load, stability.max_other_cpus)
+            reasons = [r for r in (spread["reason"], others["reason"]) if r]
+            verdict = {
+                **spread,
+                "stable": spread["stable"] and not others["disturbed"],
+                "reason": "; ".join(reasons) or None,
+                "score": max(spread["score"], others["score"]),
+                "contended": others["disturbed"],
+            }
             warm = _WARMUP_DONE.search(output)
             runs.append(
                 {
@@ -168,11 +186,16 @@ def time_engine(
                     "power": _power(sampler, batch * t["inferences"], span_s),
                     "sampled_s": round(stopped - started, 4) if started else None,
                     "load": load,
+                    "quiet_wait": None,
                     "output_tail": output.strip().splitlines()[-25:],
                 }
             )
             if verdict["stable"]:
                 break
+            if verdict["contended"] and wait_left > 0 and n < stability.attempts:
+                w = wait_for_quiet(stability.max_other_cpus, wait_left, gpu=gpu)
+                wait_left -= w["waited_s"]
+                runs[-1]["quiet_wait"] = w
     best = min(runs, key=lambda r: r["verdict"]["score"])
     v, t = best["verdict"], best["times"]
     n = t["inferences"]
@@ -205,9 +228,11 @@ def time_engine(
         "load": best["load"],
         "stability": {
             "reason": reason,
-            "criteria": {"max_cv": max_cv, "max_p99_over_p50": max_p99_over_p50, "attempts": attempts},
+            "criteria": dataclasses.asdict(stability),
             "timer": "gpu_compute_ms",
             "reported_attempt": best["attempt"],
+            "reported_reason": v["reason"],
+            "contended": v["contended"],
             "attempts": [
                 {
                     "attempt": r["attempt"],
@@ -216,6 +241,9 @@ def time_engine(
                     "stable": r["verdict"]["stable"],
                     "reason": r["verdict"]["reason"],
                     "score": r["verdict"]["score"],
+                    "contended": r["verdict"]["contended"],
+                    "load": r["load"],
+                    "quiet_wait": r["quiet_wait"],
                 }
                 for r in runs
             ],  # fmt: skip
