@@ -25,11 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
-from workflow_scripts.bench import bench  # noqa: E402
+from workflow_scripts.bench import Row, bench  # noqa: E402
 from workflow_scripts.calibrate import calibrate  # noqa: E402
+from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.envinfo import cpu_int8_instructions, cpu_name, git_commit, library_versions  # noqa: E402
 from workflow_scripts.core.io import write_json  # noqa: E402
 from workflow_scripts.export import simplify  # noqa: E402
+from workflow_scripts.plan.settings import BenchSettings, Stability  # noqa: E402
 from workflow_scripts.quantize import quantize  # noqa: E402
 from workflow_scripts.runners import backend_available  # noqa: E402
 from workflow_scripts.tasks import gate  # noqa: E402
@@ -110,8 +112,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for backend, precision, threads, options in configurations(a.threads):
             rec = bench(
-                "yolov8n-random", "yolo", work / f"{precision}.onnx", backend, precision, 1, a.imgsz, a.dataset,
-                "cpu", "cpu", threads, options, 10, a.iterations, 0.25, "none", "",
+                Row("yolov8n-random", "yolo", work / f"{precision}.onnx", backend, precision, 1, a.dataset, "cpu"),
+                BenchSettings(
+                    device="cpu", threads=threads, backend_options=options, power="none", gpu=None, imgsz=a.imgsz,
+                    warmup=10, iterations=a.iterations, min_seconds=0, conf=0.25,
+                    stability=Stability(**DEFAULTS["bench"]["stability"]),
+                ),
             )  # fmt: skip
             acc = demo_acc.get((backend, precision))
             rows.append(

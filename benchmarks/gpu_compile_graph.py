@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, 
 
 from benchmarks.gpu_bare_loop import BACKENDS as BARE_BACKENDS  # noqa: E402
 from benchmarks.gpu_bare_loop import bare_p50  # noqa: E402
-from workflow_scripts.bench import bench  # noqa: E402
+from workflow_scripts.bench import Row, bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import exception_line, run_cli, write_json  # noqa: E402
 from workflow_scripts.make_dataset import make_dataset  # noqa: E402
-from workflow_scripts.plan.settings import Stability  # noqa: E402
+from workflow_scripts.plan.settings import BenchSettings, Stability  # noqa: E402
 from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
 from workflow_scripts.runners import BACKENDS  # noqa: E402
 
@@ -97,9 +97,12 @@ class Run:
         if backend.startswith("torch-compile"):
             torch._dynamo.reset()  # a fresh dynamo cache per runner: no recompile limit across rows
         record = bench(
-            model, MODELS[model][0], artifact, backend, "fp16", batch, self.a.imgsz, self.dataset, "h200", "cuda",
-            None, options, self.a.warmup, self.a.iterations, 0.25, "none", "gpu_compile_graph",
-            stability=Stability(**DEFAULTS["bench"]["stability"]),
+            Row(model, MODELS[model][0], artifact, backend, "fp16", batch, self.dataset, "h200"),
+            BenchSettings(
+                device="cuda", threads=None, backend_options=options, power="none", gpu=None, imgsz=self.a.imgsz,
+                warmup=self.a.warmup, iterations=self.a.iterations, min_seconds=0, conf=0.25,
+                stability=Stability(**DEFAULTS["bench"]["stability"]),
+            ),
         )  # fmt: skip
         torch.cuda.empty_cache()
         return record

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, 
 
 from benchmarks.rows import checked, header, row_arguments, run_row  # noqa: E402
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
-from workflow_scripts.bench import bench  # noqa: E402
+from workflow_scripts.bench import Row, bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import run_cli, write_json  # noqa: E402
 from workflow_scripts.models import pi0  # noqa: E402
-from workflow_scripts.plan.settings import Stability  # noqa: E402
+from workflow_scripts.plan.settings import BenchSettings, Stability  # noqa: E402
 from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
 from workflow_scripts.runners import BACKENDS  # noqa: E402
 from workflow_scripts.tasks.vla import make_episodes  # noqa: E402
@@ -107,9 +107,13 @@ class Run:
         if backend.startswith("torch-compile"):
             torch._dynamo.reset()  # a fresh dynamo cache per runner: no recompile limit across rows
         r = bench(
-            f"pi0-{self.a.cameras}cam", "pi0", self.artifact, backend, precision, batch, 224, self.dataset, "h200",
-            self.a.device, self.a.threads, self.options(backend, extra), self.a.warmup, self.a.iterations, 0.25, "nvml" if self.a.device == "cuda" else "none",
-            "gpu_pi0", min_seconds=self.a.min_seconds, stability=Stability(**DEFAULTS["bench"]["stability"]),
+            Row(f"pi0-{self.a.cameras}cam", "pi0", self.artifact, backend, precision, batch, self.dataset, "h200"),
+            BenchSettings(
+                device=self.a.device, threads=self.a.threads, backend_options=self.options(backend, extra),
+                power="nvml" if self.a.device == "cuda" else "none", gpu=None, imgsz=224, warmup=self.a.warmup,
+                iterations=self.a.iterations, min_seconds=self.a.min_seconds, conf=0.25,
+                stability=Stability(**DEFAULTS["bench"]["stability"]),
+            ),
         )  # fmt: skip
         lat = r["latency_ms"]
         return {

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, 
 
 from benchmarks.rows import TRACKER_HELP, checked, header, row_arguments, run_row  # noqa: E402
 from workflow_scripts.accuracy import default_settings, evaluate  # noqa: E402
-from workflow_scripts.bench import bench  # noqa: E402
+from workflow_scripts.bench import Row, bench  # noqa: E402
 from workflow_scripts.config import DEFAULTS  # noqa: E402
 from workflow_scripts.core.io import run_cli, write_json  # noqa: E402
-from workflow_scripts.plan.settings import Stability  # noqa: E402
+from workflow_scripts.plan.settings import BenchSettings, Stability  # noqa: E402
 from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
 from workflow_scripts.runners import BACKENDS  # noqa: E402
 from workflow_scripts.tasks.tracking import make_videos  # noqa: E402
@@ -96,10 +96,13 @@ class Run:
             torch._dynamo.reset()  # a fresh dynamo cache per runner: no recompile limit across rows
         dataset, artifact, _ = self.prepare(model)
         r = bench(
-            model, "samurai", artifact, backend, precision, batch, 0, dataset, "h200", self.a.device, self.a.threads,
-            self.options(backend, extra), self.a.warmup, self.a.iterations, 0.25,
-            "nvml" if self.a.device == "cuda" else "none", "gpu_samurai", min_seconds=self.a.min_seconds,
-            stability=Stability(**DEFAULTS["bench"]["stability"]),
+            Row(model, "samurai", artifact, backend, precision, batch, dataset, "h200"),
+            BenchSettings(
+                device=self.a.device, threads=self.a.threads, backend_options=self.options(backend, extra),
+                power="nvml" if self.a.device == "cuda" else "none", gpu=None, imgsz=0, warmup=self.a.warmup,
+                iterations=self.a.iterations, min_seconds=self.a.min_seconds, conf=0.25,
+                stability=Stability(**DEFAULTS["bench"]["stability"]),
+            ),
         )  # fmt: skip
         lat = r["latency_ms"]
         return {

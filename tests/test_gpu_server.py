@@ -322,38 +322,35 @@ def test_summary_and_plots_of_targets_without_mAP_jobs_print_cited_figures_besid
 def test_min_seconds_keeps_the_timed_loop_going_and_host_timers_stay_short(tmp_path):
     """Energy needs load over time: `bench.min_seconds` extends the loop; big batches cap the host timers."""
     from tests.conftest import DEMO_CHECKPOINT
-    from workflow_scripts.bench import bench
+    from workflow_scripts.bench import Row, bench
     from workflow_scripts.make_dataset import make_dataset
-    from workflow_scripts.plan.settings import Stability
+    from workflow_scripts.plan.settings import BenchSettings, Stability
 
     ds = tmp_path / "ds"
     make_dataset(
         ds, {"kind": "synthetic", "seed": 1, "splits": {"train": 0, "val": 2, "calib": 0}, "image_size": [96, 128]}
     )
     common = dict(
-        model="a",
-        family="yolo",
-        artifact=DEMO_CHECKPOINT,
-        backend="torch",
-        precision="fp32",
-        imgsz=64,
-        dataset=ds,
-        target="cpu",
         device="cpu",
         threads=1,
-        options={},
+        backend_options={},
+        power="none",
+        gpu=None,
+        imgsz=64,
         warmup=1,
         iterations=2,
         conf=0.25,
-        power="none",
-        config_hash="x",
         stability=Stability(max_cv=0.25, max_p99_over_p50=2.0, attempts=1),  # one timed loop, whatever its spread
     )
-    r = bench(batch=1, min_seconds=0.5, **common)
+
+    def row(batch: int) -> Row:
+        return Row("a", "yolo", DEMO_CHECKPOINT, "torch", "fp32", batch, ds, "cpu")
+
+    r = bench(row(1), BenchSettings(min_seconds=0.5, **common))
     assert r["iterations"] > 2 and r["min_seconds"] == 0.5
     assert r["iterations"] * r["latency_ms"]["mean"] / 1e3 >= 0.45
     assert r["warmup_done"] >= 1 and r["host_timer_iterations"] == 3  # never fewer than 3
 
     common["iterations"] = 10
-    big = bench(batch=256, min_seconds=0, **common)
+    big = bench(row(256), BenchSettings(min_seconds=0, **common))
     assert big["iterations"] == 10 and big["host_timer_iterations"] == 4  # ≈1000 images: 4 batches of 256

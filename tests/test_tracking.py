@@ -228,14 +228,16 @@ def test_a_tracking_model_runs_dataset_accuracy_bench_and_summary_and_a_rerun_pl
 
 
 def test_the_bench_times_one_frame_of_each_live_sequence_and_the_prompt_frame_apart(tmp_path, template_family):
-    from workflow_scripts.bench import bench
-    from workflow_scripts.plan.settings import Stability
+    from workflow_scripts.bench import Row, bench
+    from workflow_scripts.plan.settings import BenchSettings, Stability
 
     track.make_videos(tmp_path, VIDEOS, "val")
     r = bench(
-        "tt", "track-template", "track-template.yaml", "torch", "fp32", 2, 0, tmp_path, "cpu", "cpu", 1, {},
-        warmup=3, iterations=30, conf=0.0, power="none", config_hash="x",
-        stability=Stability(max_cv=10.0, max_p99_over_p50=100.0, attempts=1),
+        Row("tt", "track-template", "track-template.yaml", "torch", "fp32", 2, tmp_path, "cpu"),
+        BenchSettings(
+            device="cpu", threads=1, backend_options={}, power="none", gpu=None, imgsz=0, warmup=3, iterations=30,
+            min_seconds=0, conf=0.0, stability=Stability(max_cv=10.0, max_p99_over_p50=100.0, attempts=1),
+        ),
     )  # fmt: skip
     assert r["task"] == "tracking" and r["live_sequences"] == 2 and r["iterations"] >= 30
     assert r["device_latency_ms"] is None and r["latency_ms"]["p50"] > 0 and r["prompt_ms"]["p50"] > 0

@@ -237,76 +237,59 @@ def _attempt_summary(a: dict) -> dict:
     }
 
 
-def bench(
-    model: str,
-    family: str,
-    artifact: Path,
-    backend: str,
-    precision: str,
-    batch: int,
-    imgsz: int,
-    dataset: Path,
-    target: str,
-    device: str,
-    threads: int | None,
-    options: dict,
-    warmup: int,
-    iterations: int,
-    conf: float,
-    power: str,
-    config_hash: str,
-    gpu: str | None = None,
-    min_seconds: float = 0.0,
-    *,
-    stability: Stability,
-) -> dict:
-    """Run the three timers and return the bench record (the measurement contract)."""
-    fam = get_family(family)
-    task_name = FAMILIES[family].task
-    runner = make_runner(backend, artifact, family, precision, device, threads, options, target=target, gpu=gpu)
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """What one bench job times: a model's artifact on a backend, at a precision and batch, on a target."""
 
+    model: str
+    family: str
+    artifact: Path
+    backend: str
+    precision: str
+    batch: int
+    dataset: Path
+    target: str
+
+
+def bench(row: Row, s: BenchSettings) -> dict:
+    """Run the three timers and return the bench record (the measurement contract)."""
+    fam = get_family(row.family)
+    runner = make_runner(
+        row.backend, row.artifact, row.family, row.precision, s.device, s.threads, s.backend_options,
+        target=row.target, gpu=s.gpu,
+    )  # fmt: skip
     # the host-side timers see about HOST_ITEMS items (at least 3 batches): enough for a stable p50
     # without spending minutes letterboxing batch 256 a hundred times
-    host_iterations = max(3, min(iterations, -(-HOST_ITEMS // batch)))
-    unit = get_task(task_name).bench_unit(fam, runner, dataset, batch, imgsz, host_iterations, conf)
+    host_iterations = max(3, min(s.iterations, -(-HOST_ITEMS // row.batch)))
+    task = get_task(FAMILIES[row.family].task)
+    unit = task.bench_unit(fam, runner, row.dataset, row.batch, s.imgsz, host_iterations, s.conf)
     if "call" in unit:  # a stateful unit the task times itself (tracking)
         timed, prepared = CallUnit(unit["call"]), None
     else:
         timed, prepared = runner, runner.prepare(unit["inputs"])
         runner.setup(prepared)
-    gpu_probe = GpuProbe(device) if device.startswith("cuda") else None
+    gpu_probe = GpuProbe(s.device) if s.device.startswith("cuda") else None
     reference = None
-    if device == "cpu" and stability.max_reference_slowdown is not None:
-        reference = ReferenceProbe(threads or len(usable_cpus() or ()) or 1)
-    loop = Loop(warmup, iterations, min_seconds, power, device, batch, stability, gpu_probe, reference)
+    if s.device == "cpu" and s.stability.max_reference_slowdown is not None:
+        reference = ReferenceProbe(s.threads or len(usable_cpus() or ()) or 1)
+    loop = Loop(
+        s.warmup, s.iterations, float(s.min_seconds), s.power, s.device, row.batch, s.stability, gpu_probe, reference
+    )
     attempts = measure(timed, prepared, loop)
     best = min(attempts, key=lambda a: a["verdict"]["score"])  # the stable one, else the least disturbed
     after = unit["after"](timed.to_numpy(best["out"]))
     verdict = best["verdict"]
-    stable = verdict["stable"]
     reason = None
-    if not stable:
+    if not verdict["stable"]:
         reason = (
             f"disturbed in each of {len(attempts)} timed loops (reported: the least disturbed, attempt "
             f"{best['attempt']}: {verdict['reason']})"
         )
-    iterations = best["iterations"]
-    return {
-        "status": "ok",
-        "model": model,
-        "family": family,
-        "task": task_name,
-        "unit": TASKS[task_name].unit,
-        "backend": backend,
-        "precision": precision,
-        "batch": batch,
-        "imgsz": imgsz,
-        "target": target,
-        "artifact": str(artifact),
-        "warmup": warmup,
+    timing = {
+        "warmup": s.warmup,
         "warmup_done": best["warmup_done"],
-        "iterations": iterations,
-        "min_seconds": min_seconds,
+        "iterations": best["iterations"],
+        "min_seconds": float(s.min_seconds),
         "timer": {**TIMERS, **unit["timers"]},
         "latency_ms": best["latency_ms"],
         "phase_latency_ms": best["phase_latency_ms"],
@@ -315,12 +298,12 @@ def bench(
         "throughput_items_per_s": best["throughput_items_per_s"],
         "throughput_wall_items_per_s": best["throughput_wall_items_per_s"],
         # the measurement contract's dispersion and load, of the reported timed loop
-        "stable": stable,
+        "stable": verdict["stable"],
         "dispersion": best["dispersion"],
         "load": best["load"],
         "stability": {
             "reason": reason,
-            "criteria": dataclasses.asdict(stability),
+            "criteria": dataclasses.asdict(s.stability),
             "timer": best["dispersion"]["timer"],
             "reported_attempt": best["attempt"],
             # the reported loop's own verdict: what disturbed it (spread, other processes), None when stable
@@ -332,62 +315,59 @@ def bench(
         **unit["record"],
         **after,
         "power": best["power"],
-        "setup_seconds": runner.setup_seconds,
-        "memory": runner.memory(),
-        "runner": runner.versions(),
-        "threads": threads,
-        "backend_options": options,
-        "environment": environment(device),
-        "config_hash": config_hash,
     }
+    ran = {"setup_seconds": runner.setup_seconds, "memory": runner.memory(), "runner": runner.versions()}
+    return record(row, s, timing, ran)
 
 
-def bench_with_trtexec(
-    trtexec: str,
-    model: str,
-    family: str,
-    engine: Path,
-    precision: str,
-    batch: int,
-    target: str,
-    s: BenchSettings,
-) -> dict:
-    """The bench record of an engine timed by trtexec (no TensorRT Python bindings here): its GPU compute time,
-    the same statistics, stability verdict and power fields; no pre/post-processing timers, no outputs to score."""
-    from workflow_scripts.tensorrt.trtexec_timing import time_engine
-
-    task_name = FAMILIES[family].task
-    timing = time_engine(
-        trtexec, engine, batch, s.imgsz, s.warmup, s.iterations, float(s.min_seconds), s.backend_options,
-        s.power, s.device, s.stability,
-    )  # fmt: skip
+def record(row: Row, s: BenchSettings, timing: dict, ran: dict) -> dict:
+    """The bench record, whichever timer made it: what was timed (row), how (`timing`: the timer's statistics,
+    stability and power), the runner's facts (`ran`: setup, memory, versions), and the settings and machine."""
+    task_name = FAMILIES[row.family].task
     return {
         "status": "ok",
-        "model": model,
-        "family": family,
+        "model": row.model,
+        "family": row.family,
         "task": task_name,
         "unit": TASKS[task_name].unit,
-        "backend": "tensorrt",
-        "precision": precision,
-        "batch": batch,
+        "backend": row.backend,
+        "precision": row.precision,
+        "batch": row.batch,
         "imgsz": s.imgsz,
-        "target": target,
-        "artifact": str(engine),
+        "target": row.target,
+        "artifact": str(row.artifact),
         **timing,
-        "phase_latency_ms": None,
-        "accuracy": {
-            "measured": False,
-            "reason": "timed by trtexec: no TensorRT Python bindings (and torch) under this job's interpreter, so "
-            "no outputs to score; set targets.<target>.python to an interpreter that has them",
-        },
-        "setup_seconds": {},
-        "memory": None,
-        "runner": {"timer": "trtexec", "engine": str(engine), "engine_builder": str(timing["engine_builder"])},
+        **ran,
         "threads": s.threads,
         "backend_options": s.backend_options,
         "environment": environment(s.device),
         "config_hash": s.config_hash,
     }
+
+
+def bench_with_trtexec(trtexec: str, row: Row, s: BenchSettings) -> dict:
+    """The bench record of an engine timed by trtexec (no TensorRT Python bindings here): its GPU compute time,
+    the same statistics, stability verdict and power fields; no pre/post-processing timers, no outputs to score."""
+    from workflow_scripts.tensorrt.trtexec_timing import time_engine
+
+    timing = time_engine(
+        trtexec, row.artifact, row.batch, s.imgsz, s.warmup, s.iterations, float(s.min_seconds), s.backend_options,
+        s.power, s.device, s.stability,
+    )  # fmt: skip
+    timing.update(
+        phase_latency_ms=None,
+        accuracy={
+            "measured": False,
+            "reason": "timed by trtexec: no TensorRT Python bindings (and torch) under this job's interpreter, so "
+            "no outputs to score; set targets.<target>.python to an interpreter that has them",
+        },
+    )
+    ran = {
+        "setup_seconds": {},
+        "memory": None,
+        "runner": {"timer": "trtexec", "engine": str(row.artifact), "engine_builder": str(timing["engine_builder"])},
+    }
+    return record(row, s, timing, ran)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -409,10 +389,8 @@ def main(argv: list[str] | None = None) -> None:
         raise PlanforgeError(f"batch {a.batch}: must be at least 1")
     if a.trtexec and a.backend != "tensorrt":
         raise PlanforgeError(f"--trtexec times TensorRT engines only, not backend {a.backend!r}")
-    if a.trtexec:
-        r = bench_with_trtexec(a.trtexec, a.model, a.family, a.artifact, a.precision, a.batch, a.target, s)
-    else:
-        r = _bench_with_runner(a, s)
+    row = Row(a.model, a.family, a.artifact, a.backend, a.precision, a.batch, a.dataset, a.target)
+    r = bench_with_trtexec(a.trtexec, row, s) if a.trtexec else bench(row, s)
     if plan := int8_record(a.artifact):  # a QDQ model's: the INT8 plan it was made for (quantize, sensitivity)
         r["int8"] = plan
     write_json(a.out, r)
@@ -421,31 +399,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{a.out}: p50 {r['latency_ms']['p50']:.2f} ms, p99 {r['latency_ms']['p99']:.2f} ms, "
         f"{r['throughput_items_per_s']:.1f} items/s; cv {d['cv']}, p99/p50 {d['p99_over_p50']}, "
         f"{'stable' if r['stable'] else 'UNSTABLE: ' + r['stability']['reason']}"
-    )
-
-
-def _bench_with_runner(a: argparse.Namespace, s: BenchSettings) -> dict:
-    return bench(
-        a.model,
-        a.family,
-        a.artifact,
-        a.backend,
-        a.precision,
-        a.batch,
-        s.imgsz,
-        a.dataset,
-        a.target,
-        s.device,
-        s.threads,
-        s.backend_options,
-        s.warmup,
-        s.iterations,
-        s.conf,
-        s.power,
-        s.config_hash,
-        gpu=s.gpu,
-        min_seconds=float(s.min_seconds),
-        stability=s.stability,
     )
 
 
