@@ -40,9 +40,9 @@ QUANT = {"activation_type": "quint8", "per_channel": True, "reduce_range": False
 
 
 def export_random_yolov8n(out: Path, imgsz: int) -> None:
-    from workflow_scripts.models.yolo import _offline_env
+    from workflow_scripts.models.yolo import offline_env
 
-    _offline_env()
+    offline_env()
     from ultralytics import YOLO
 
     with tempfile.TemporaryDirectory(prefix="planforge-v8n-") as tmp:

@@ -46,7 +46,7 @@ class LetterboxMeta:
 META = LetterboxMeta  # what preprocess returns per image (the Triton pre → post models pass it along)
 
 
-def _offline_env() -> None:
+def offline_env() -> None:
     # ultralytics phones home and auto-installs by default; the pipeline must work offline
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
@@ -56,7 +56,7 @@ def _offline_env() -> None:
 
 def build_architecture(name: str, seed: int = 0):
     """A randomly initialised (seeded) detection model from an ultralytics architecture name."""
-    _offline_env()
+    offline_env()
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
@@ -79,7 +79,7 @@ def save_checkpoint(model, path: str | Path) -> None:
 
 def load_torch(checkpoint: str | Path, device: str = "cpu"):
     """Load an ultralytics checkpoint (or build an architecture) as an eval-mode, fused, FP32 torch module."""
-    _offline_env()
+    offline_env()
     if is_architecture(checkpoint):
         model = build_architecture(str(checkpoint)).fuse().eval().to(device)
         for p in model.parameters():
@@ -209,7 +209,7 @@ def quant_exclude(model) -> dict[str, list[str]]:
 
 def export_onnx(checkpoint: str | Path, out: str | Path, imgsz: int, opset: int = 17, dynamic: bool = True) -> dict:
     """Export with ultralytics' own exporter (no simplification here) to `out`; return export facts."""
-    _offline_env()
+    offline_env()
     from ultralytics import YOLO
 
     load_torch(checkpoint)  # one clear error for a missing or corrupt checkpoint
