@@ -8,6 +8,7 @@ On a tree the default has built (`snakemake --cores 2 results/summary.md`), from
     python benchmarks/contention_study.py compare docs/measured/cpu/quiet docs/measured/cpu/contended
     python benchmarks/contention_study.py sweep --out /tmp/sweep --rows yolo-demo/onnxruntime_fp32_b1
     python benchmarks/contention_study.py calibrate /tmp/sweep docs/measured/cpu/quiet docs/measured/cpu/contended
+    python benchmarks/contention_study.py reference bench_run1 bench_run2
 
 `run` calls the bench step once per planned bench row of the target (the plan's own rows, artifacts and
 settings: what the `bench` rule runs, Snakemake's outputs under results/ left untouched) and writes
@@ -24,6 +25,8 @@ size, to see how far other processes' CPU time moves p50; `calibrate` reads ever
 folders (each attempt of each row), takes each row's lowest p50 of a loop with the machine nearly idle as its
 reference, and prints, per share of the usable CPUs other processes took, how far p50 moved: the largest share
 under which every loop stays within the tolerance is where `bench.stability.max_other_cpus` can sit.
+`reference` asks the same of the reference kernel (core/reference.py): among loops other processes left alone,
+how many the kernel flagged and how many were slow (p50 more than the tolerance above the row's fastest loop).
 """
 
 from __future__ import annotations
@@ -305,6 +308,7 @@ def loops(folders: list[Path]) -> list[dict]:
                         "share": other / cpus,
                         "cpus": cpus,
                         "cv": (at.get("dispersion") or {}).get("cv"),
+                        "slowdown": (load.get("reference") or {}).get("slowdown"),
                     }
                 )
     return out
@@ -360,6 +364,38 @@ def calibrate(folders: list[Path], tolerance: float, idle_share: float) -> list[
     return lines
 
 
+def reference_check(folders: list[Path], tolerance: float, max_share: float) -> list[str]:
+    """Does the reference kernel tell the loops a busy host slowed? Over every timed loop with a reference reading
+    and other processes at most `max_share` of the CPUs (what /proc/stat cannot tell apart): each row's fastest
+    loop is its reference p50; a loop is slow when its p50 is more than `tolerance` above it, and flagged when the
+    kernel beside it ran more than `tolerance` slower than the machine's best. The table counts the four cases."""
+    data = [d for d in loops(folders) if d["slowdown"] is not None and d["share"] <= max_share]
+    fastest: dict[str, float] = {}
+    for d in data:
+        fastest[d["row"]] = min(fastest.get(d["row"], float("inf")), d["p50_ms"])
+    cases = {(s, f): 0 for s in (True, False) for f in (True, False)}
+    missed = []
+    for d in data:
+        slow = d["p50_ms"] > (1 + tolerance) * fastest[d["row"]]
+        flagged = d["slowdown"] > 1 + tolerance
+        cases[(slow, flagged)] += 1
+        if slow and not flagged:
+            missed.append(f"{d['row']} ({d['p50_ms'] / fastest[d['row']]:.2f}×, kernel {d['slowdown']:.2f}×)")
+    lines = [
+        f"{len(data)} timed loops of {len(fastest)} rows with a reference reading and other processes at most "
+        f"{max_share:.3f} of the CPUs; slow = p50 more than {tolerance:.0%} above the row's fastest loop; flagged = "
+        f"the kernel beside it more than {tolerance:.0%} slower than the machine's best",
+        "",
+        "| | flagged | not flagged |",
+        "| --- | --- | --- |",
+        f"| slow | {cases[(True, True)]} | {cases[(True, False)]} |",
+        f"| not slow | {cases[(False, True)]} | {cases[(False, False)]} |",
+    ]
+    if missed:
+        lines += ["", "Slow and not flagged: " + "; ".join(missed) + "."]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -384,6 +420,10 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("folders", type=Path, nargs="+")
     k.add_argument("--tolerance", type=float, default=0.15)
     k.add_argument("--idle-share", type=float, default=0.05, help="loops this quiet give each row's reference p50")
+    r = sub.add_parser("reference", help="how well the reference kernel's verdict tells slowed loops")
+    r.add_argument("folders", type=Path, nargs="+")
+    r.add_argument("--tolerance", type=float, default=0.15)
+    r.add_argument("--max-share", type=float, default=0.075, help="only loops with others at most this CPU share")
     a = p.parse_args(argv)
     os.chdir(REPO)
     try:
@@ -395,6 +435,8 @@ def main(argv: list[str] | None = None) -> None:
             lines, ok = compare(a.a, a.b, a.tolerance)
             print("\n".join(lines))
             raise SystemExit(0 if ok else 1)
+        elif a.cmd == "reference":
+            print("\n".join(reference_check(a.folders, a.tolerance, a.max_share)))
         else:
             print("\n".join(calibrate(a.folders, a.tolerance, a.idle_share)))
     except PlanforgeError as exc:
