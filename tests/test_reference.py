@@ -63,14 +63,20 @@ def _probe(tmp_path, best_ms: float, readings: list[float] | None = None) -> Ref
     return probe
 
 
-def test_a_loop_beside_a_kernel_slower_than_the_machines_best_is_flagged_and_measured_again(tmp_path):
-    # a best no real reading reaches: every reading is a slowdown, and waiting does not end it
+def _measure(probe: ReferenceProbe, quiet_wait_s: float) -> list[dict]:
+    """Up to 2 timed loops of a small matrix product, judged on the reference kernel alone (spread and other
+    processes never flag them)."""
     limits = Stability(
-        max_cv=100.0, max_p99_over_p50=100.0, attempts=2, max_other_cpus=1000.0, quiet_wait_s=1.0,
+        max_cv=100.0, max_p99_over_p50=100.0, attempts=2, max_other_cpus=1000.0, quiet_wait_s=quiet_wait_s,
         max_reference_slowdown=0.15,
     )  # fmt: skip
     unit = CallUnit(lambda: np.ones((64, 64)) @ np.ones((64, 64)))
-    attempts = measure(unit, None, Loop(1, 5, 0.0, "none", "cpu", 1, limits, None, _probe(tmp_path, 1e-4)))
+    return measure(unit, None, Loop(1, 5, 0.0, "none", "cpu", 1, limits, None, probe))
+
+
+def test_a_loop_beside_a_kernel_slower_than_the_machines_best_is_flagged_and_measured_again(tmp_path):
+    # a best no real reading reaches: every reading is a slowdown, and waiting does not end it
+    attempts = _measure(_probe(tmp_path, 1e-4), quiet_wait_s=1.0)
     assert len(attempts) == 2 and not any(a["verdict"]["stable"] for a in attempts)
     first = attempts[0]
     assert first["verdict"]["slow_host"] and "a fixed reference kernel ran" in first["verdict"]["reason"]
@@ -81,25 +87,15 @@ def test_a_loop_beside_a_kernel_slower_than_the_machines_best_is_flagged_and_mea
 
 
 def test_fake_readings_a_kernel_at_the_machines_speed_does_not_flag_the_loop(tmp_path):
-    limits = Stability(
-        max_cv=100.0, max_p99_over_p50=100.0, attempts=2, max_other_cpus=1000.0, quiet_wait_s=0,
-        max_reference_slowdown=0.15,
-    )  # fmt: skip
-    unit = CallUnit(lambda: np.ones((64, 64)) @ np.ones((64, 64)))
     probe = _probe(tmp_path, 1.0, readings=[1.05, 1.12])  # 1.085 on average: 8.5 % above the best
-    (only,) = measure(unit, None, Loop(1, 5, 0.0, "none", "cpu", 1, limits, None, probe))
+    (only,) = _measure(probe, quiet_wait_s=0)
     assert only["verdict"]["stable"] and not only["verdict"]["slow_host"]
     assert only["load"]["reference"]["slowdown"] == 1.085 and only["load"]["reference"]["best_ms"] == 1.0
 
 
 def test_fake_readings_a_kernel_slower_only_before_the_loop_still_counts(tmp_path):
-    limits = Stability(
-        max_cv=100.0, max_p99_over_p50=100.0, attempts=2, max_other_cpus=1000.0, quiet_wait_s=0,
-        max_reference_slowdown=0.15,
-    )  # fmt: skip
-    unit = CallUnit(lambda: np.ones((64, 64)) @ np.ones((64, 64)))
     probe = _probe(tmp_path, 1.0, readings=[1.6, 1.0, 1.0, 1.02])  # loop 1 began on a slow host; loop 2 did not
-    first, second = measure(unit, None, Loop(1, 5, 0.0, "none", "cpu", 1, limits, None, probe))
+    first, second = _measure(probe, quiet_wait_s=0)
     assert first["verdict"]["slow_host"] and "ran 1.30× slower" in first["verdict"]["reason"]
     assert second["verdict"]["stable"] and second["load"]["reference"]["slowdown"] == 1.01
 

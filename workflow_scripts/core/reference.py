@@ -24,6 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
+from workflow_scripts.core.envinfo import cpu_name
+
 SIZE = 384
 WINDOW_S = 6 * 3600.0  # a best older than this no longer counts (a moved VM, a new host)
 MAX_SAMPLES = 400  # per key, the newest kept
@@ -35,16 +37,6 @@ def history_path() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "planforge" / "reference.json"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class ReferenceKernel:
@@ -73,7 +65,7 @@ class ReferenceKernel:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning into the row's loop
         self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         self.x = {"x": rng.standard_normal((SIZE, SIZE)).astype(np.float32)}
-        self.key = f"{platform.node()}|{_cpu_model()}|threads={self.threads}|onnxruntime={ort.__version__}"
+        self.key = f"{platform.node()}|{cpu_name()}|threads={self.threads}|onnxruntime={ort.__version__}"
         self.session.run(None, self.x)  # first call allocates
 
     def read(self, seconds: float = 0.2, min_calls: int = 5) -> float:
