@@ -225,7 +225,16 @@ def sweep(a: argparse.Namespace) -> None:
         a.out = str(base / f"hog{n}_on{on:g}_off{off:g}")
         a.hog, a.hog_on, a.hog_off = n, on, off
         print(f"-- hog: {n} process(es), busy {on:g} s / idle {off:g} s -> {a.out}")
-        run(a, stability={"max_other_cpus": 1000.0, "attempts": 1, "quiet_wait_s": 0, "max_reference_slowdown": None})
+        run(
+            a,
+            stability={
+                "max_other_cpus": 1000.0,
+                "attempts": 1,
+                "quiet_wait_s": 0,
+                "max_reference_slowdown": None,
+                "max_change_from_last_run": None,
+            },
+        )
 
 
 # -- compare and calibrate -----------------------------------------------------------------------------------

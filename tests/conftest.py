@@ -19,11 +19,19 @@ COPY_ITEMS = ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "e
 
 # The suite runs beside itself (and beside whatever else the machine runs): the workflow tests check the DAG and
 # the summary's wiring, not the machine, so other processes never flag their rows nor make them wait for quiet.
-# Contention in the verdict is tests/test_stability.py's subject.
-CONTENTION_NOT_JUDGED = {"max_other_cpus": 1000.0, "quiet_wait_s": 0, "max_reference_slowdown": None}
-# Where the default's verdict runs (bench.stability.max_reference_slowdown), the reference kernel's history is the
-# suite's own, not this machine user's (~/.cache/planforge/reference.json).
-os.environ.setdefault("PLANFORGE_REFERENCE_FILE", os.path.join(tempfile.mkdtemp(prefix="planforge-ref-"), "ref.json"))
+# Contention in the verdict is tests/test_stability.py's subject, the reference kernel tests/test_reference.py's and
+# the run-to-run check tests/test_repeatability.py's.
+CONTENTION_NOT_JUDGED = {
+    "max_other_cpus": 1000.0,
+    "quiet_wait_s": 0,
+    "max_reference_slowdown": None,
+    "max_change_from_last_run": None,
+}
+# Where the default's verdict runs (bench.stability.max_reference_slowdown, max_change_from_last_run), the histories
+# it reads are the suite's own, not this machine user's (~/.cache/planforge/).
+_HISTORY = tempfile.mkdtemp(prefix="planforge-history-")
+os.environ.setdefault("PLANFORGE_REFERENCE_FILE", os.path.join(_HISTORY, "reference.json"))
+os.environ.setdefault("PLANFORGE_ROWS_FILE", os.path.join(_HISTORY, "rows.json"))
 
 TINY_CONFIG = {
     "datasets": {

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from workflow_scripts.bench import CallUnit, Loop, measure
-from workflow_scripts.core.reference import WINDOW_S, History, ReferenceProbe, reference_verdict
+from workflow_scripts.core.history import History
+from workflow_scripts.core.reference import WINDOW_S, ReferenceProbe, reference_verdict
 from workflow_scripts.plan.settings import Stability
 
 
@@ -21,17 +22,17 @@ class Clock:
         return self.t
 
 
-def test_history_keeps_the_fastest_reading_of_the_window_per_key(tmp_path):
+def test_history_keeps_the_readings_of_the_window_per_key(tmp_path):
     clock = Clock()
-    h = History("host|cpu|threads=2", tmp_path / "r.json", now=clock)
-    assert h.best() == (None, 0)
+    h = History("host|cpu|threads=2", tmp_path / "r.json", WINDOW_S, now=clock)
+    assert h.entries() == []
     h.add(2.0, 1.5)
     clock.t += 60
     h.add(1.8)
-    assert h.best() == (1.5, 3)
-    assert History("host|cpu|threads=1", tmp_path / "r.json", now=clock).best() == (None, 0)  # another key
+    assert [v for _, v in h.entries()] == [2.0, 1.5, 1.8]
+    assert History("host|cpu|threads=1", tmp_path / "r.json", WINDOW_S, now=clock).entries() == []  # another key
     clock.t += WINDOW_S - 30  # the first two readings are older than the window now
-    assert h.best() == (1.8, 1)
+    assert [v for _, v in h.entries()] == [1.8]
     h.add(3.0)
     assert len(json.loads((tmp_path / "r.json").read_text())["host|cpu|threads=2"]) == 2  # old ones dropped
 
@@ -39,10 +40,10 @@ def test_history_keeps_the_fastest_reading_of_the_window_per_key(tmp_path):
 def test_an_unreadable_history_starts_again(tmp_path):
     f = tmp_path / "r.json"
     f.write_text("{not json")
-    h = History("k", f)
-    assert h.best() == (None, 0)
+    h = History("k", f, WINDOW_S)
+    assert h.entries() == []
     h.add(1.0)
-    assert h.best() == (1.0, 1)
+    assert [v for _, v in h.entries()] == [1.0]
 
 
 def test_the_verdict_flags_a_slowdown_beyond_its_limit_in_figures():
@@ -56,7 +57,7 @@ def test_the_verdict_flags_a_slowdown_beyond_its_limit_in_figures():
 
 def _probe(tmp_path, best_ms: float, readings: list[float] | None = None) -> ReferenceProbe:
     probe = ReferenceProbe(threads=1, seconds=0.05)
-    probe.history = History(probe.kernel.key, tmp_path / "r.json")
+    probe.history = History(probe.kernel.key, tmp_path / "r.json", WINDOW_S)
     probe.history.add(best_ms)  # this machine's best, as if read earlier
     if readings is not None:  # fake readings: the verdict's logic without the shared machine's own swings
         probe.kernel.read = lambda *_: readings.pop(0)

@@ -303,6 +303,7 @@ def test_a_disturbed_loop_is_measured_again_and_the_quiet_one_reported(onnx_mode
         "max_other_cpus": 100.0,
         "quiet_wait_s": 0,
         "max_reference_slowdown": None,
+        "max_change_from_last_run": None,
     }
     load = r["load"]
     assert load == reported["load"] and load["cpus"] >= 1 and load["wall_s"] > 0

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from workflow_scripts.core import repeatability
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
 from workflow_scripts.core.isa import int8_record
@@ -48,7 +49,8 @@ TIMERS = {
     "max_reference_slowdown) is disturbed and is warmed up and timed again, up to criteria.attempts loops, after "
     "waiting up to criteria.quiet_wait_s in all (per row) for the machine to go quiet (and the reference kernel to "
     "run at speed) where contention was the cause; the least disturbed (lowest worse-ratio-to-its-limit) is "
-    "reported; `stable` is false when none passed",
+    "reported; `stable` is false when none passed, or when its p50 is more than max_change_from_last_run away from "
+    "this machine's last clean measurement of the same row (stability.previous_run, core/repeatability.py)",
     "load": "the machine during the reported timed loop: 1-minute load average before/after, CPU counts, and "
     "other_cpu_s = busy CPU-seconds of the CPUs this process may use in /proc/stat minus this process's own "
     "(os.times); on CUDA, `gpu`: other processes on the device (workflow_scripts/core/load.py)",
@@ -324,7 +326,7 @@ def record(row: Row, s: BenchSettings, timing: dict, ran: dict) -> dict:
     """The bench record, whichever timer made it: what was timed (row), how (`timing`: the timer's statistics,
     stability and power), the runner's facts (`ran`: setup, memory, versions), and the settings and machine."""
     task_name = FAMILIES[row.family].task
-    return {
+    r = {
         "status": "ok",
         "model": row.model,
         "family": row.family,
@@ -343,6 +345,14 @@ def record(row: Row, s: BenchSettings, timing: dict, ran: dict) -> dict:
         "environment": environment(s.device),
         "config_hash": s.config_hash,
     }
+    previous = repeatability.check(r, row.artifact, s.stability.max_change_from_last_run)
+    r["stability"]["previous_run"] = previous
+    if previous and previous["reproduced"] is False:  # steady within this run, not from one run to the next
+        st = r["stability"]
+        r["stable"] = False
+        st["reason"] = "; ".join(x for x in (st["reason"], previous["reason"]) if x)
+        st["reported_reason"] = "; ".join(x for x in (st.get("reported_reason"), previous["reason"]) if x)
+    return r
 
 
 def bench_with_trtexec(trtexec: str, row: Row, s: BenchSettings) -> dict:

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
             "max_other_cpus": 0.075,
             "quiet_wait_s": 30,
             "max_reference_slowdown": 0.15,
+            "max_change_from_last_run": 0.15,
         },
     },
     "accuracy": {

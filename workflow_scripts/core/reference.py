@@ -17,26 +17,21 @@ than `max_slowdown` above that best is disturbed (`reference_verdict`).
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 from workflow_scripts.core.envinfo import cpu_name
+from workflow_scripts.core.history import History, cache_file
 
 SIZE = 384
 WINDOW_S = 6 * 3600.0  # a best older than this no longer counts (a moved VM, a new host)
-MAX_SAMPLES = 400  # per key, the newest kept
 KERNEL = f"ONNX Runtime MatMul {SIZE}x{SIZE} float32 (MLAS GEMM), the row's intra-op threads, median call"
 
 
-def history_path() -> Path:
-    env = os.environ.get("PLANFORGE_REFERENCE_FILE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "planforge" / "reference.json"
+def reference_history(key: str) -> History:
+    """This machine's readings of the kernel `key` (host, CPU model, threads, ONNX Runtime) of the last WINDOW_S."""
+    return History(key, cache_file("reference.json", "PLANFORGE_REFERENCE_FILE"), WINDOW_S)
 
 
 class ReferenceKernel:
@@ -78,47 +73,13 @@ class ReferenceKernel:
         return round(statistics.median(times) * 1e3, 4)
 
 
-class History:
-    """This machine's reference readings (per kernel key), kept in a small JSON file."""
-
-    def __init__(self, key: str, path: Path | None = None, now=time.time) -> None:
-        self.key, self.path, self.now = key, path or history_path(), now
-
-    def _load(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}  # missing or unreadable: start again (it only ever holds readings)
-
-    def best(self) -> tuple[float | None, int]:
-        """(the fastest reading within WINDOW_S, how many readings that window holds); (None, 0) when none."""
-        cutoff = self.now() - WINDOW_S
-        recent = [ms for t, ms in self._load().get(self.key, []) if t >= cutoff]
-        return (min(recent) if recent else None), len(recent)
-
-    def add(self, *readings: float) -> None:
-        data = self._load()
-        cutoff = self.now() - WINDOW_S
-        rows = [r for r in data.get(self.key, []) if r[0] >= cutoff]
-        rows += [[round(self.now(), 3), ms] for ms in readings]
-        data[self.key] = rows[-MAX_SAMPLES:]
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data))
-            tmp.replace(self.path)  # atomic: a concurrent reader sees the old file or the new one
-        except OSError:
-            pass  # a read-only home: the verdict still has this job's readings
-
-
 class ReferenceProbe:
     """Reads the kernel before and after a timed loop and compares the two with this machine's best."""
 
     def __init__(self, threads: int, seconds: float = 0.2, history: History | None = None) -> None:
         self.kernel = ReferenceKernel(threads)
         self.seconds = seconds
-        self.history = history or History(self.kernel.key)
+        self.history = history or reference_history(self.kernel.key)
 
     def start(self) -> ReferenceProbe:
         self.before = self.kernel.read(self.seconds)
@@ -147,7 +108,8 @@ class ReferenceProbe:
             time.sleep(0.3)  # between readings the machine is left alone
 
     def _record(self, readings: list[float]) -> dict:
-        best, n = self.history.best()
+        past = [v for _, v in self.history.entries()]
+        best, n = (min(past) if past else None), len(past)
         self.history.add(*readings)
         best = min([best, *readings]) if best is not None else min(readings)
         ms = statistics.mean(readings)

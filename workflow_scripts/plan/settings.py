@@ -80,6 +80,9 @@ class Stability:
     # CPU rows: a fixed reference kernel read beside the loop may run at most this fraction slower than this
     # machine's best (core/reference.py); None: not read (the config's default is 0.15)
     max_reference_slowdown: float | None = None
+    # a row whose p50 is more than this fraction away from this machine's last clean measurement of the same row is
+    # not reproducible (core/repeatability.py); None: not compared (the config's default is 0.15)
+    max_change_from_last_run: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
