@@ -35,11 +35,18 @@ def test_the_fingerprint_is_what_the_artifact_computes_not_when_it_was_written(t
     assert a.read_bytes() != b.read_bytes()
     assert repeatability.fingerprint(a) == repeatability.fingerprint(b) != repeatability.fingerprint(c)
     w = torch.arange(6.0).reshape(2, 3)
-    torch.save({"model": {"w": w}, "meta": {"saved": "02:13"}}, tmp_path / "a.pt")
-    torch.save({"model": {"w": w.clone()}, "meta": {"saved": "02:23"}}, tmp_path / "b.pt")
-    torch.save({"model": {"w": w + 1}, "meta": {"saved": "02:13"}}, tmp_path / "c.pt")
+    step = torch.tensor(3)  # a 0-dim tensor (an optimizer's step count), in bfloat16 too
+    torch.save({"model": {"w": w, "s": step, "b": w.bfloat16()}, "meta": {"saved": "02:13"}}, tmp_path / "a.pt")
+    torch.save({"model": {"w": w.clone(), "s": step, "b": w.bfloat16()}, "meta": {"saved": "02:23"}}, tmp_path / "b.pt")
+    torch.save({"model": {"w": w + 1, "s": step, "b": w.bfloat16()}, "meta": {"saved": "02:13"}}, tmp_path / "c.pt")
     fa, fb, fc = (repeatability.fingerprint(tmp_path / f"{n}.pt") for n in "abc")
     assert fa == fb != fc
+    spec = {"architecture": "pi0-tiny", "config": {"width": 64}, "seed": 0}  # no tensors: the spec is the model
+    torch.save(spec, tmp_path / "s1.pt")
+    torch.save(dict(reversed(spec.items())), tmp_path / "s2.pt")
+    torch.save({**spec, "seed": 1}, tmp_path / "s3.pt")
+    f1, f2, f3 = (repeatability.fingerprint(tmp_path / f"s{n}.pt") for n in "123")
+    assert f1 == f2 != f3
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "w.bin").write_bytes(b"12")
     before = repeatability.fingerprint(tmp_path / "d")
@@ -93,6 +100,8 @@ def test_another_artifact_or_settings_start_a_new_history_and_none_turns_it_off(
     assert _record(other, 30.0)["stability"]["previous_run"]["reproduced"] is None  # another graph
     wider = dataclasses.replace(SETTINGS, iterations=50)
     assert _record(art, 30.0, settings=wider)["stability"]["previous_run"]["reproduced"] is None  # other settings
-    off = dataclasses.replace(SETTINGS, stability=dataclasses.replace(SETTINGS.stability, max_change_from_last_run=None))
+    off = dataclasses.replace(
+        SETTINGS, stability=dataclasses.replace(SETTINGS.stability, max_change_from_last_run=None)
+    )
     r = _record(art, 30.0, settings=off)
     assert r["stable"] and r["stability"]["previous_run"] is None

@@ -51,7 +51,7 @@ def _tensor_digest(obj, h) -> bool:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return True
     if isinstance(obj, dict):
         for k in sorted(obj, key=str):
@@ -65,8 +65,8 @@ def _tensor_digest(obj, h) -> bool:
 
 def fingerprint(path: Path) -> str:
     """What the artifact computes, not when it was written: an ONNX file's graph and opsets (ultralytics writes
-    the export date into the metadata), a torch checkpoint's tensors (its pickled extras may differ run to run),
-    a folder's files, else the file's bytes. 16 hex digits."""
+    the export date into the metadata), a torch checkpoint's tensors (its pickled extras may differ run to run) or,
+    where it holds none, its contents, a folder's files, else the file's bytes. 16 hex digits."""
     path = Path(path)
     h = hashlib.sha256()
     if path.is_dir():
@@ -82,7 +82,17 @@ def fingerprint(path: Path) -> str:
     elif path.suffix in (".pt", ".pth") and path.stat().st_size <= _BIG:
         import torch
 
-        if not _tensor_digest(torch.load(path, map_location="cpu", weights_only=False), h):
+        tensors, obj = hashlib.sha256(), None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+            found = _tensor_digest(obj, tensors)
+        except Exception:  # noqa: BLE001 - a checkpoint torch cannot read or walk: its bytes identify it instead
+            found = False
+        if found:
+            h.update(tensors.digest())
+        elif isinstance(obj, dict):  # a spec without tensors (pi0-tiny: architecture, config, seed)
+            h.update(json.dumps(obj, sort_keys=True, default=repr).encode())
+        else:
             _file_digest(path, h)
     else:
         _file_digest(path, h)
