@@ -131,13 +131,13 @@ def check(record: dict, artifact: Path, max_change: float | None) -> dict | None
     if past:
         at, prev = past[-1]
         ratio = p50 / prev if prev else float("inf")
-        when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
         out.update(previous_p50_ms=prev, previous_at=when, ratio=round(ratio, 4))
         out["reproduced"] = abs(ratio - 1) <= max_change
         if not out["reproduced"]:
             out["reason"] = (
-                f"not reproducible here: p50 {p50:.2f} ms is {ratio:.2f}× this machine's last clean measurement of "
-                f"the same row ({prev:.2f} ms at {when}; limit ±{max_change:.0%})"
+                f"not reproducible here: {ratio:.2f}× the {prev:.2f} ms this machine measured for the same row at "
+                f"{when} (limit ±{max_change:.0%})"
             )
     if record.get("stable"):
         history.add(p50)
