@@ -22,6 +22,7 @@ import torch
 
 from workflow_scripts.core.io import run_cli, write_json
 from workflow_scripts.core.metrics import latency_stats
+from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.models import get_family
 from workflow_scripts.runners.torch_runner import capturable, transformers_checks_off
 
@@ -30,7 +31,7 @@ BACKENDS = ("torch", "torch-cudagraph", "torch-compile", "torch-compile-graph")
 
 def _module(record: dict) -> tuple[torch.nn.Module, torch.Tensor, object]:
     fam = get_family(record["family"])
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[record["precision"]]
+    dtype = getattr(torch, parse_precision(record["precision"]).torch_dtype)
     channels_last = record["runner"].get("channels_last") == "True"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = fam.load_torch(record["artifact"]).to("cuda", dtype).eval().to(memory_format=fmt)

@@ -65,7 +65,9 @@ def test_the_job_code_is_the_import_graph_of_the_model_job_steps():
         "workflow_scripts/tensorrt/trtexec_timing.py",  # imported by bench inside a function: still in the graph
         "workflow_scripts/runners/tensorrt_runner.py",
         "workflow_scripts/models/yolo.py",
-        "workflow_scripts/models/dfine.py",
+        "workflow_scripts/models/dfine/__init__.py",
+        "workflow_scripts/models/dfine/images.py",
+        "workflow_scripts/models/dfine/onnx_export.py",
         "workflow_scripts/tasks/detection.py",
         "workflow_scripts/power/tegrastats.py",
         "workflow_scripts/power/jtop_stats.py",

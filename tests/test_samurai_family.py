@@ -344,7 +344,8 @@ def test_a_torch_runner_hands_the_tracker_its_module_and_mode_as_typed_facts():
     runner = make_runner("torch", "samurai-tiny.yaml", "samurai", "bf16", "cpu", 1)
     facts = runner.facts()
     assert facts is runner.facts()  # one object per runner: what a family builds on it is built once
-    assert (facts.backend, facts.precision, facts.mode, facts.dtype) == ("torch", "bf16", "eager", torch.bfloat16)
+    assert (facts.backend, facts.precision.name, facts.mode, facts.dtype) == ("torch", "bf16", "eager", torch.bfloat16)
+    assert facts.precision is runner.precision and runner.precision.torch_dtype == "bfloat16"  # parsed once
     assert facts.module is runner.model and facts.open_parts is None
     tr = samurai.tracker(facts)
     assert tr.model is runner.model and tr.dtype == torch.bfloat16 and samurai.input_size(facts) == 128

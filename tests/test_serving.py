@@ -686,5 +686,5 @@ def test_a_pi0_entry_with_a_backend_precision_and_options_is_served_on_that_runn
         client = httpclient.InferenceServerClient(server.http_url)
         actions = client.infer("pb", _pi0_request(httpclient, episode_request(episodes, 0))).as_numpy("ACTIONS")
     runner = in_process_runner(served, tmp_path / "repo", "cpu", 1)
-    assert runner.precision == "bf16" and "fused_projections" in runner.versions()
+    assert runner.precision.name == "bf16" and "fused_projections" in runner.versions()
     np.testing.assert_allclose(actions, predictor(fam, runner, None)(episodes), atol=1e-5)

@@ -312,7 +312,7 @@ def test_a_tracking_entry_with_a_precision_and_options_is_served_and_referenced_
         client.unload_model("tb")
         client.close()
     runner = served.in_process_runner(entry, work / "repo", "cpu", 1)
-    assert runner.precision == "bf16" and runner.options["channels_last"] is False
+    assert runner.precision.name == "bf16" and runner.options["channels_last"] is False
     ref_boxes, ref_scores = tracking.run_sequence(
         served.in_process_tracker(get_family("samurai"), runner)(), vids.frames[0], vids.boxes[0, 0]
     )

@@ -198,7 +198,7 @@ def validate(config: dict, check_files: bool = True) -> dict:
         if wrong:
             raise PlanforgeError(f"config key models.{name}.{wrong[0]}: {wrong[1]}")
     for name, target in cfg["targets"].items():
-        int8_given = "int8" in (target.get("tensorrt") or {})
+        int8_given = (target.get("tensorrt") or {}).get("int8") is not None  # the schema allows no null
         target = cfg["targets"][name] = _merge(TARGET_DEFAULTS, target)
         unknown = [m for m in target["models"] or () if m not in cfg["models"]]
         if unknown:

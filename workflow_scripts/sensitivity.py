@@ -32,6 +32,7 @@ import numpy as np
 from workflow_scripts.accuracy import evaluate
 from workflow_scripts.calibrate import calibration_batches
 from workflow_scripts.core.io import PlanforgeError, atomic_path, read_json, run_cli, write_json
+from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.plan.settings import AccuracySettings, FallbackSettings, QuantizeSettings
 from workflow_scripts.quantize import excluded_nodes, int8_plan, quantize
 from workflow_scripts.tasks import gate
@@ -237,6 +238,7 @@ def fallback(
     }
     with tempfile.TemporaryDirectory(prefix="planforge-fallback-") as tmp:
         models: dict[tuple[str, ...], Path] = {}
+        fb_precision = parse_precision(row["precision"]).fallback_variant  # int8_minmax → int8_minmax_fb
 
         def trial(keep: list[str]) -> dict:
             t = time.perf_counter()
@@ -245,9 +247,7 @@ def fallback(
                 family, fp32, ranges, method, path, path.with_suffix(".json"), q.keep_float, **options, fallback=keep
             )
             models[tuple(keep)] = path
-            r = evaluate(
-                model_name, family, path, checkpoint_info, s.backend, row["precision"] + "_fb", dataset, s.target, acc
-            )
+            r = evaluate(model_name, family, path, checkpoint_info, s.backend, fb_precision, dataset, s.target, acc)
             r = gate(r, base, acc.gate, acc.error_tolerance)
             return {
                 "value": r[r["gate"]["metric"]],
@@ -279,7 +279,7 @@ def fallback(
         "ranking_images": s.rank_images,
         "runs": runs,
         "seconds": round(time.perf_counter() - t0, 1),
-        "quantize": {k: v for k, v in final.items() if k != "int8"},
+        "quantize": {k: v for k, v in final.items() if k != "int8"},  # not a precision: the sidecar's INT8 plan key
         "int8": int8_plan(q.isa, q.scheme, q.reduce_range, keep),
     }
     write_json(report, record)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from workflow_scripts.core.io import atomic_path, read_json, run_cli
 from workflow_scripts.core.pareto import pareto_front
-from workflow_scripts.core.precisions import PRECISIONS
+from workflow_scripts.core.precisions import PRECISIONS, REFERENCE, is_int8_name
 from workflow_scripts.core.results import load_tables, merged
 from workflow_scripts.plots import PLOT_KINDS
 from workflow_scripts.tasks import TASKS
@@ -142,13 +142,12 @@ def int8_speed_notes(joined: pd.DataFrame) -> list[str]:
     """One line per INT8 row: its batch-matched speed against FP32 of the same backend, with the instruction-set
     reason only where INT8 measured slower; no ratio where either row is unstable (†)."""
     notes = []
-    kinds = [(p.kind if (p := _precision(str(n))) else str(n)[:4]) for n in joined["precision"]]
-    int8 = joined[[k == "int8" for k in kinds]]
+    int8 = joined[[is_int8_name(str(n)) for n in joined["precision"]]]
     for _, r in int8.iterrows():
         fp32 = joined[
             (joined["model"] == r["model"])
             & (joined["backend"] == r["backend"])
-            & (joined["precision"] == "fp32")
+            & (joined["precision"] == REFERENCE)
             & (joined["batch"] == r["batch"])
         ]
         if fp32.empty:
@@ -177,7 +176,7 @@ def int8_plan_lines(accuracy_files: list[Path]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for p in accuracy_files:
         r = read_json(p)
-        if "int8" in r and r["int8"]:
+        if r.get("int8"):  # the QDQ sidecar's INT8 plan
             verdict = "passes" if r["gate"]["passed"] else "FAILS"
             out.setdefault(r["target"], []).append(
                 f"- INT8 plan, {r['model']} {r['backend']} {r['precision']}: {r['int8']['choice']}; "

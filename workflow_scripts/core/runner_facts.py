@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workflow_scripts.core.precisions import PRECISIONS, REFERENCE, Precision
+
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so a family may cache what it builds per runner
 class RunnerFacts:
     backend: str
-    precision: str = "fp32"
+    precision: Precision = PRECISIONS[REFERENCE]  # the runner's parsed precision
     device: str = "cpu"
     # a torch module's runner: the module cast and placed, its compute dtype, and how the runner runs it
     module: Any = None

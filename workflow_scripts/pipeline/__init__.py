@@ -9,6 +9,8 @@ from pathlib import Path
 
 from workflow_scripts.core.envinfo import check_target_device
 from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.precisions import Precision
+from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.models import get_family
 from workflow_scripts.runners import BACKENDS, Runner, get_runner_class
 
@@ -17,7 +19,7 @@ def make_runner(
     backend: str,
     artifact: str | Path,
     family: str,
-    precision: str,
+    precision: Precision | str,
     device: str = "cpu",
     threads: int | None = None,
     options: dict | None = None,
@@ -28,7 +30,9 @@ def make_runner(
 
     With `target`, also refuse hardware the target is not for (no GPU, or another GPU than `gpu`).
     That check comes after the runner is built: a runner's own refusal (a foreign engine) is more precise.
+    `precision`: a name (a step CLI's `--precision`, a served entry's) is parsed here; the runner gets the object.
     """
+    precision = parse_precision(precision)
     problem = BACKENDS[backend].device_problem(device, precision)
     if problem:
         raise PlanforgeError(f"{backend} {precision} on {device}: {problem}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from workflow_scripts.core.deps import source_file
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.core.precisions import PRECISIONS
+from workflow_scripts.core.precisions import PRECISIONS, Precision
 from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.core.registry import Registry, load_plugins
 from workflow_scripts.core.runner_facts import RunnerFacts
@@ -45,21 +45,22 @@ class BackendSpec:
     def module_path(self) -> str:
         return self.module if "." in self.module else f"workflow_scripts.runners.{self.module}"
 
-    def device_problem(self, device: str, precision: str) -> str | None:
+    def device_problem(self, device: str, precision: str | Precision) -> str | None:
         """Why this backend cannot run `precision` on `device` ('cpu', 'cuda:0'), or None: the one device rule."""
         kind = device.split(":")[0]
         if kind not in self.devices:
             return f"needs a {' or '.join(self.devices)} device; set the target's device or remove this backend"
+        precision = str(precision)
         if precision in self.cuda_precisions and kind != "cuda":
             allowed = [p for p in self.precisions if p not in self.cuda_precisions]
             return f"{precision!r} needs a cuda device; allowed on {kind}: {allowed}"
         return None
 
-    def artifact_variant(self, precision: str) -> str:
+    def artifact_variant(self, precision: str | Precision) -> str:
         """Which file of its artifact kind it reads for `precision`: the ONNX variant, or the engine's precision."""
         if self.artifact == "onnx":
             return parse_precision(precision).onnx_variant
-        return precision
+        return str(precision)
 
 
 INT8_QDQ = tuple(p for p in PRECISIONS if PRECISIONS[p].calibration)  # int8_<calibration method>
@@ -289,9 +290,14 @@ class Runner:
     backend = "base"
 
     def __init__(
-        self, model: Any, precision: str, device: str = "cpu", threads: int | None = None, options: dict | None = None
+        self,
+        model: Any,
+        precision: Precision | str,
+        device: str = "cpu",
+        threads: int | None = None,
+        options: dict | None = None,
     ) -> None:
-        self.precision = precision
+        self.precision = parse_precision(precision)  # the parsed precision (a name is parsed here, once)
         self.device = device
         self.threads = threads
         # every option the backend declares, with its registry default unless given

@@ -14,6 +14,7 @@ import numpy as np
 import openvino as ov
 
 from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.precisions import Precision
 from workflow_scripts.runners import Runner, by_name
 
 
@@ -25,7 +26,7 @@ class OpenVinoRunner(Runner):
     def __init__(
         self,
         model: str | Path,
-        precision: str,
+        precision: Precision | str,
         device: str = "cpu",
         threads: int | None = None,
         options: dict | None = None,

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.core.precisions import parse
+from workflow_scripts.core.precisions import Precision, parse
 from workflow_scripts.core.runner_facts import RunnerFacts
 from workflow_scripts.runners import BACKENDS, Runner, by_name
 
@@ -48,7 +48,7 @@ class OrtRunner(Runner):
     def __init__(
         self,
         model: str | Path,
-        precision: str,
+        precision: Precision | str,
         device: str = "cpu",
         threads: int | None = None,
         options: dict | None = None,
@@ -116,24 +116,24 @@ class OrtRunner(Runner):
         return {"onnxruntime": ort.__version__, "providers": ",".join(self.session.get_providers())}
 
 
-def gpu_providers(precision: str, device: str, options: dict) -> list[tuple[str, dict]]:
+def gpu_providers(precision: Precision | str, device: str, options: dict) -> list[tuple[str, dict]]:
     """ONNX Runtime execution providers, with their options, for a CUDA target (first one wins per node).
 
-    `options["execution_providers"]` orders them (default: tensorrt, cuda, cpu). The TensorRT EP gets
-    FP16 for fp16, INT8 for the QDQ models (explicit quantization: the scales are in the graph), and an
-    engine cache so its engines are built once per machine.
+    `options["execution_providers"]` orders them (default: tensorrt, cuda, cpu). The TensorRT EP gets the
+    precision's TensorRT flags (`Precision.tensorrt`: FP16 for fp16; FP16 and INT8 for the QDQ models, explicit
+    quantization: the scales are in the graph), and an engine cache so its engines are built once per machine.
     """
     device_id = int(device.split(":")[1]) if ":" in device else 0
     options = {**BACKENDS["onnxruntime-gpu"].options, **options}
     order = options["execution_providers"]
-    int8 = parse(precision).kind == "int8"
+    flags = parse(precision).tensorrt
     providers = []
     for name in order:
         if name == "tensorrt":
             trt = {
                 "device_id": device_id,
-                "trt_fp16_enable": precision == "fp16" or int8,
-                "trt_int8_enable": int8,
+                "trt_fp16_enable": flags.fp16,
+                "trt_int8_enable": flags.int8,
                 "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": options["trt_engine_cache_path"],
                 "trt_timing_cache_enable": True,
@@ -162,6 +162,7 @@ class OrtGpuRunner(OrtRunner):
     backend = "onnxruntime-gpu"
 
     def __init__(self, model, precision, device="cuda", threads=None, options=None) -> None:
+        precision = parse(precision)
         providers = gpu_providers(precision, device, dict(options or {}))
         available = set(ort.get_available_providers())
         missing = [name for name, _ in providers if name not in available]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from workflow_scripts.core.io import PlanforgeError
+from workflow_scripts.core.precisions import Precision
 from workflow_scripts.runners import Runner
 from workflow_scripts.tensorrt import engines
 
@@ -41,7 +42,7 @@ class TensorrtRunner(Runner):
     def __init__(
         self,
         model: str | Path,
-        precision: str,
+        precision: Precision | str,
         device: str = "cuda",
         threads: int | None = None,
         options: dict | None = None,

@@ -23,7 +23,7 @@ from workflow_scripts.core.cudagraphs import HostScalarsAsFills, capturable  # n
 from workflow_scripts.core.envinfo import transformers_checks_off
 from workflow_scripts.core.fusion import fuse_projections
 from workflow_scripts.core.io import PlanforgeError
-from workflow_scripts.core.precisions import parse
+from workflow_scripts.core.precisions import Precision
 from workflow_scripts.core.runner_facts import RunnerFacts
 from workflow_scripts.runners import BACKENDS, Runner
 
@@ -105,7 +105,7 @@ class TorchRunner(Runner):
     def __init__(
         self,
         model: torch.nn.Module,
-        precision: str,
+        precision: Precision | str,
         device: str = "cpu",
         threads: int | None = None,
         options: dict | None = None,
@@ -119,10 +119,10 @@ class TorchRunner(Runner):
         self.cuda = self.torch_device.type == "cuda"
         if self.cuda and not torch.cuda.is_available():
             raise PlanforgeError(f"device {device}: torch sees no CUDA GPU on this machine; run this target on a GPU")
-        problem = BACKENDS[self.backend].device_problem(device, precision)  # the registry's device rule
+        problem = BACKENDS[self.backend].device_problem(device, self.precision)  # the registry's device rule
         if problem:
             raise PlanforgeError(f"{self.backend}: {problem}")
-        self.dtype = self.compute_dtype(precision)
+        self.dtype = getattr(torch, self.precision.torch_dtype)  # activations (a float precision: weights too)
         chosen = self.options["channels_last"]
         self.channels_last = self.cuda if chosen is None else bool(chosen)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -179,10 +179,6 @@ class TorchRunner(Runner):
             compile_backend=self.compile_backend,
             inductor_options=self.inductor_options,
         )
-
-    def compute_dtype(self, precision: str) -> torch.dtype:
-        """The float type of the activations (and, for a float precision, of the weights)."""
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[parse(precision).kind]
 
     def _eager(self, x: torch.Tensor | dict[str, torch.Tensor]) -> Any:
         return self.output_fn(self.model(**x) if isinstance(x, dict) else self.model(x))
@@ -450,7 +446,7 @@ class TorchAoRunner(TorchRunner):
     backend = "torchao"
     CHOICES = {"int4_fallback": ("int8", "none"), "embeddings": ("int8", "none")}
 
-    def __init__(self, model, precision: str, *args, **kwargs) -> None:
+    def __init__(self, model, precision: Precision | str, *args, **kwargs) -> None:
         super().__init__(model, precision, *args, **kwargs)
         import torchao
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
@@ -467,17 +463,17 @@ class TorchAoRunner(TorchRunner):
         def int4_fits(m, fqn=""):
             return linear(m) and m.in_features % group == 0
 
-        if parse(precision).kind == "int4":
+        if self.precision.weight_bits == 4:
             quantize_(
                 self.model,
                 Int4WeightOnlyConfig(group_size=group, int4_packing_format=str(self.options["int4_packing_format"])),
                 filter_fn=int4_fits,
             )
-            if self.options["int4_fallback"] == "int8":
+            if self.options["int4_fallback"] != "none":  # int8 (CHOICES)
                 quantize_(self.model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: linear(m) and not int4_fits(m))
         else:
             quantize_(self.model, Int8WeightOnlyConfig(), filter_fn=linear)
-        if self.options["embeddings"] == "int8":
+        if self.options["embeddings"] != "none":  # int8 (CHOICES)
             quantize_(self.model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
         self.setup_seconds["quantize"] = round(time.perf_counter() - t0, 3)
         self.torchao_version = torchao.__version__
@@ -487,13 +483,10 @@ class TorchAoRunner(TorchRunner):
                 raise PlanforgeError(f"{self.backend}: option cuda_graph needs a CUDA device, not {self.device}")
             self.mode, self.graphed = "cudagraph", True
 
-    def compute_dtype(self, precision: str) -> torch.dtype:
-        return torch.bfloat16 if parse(precision).kind == "int4" else torch.float32
-
     def versions(self) -> dict[str, str]:
         return {
             **super().versions(),
             "torchao": self.torchao_version,
-            "weights": self.precision,
+            "weights": self.precision.name,
             "quantized": json.dumps(self.quantized, sort_keys=True),
         }

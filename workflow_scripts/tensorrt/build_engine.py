@@ -18,6 +18,7 @@ from typing import Any
 
 from workflow_scripts.core.envinfo import interpreter
 from workflow_scripts.core.io import PlanforgeError, atomic_path, run_cli, write_json
+from workflow_scripts.core.precisions import parse as parse_precision
 from workflow_scripts.tensorrt import engines
 
 
@@ -94,11 +95,10 @@ def build_with_python_api(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_mib"] << 20)
     config.builder_optimization_level = settings["builder_optimization_level"]
-    precision = settings["precision"]
-    if precision in ("fp16", "best"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision in ("int8", "best"):
-        config.set_flag(trt.BuilderFlag.INT8)
+    flags = parse_precision(settings["precision"]).tensorrt  # the same table gives trtexec its flags
+    for flag in flags.builder:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if flags.int8:
         if settings["calibration_cache"]:
             config.int8_calibrator = cache_calibrator(trt, Path(settings["calibration_cache"]))
     if settings["dla_core"] is not None:

@@ -19,11 +19,11 @@ from typing import Any
 
 from workflow_scripts.core.io import PlanforgeError, read_json
 from workflow_scripts.core.machine import env_value, gpu_name, power_mode
+from workflow_scripts.core.precisions import TENSORRT_SCHEME, Precision, calibrated
 from workflow_scripts.core.precisions import parse as parse_precision
 
 # JetPack installs trtexec here and does not put it on PATH.
 JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
-PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"], "best": ["--best"]}
 NOT_INSTALLED = "TensorRT not installed on this machine"
 
 
@@ -131,14 +131,14 @@ def machine_identity(
     }
 
 
-def onnx_input(model: str, precision: str, trt: dict) -> str:
+def onnx_input(model: str, precision: Precision | str, trt: dict) -> str:
     """The ONNX an engine is built from: the QDQ model for explicit INT8, else the FP32 export."""
     if parse_precision(precision).int8_engine and trt["int8"] == "explicit":
-        return f"artifacts/onnx/{model}/int8_{trt['calibration']}.onnx"
+        return f"artifacts/onnx/{model}/{calibrated(trt['calibration']).qdq_variant(TENSORRT_SCHEME)}.onnx"
     return f"artifacts/onnx/{model}/fp32.onnx"
 
 
-def calibration_cache(model: str, precision: str, trt: dict) -> str | None:
+def calibration_cache(model: str, precision: Precision | str, trt: dict) -> str | None:
     """The calibration cache an implicit-INT8 engine reads, else None."""
     if parse_precision(precision).int8_engine and trt["int8"] == "implicit":
         return f"artifacts/calib/{model}/{trt['calibration']}.cache"
@@ -146,23 +146,30 @@ def calibration_cache(model: str, precision: str, trt: dict) -> str | None:
 
 
 def engine_settings(
-    model: str, precision: str, batch: int, imgsz: int, input_name: str, trt: dict, identity: dict[str, str | None]
+    model: str,
+    precision: Precision | str,
+    batch: int,
+    imgsz: int,
+    input_name: str,
+    trt: dict,
+    identity: dict[str, str | None],
 ) -> dict[str, Any]:
     """Everything that changes an engine (the engine rule's params; the sidecar repeats it).
 
     `input_name` is the model's input tensor, as its family declares it (YOLO `images`, D-FINE `pixel_values`).
     """
+    precision = parse_precision(precision)
     shape = [batch, 3, imgsz, imgsz]
     low = 1 if trt["batch_profile"] == "dynamic" else batch
     return {
-        "precision": precision,
+        "precision": precision.name,
         "input": input_name,
         "shapes": {"min": [low, *shape[1:]], "opt": shape, "max": shape},
         "workspace_mib": trt["workspace_mib"],
         "builder_optimization_level": trt["builder_optimization_level"],
         "dla_core": trt["dla_core"],
         "gpu_fallback": trt["gpu_fallback"] if trt["dla_core"] is not None else None,
-        "int8": trt["int8"] if parse_precision(precision).int8_engine else None,
+        "int8": trt["int8"] if precision.int8_engine else None,
         "calibration_cache": calibration_cache(model, precision, trt),
         "extra_flags": list(trt["extra_flags"]),
         **identity,
@@ -176,13 +183,14 @@ def _shape(dims: list[int]) -> str:
 def trtexec_command(
     exe: str, settings: dict, onnx: str | Path, engine: str | Path, timing_cache: str | Path | None
 ) -> list[str]:
-    """The trtexec command line that builds `engine` with `settings` (TensorRT 10 flag names)."""
+    """The trtexec command line that builds `engine` with `settings` (TensorRT 10 flag names; the precision's from
+    `Precision.tensorrt`, the table the Python API builder reads too)."""
     name = settings["input"]
     cmd = [
         exe,
         f"--onnx={onnx}",
         f"--saveEngine={engine}",
-        *PRECISION_FLAGS[settings["precision"]],
+        *parse_precision(settings["precision"]).tensorrt.trtexec,
         f"--minShapes={name}:{_shape(settings['shapes']['min'])}",
         f"--optShapes={name}:{_shape(settings['shapes']['opt'])}",
         f"--maxShapes={name}:{_shape(settings['shapes']['max'])}",

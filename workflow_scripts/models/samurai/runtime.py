@@ -38,7 +38,7 @@ def tracker(model, settings: dict | None = None) -> Tracker:
     facts = _facts(model)
     settings = dict(settings or {})
     if facts.module is None and facts.open_parts is not None:  # the parts export (tasks.tracking gives the facts)
-        if facts.precision != "fp32":
+        if not facts.precision.is_fp32:
             raise PlanforgeError(f"samurai on {facts.backend}: the parts are exported in fp32 only")
         return Tracker(ort_model(facts), settings)
     if facts.module is None:
