@@ -43,7 +43,7 @@ FORBIDDEN = {
     "power": {"tensorrt", "step CLI", "models", "runners", "serving"},
     "serving": {"step CLI"},
     "tasks": {"step CLI", "serving", "runners"},
-    "core": {"step CLI", "serving", "plan", "tensorrt", "power", "runners", "models", "pipeline"},
+    "core": {"step CLI", "serving", "plan", "tensorrt", "power", "runners", "models", "pipeline", "tasks"},
     "pipeline": {"step CLI", "serving", "plan"},
     "tensorrt": {"step CLI", "serving", "models"},
 }

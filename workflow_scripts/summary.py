@@ -512,7 +512,7 @@ def summarise(
     picture_files: list[Path] = (),
     calibration_caches: list[Path] = (),
 ) -> str:
-    bench, acc = load_tables(bench_files, accuracy_files)
+    bench, acc = load_tables(bench_files, accuracy_files, TASKS)
     serving = [read_json(p) for p in serving_files]
     plots = {}
     for p in plot_files:
