@@ -3,7 +3,7 @@ sequences gives ≥ 4× the single-stream throughput").
 
 The same functions the serving rules call: `prepare_checkpoint` and `make_videos` (the checkpoint and data rules),
 `build_repository` (rule triton_repository: the tracking model's entry, here with the row's backend, precision and
-options), and `run_tracking_sweep` (rule serving: the in-process per-frame reference of the same runner, then
+options), and `perf.run_sweep` with the task's `TrackingSweep` (rule serving: the in-process per-frame reference of the same runner, then
 perf_analyzer with `--sequence-length`, concurrency = live sequences). Per row (gpu_samurai.py's rows:
 `fp16-compile-graph`, `fp16-graph`) one repository and one server; before the sweep, one unmeasured perf_analyzer
 pass over the same concurrencies lets the stub capture / compile its graphs for every batch of live sequences.
@@ -36,10 +36,11 @@ from workflow_scripts.prepare_checkpoint import prepare_checkpoint  # noqa: E402
 from workflow_scripts.runners import BACKENDS  # noqa: E402
 from workflow_scripts.serving.coserving import run_coserving  # noqa: E402
 from workflow_scripts.serving.env import ensure  # noqa: E402
-from workflow_scripts.serving.repository import build_repository, triton_models_of  # noqa: E402
+from workflow_scripts.serving.perf import perf_analyzer, run_sweep  # noqa: E402
+from workflow_scripts.serving.repository import build_repository  # noqa: E402
+from workflow_scripts.serving.served import triton_models_of  # noqa: E402
 from workflow_scripts.serving.server import fresh_log, serve  # noqa: E402
-from workflow_scripts.serving.sweep import perf_analyzer  # noqa: E402
-from workflow_scripts.serving.tracking import run_tracking_sweep, write_perf_input  # noqa: E402
+from workflow_scripts.serving.tracking import TrackingSweep, write_perf_input  # noqa: E402
 from workflow_scripts.tasks.tracking import make_videos  # noqa: E402
 from workflow_scripts.tasks.vla import EPISODE_DEFAULTS, make_episodes  # noqa: E402
 
@@ -141,8 +142,8 @@ class Run:
                     stability_percentage=self.a.stability, max_trials=self.a.max_trials,
                     startup_timeout_s=self.a.startup_timeout, http_port=None, grpc_port=None,
                 )  # fmt: skip
-                record = run_tracking_sweep(repository, index, self.a.model, "h200", dataset, log, settings,
-                                            env_dir=self.a.env, server=server)  # fmt: skip
+                sweep = TrackingSweep(repository, index, self.a.model, "h200", dataset, settings)
+                record = run_sweep(sweep, log, env_dir=self.a.env, server=server)
         except PlanforgeError as exc:  # the row's line with the server log's first error (the stub's reason)
             first = next((ln for ln in log.read_text().splitlines() if "] ERROR" in ln or "Failed to" in ln), "")
             head = str(exc).splitlines()[0].rstrip(":;")

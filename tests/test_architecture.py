@@ -43,7 +43,7 @@ FORBIDDEN = {
     "power": {"tensorrt", "step CLI", "models", "runners", "serving"},
     "serving": {"step CLI"},
     "tasks": {"step CLI", "serving", "runners"},
-    "core": {"step CLI", "serving", "plan", "tensorrt", "power", "runners", "models", "pipeline"},
+    "core": {"step CLI", "serving", "plan", "tensorrt", "power", "runners", "models", "pipeline", "tasks"},
     "pipeline": {"step CLI", "serving", "plan"},
     "tensorrt": {"step CLI", "serving", "models"},
 }
@@ -158,3 +158,44 @@ def test_the_precision_check_finds_each_kind_of_branch_planted_in_a_module(tmp_p
     found = precision_branches(planted)
     assert [int(f.split(":")[1]) for f in found] == [3, 5, 7, 9, 12, 14], found
     assert precision_branches(PRECISIONS_MODULE), "core/precisions.py itself compares names: the check must see them"
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of `graph` (module → modules it imports) as a path that ends where it starts, or []."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+@pytest.mark.parametrize("part", ["serving"])
+def test_a_package_has_no_import_cycle(part):
+    """No circle among a package's modules, counting imports inside functions too (a deferred import hides a circle
+    from Python, not from a reader): serving's repository → tracking → sweep → repository was one."""
+    names = {f"workflow_scripts.{part}.{p.stem}" for p in _modules(part) if p.stem != "__init__"}
+    graph = {
+        f"workflow_scripts.{part}.{path.stem}": _imports(path) & names
+        for path in _modules(part)
+        if path.stem != "__init__"
+    }
+    assert not _cycle(graph), " → ".join(_cycle(graph))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []

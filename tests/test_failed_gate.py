@@ -12,7 +12,7 @@ import pytest
 from workflow_scripts import summary
 from workflow_scripts.core.results import load_tables, merged
 from workflow_scripts.plots import plot_accuracy
-from workflow_scripts.tasks import gate
+from workflow_scripts.tasks import TASKS, gate
 
 GATE = 0.95
 # (backend, precision, batch-1 p50 ms, mAP50-95): the INT8 row is the fastest and keeps 0.40/0.70 = 0.571
@@ -99,7 +99,7 @@ def test_the_accuracy_plot_marks_the_failed_point(files, tmp_path, monkeypatch):
 
     figures = []
     monkeypatch.setattr("workflow_scripts.plots.save_figure", lambda fig, path: figures.append(fig))
-    _, _, joined = merged(*load_tables(*files), "cpu")
+    _, _, joined = merged(*load_tables(*files, TASKS), "cpu")
     plot_accuracy("cpu", joined, tmp_path / "acc.png")
     labels = [
         t.get_text()

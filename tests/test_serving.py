@@ -26,7 +26,7 @@ from workflow_scripts.config import validate
 from workflow_scripts.core.io import PlanforgeError, read_json
 from workflow_scripts.plan.jobs import Plan
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.repository import triton_models_of
+from workflow_scripts.serving.served import triton_models_of
 from workflow_scripts.serving.server import serve
 
 pytestmark = pytest.mark.workflow
@@ -654,7 +654,8 @@ def test_a_pi0_entry_with_a_backend_precision_and_options_is_served_on_that_runn
 
     from workflow_scripts.models import get_family
     from workflow_scripts.serving.repository import build_repository
-    from workflow_scripts.serving.vla import episode_request, in_process_runner
+    from workflow_scripts.serving.served import in_process_runner
+    from workflow_scripts.serving.vla import episode_request
     from workflow_scripts.tasks.vla import EPISODE_DEFAULTS, load_episodes, make_episodes, predictor
 
     httpclient, _ = _triton_http()

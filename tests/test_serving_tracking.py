@@ -21,7 +21,9 @@ from workflow_scripts.plan.jobs import Plan
 from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving import tracking as served
 from workflow_scripts.serving.env import ensure
+from workflow_scripts.serving.perf import run_sweep
 from workflow_scripts.serving.repository import build_repository
+from workflow_scripts.serving.served import in_process_runner
 from workflow_scripts.serving.server import serve
 from workflow_scripts.tasks import tracking
 
@@ -198,13 +200,12 @@ def test_perf_analyzer_runs_whole_sequences_at_each_live_sequence_count_and_the_
     from workflow_scripts.summary import serving_lines
 
     work = setup["work"]
-    rec = served.run_tracking_sweep(
+    sweep = served.TrackingSweep(
         work / "repo",
         setup["index"],
         "t",
         "cpu",
         work / "clips",
-        work / "sweep.log",
         ServingSettings(
             concurrency=[1, 2],
             protocols=["grpc"],
@@ -215,8 +216,8 @@ def test_perf_analyzer_runs_whole_sequences_at_each_live_sequence_count_and_the_
             http_port=None,
             grpc_port=None,
         ),  # fmt: skip
-        server=setup["server"],
     )
+    rec = run_sweep(sweep, work / "sweep.log", server=setup["server"])
     assert rec["task"] == "tracking" and rec["input_data"] == {
         "val_sequences": 2,
         "sequence_length": 8,
@@ -311,7 +312,7 @@ def test_a_tracking_entry_with_a_precision_and_options_is_served_and_referenced_
     finally:
         client.unload_model("tb")
         client.close()
-    runner = served.in_process_runner(entry, work / "repo", "cpu", 1)
+    runner = in_process_runner(entry, work / "repo", "cpu", 1)
     assert runner.precision.name == "bf16" and runner.options["channels_last"] is False
     ref_boxes, ref_scores = tracking.run_sequence(
         served.in_process_tracker(get_family("samurai"), runner)(), vids.frames[0], vids.boxes[0, 0]

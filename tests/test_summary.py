@@ -189,3 +189,47 @@ def test_a_cited_figure_is_set_beside_stable_rows_only(tmp_path):
     text = summary.summarise(files, [], [], 0.95, "torch_fp32", tmp_path / "s.md", [], references=cited)
     assert "| det | onnxruntime | fp32 | 1 | 20.00 | 100.00† | 50.0 | 10.0† | a paper |" in text
     assert "| det | onnxruntime | fp32 | 4 | 20.00 | 30.00 | 50.0 | 133.3 | a paper |" in text
+
+
+def _sweep_row(batching, protocol, concurrency, p50, throughput):
+    breakdown = dict.fromkeys(("server_queue", "server_compute_input", "server_compute_output"), 0.1)
+    return {
+        "batching": batching,
+        "protocol": protocol,
+        "concurrency": concurrency,
+        "throughput_infer_per_s": throughput,
+        "latency_ms": {"p50": p50, "p99": p50 * 1.5},
+        "breakdown_ms": {**breakdown, "server_compute_infer": p50 * 0.8},
+    }
+
+
+def test_each_served_model_gets_the_lines_of_its_own_task():
+    """The Triton section asks each sweep record's task for its lines (a record without `task` is detection), so a
+    vla model's served accuracy is never read as a detection mAP, whatever keys the records share."""
+    from workflow_scripts.serving.report import serving_lines
+
+    rows = [_sweep_row(b, "grpc", c, 10.0 * c, 100.0 / c) for b in ("on", "off") for c in (1, 2)]
+    gain = {"grpc": {"concurrency": 2, "throughput_on": 60.0, "throughput_off": 50.0, "gain": 1.2}}
+    det = {"target": "cpu", "model": "d", "sweep": rows, "comparison": {"batching_gain_at_max_concurrency": gain}}
+    det_acc = {"target": "cpu", "model": "d", "backend": "triton", "map50_95": 0.5, "images": 4}
+    vla = {"target": "cpu", "model": "p", "task": "vla", "sweep": rows, "comparison": {}}
+    ref = {"precision": "fp32", "tolerance_max_abs": 1e-4, "matches": True}
+    vla_acc = {"target": "cpu", "model": "p", "backend": "triton", "task": "vla", "map50_95": 0.9, "reference": ref}
+    vla_acc |= {"episodes": 3, "action_mse": 1e-12, "action_max_abs": 2e-6}
+    text = "\n".join(serving_lines([det, det_acc, vla, vla_acc], "cpu"))
+    assert "- d grpc: dynamic batching gives **1.20×** the throughput at concurrency 2" in text
+    assert "- d mAP50-95 through the server: 0.5000 on 4 images." in text
+    assert "- p actions through the server vs in-process torch fp32 on 3 episodes" in text
+    assert "p mAP50-95" not in text
+
+
+def test_every_task_names_serving_hooks_that_resolve():
+    from workflow_scripts.serving import hooks
+    from workflow_scripts.serving.perf import TaskSweep
+    from workflow_scripts.serving.served import ServedModel, served_model
+    from workflow_scripts.tasks import TASKS
+
+    for task in TASKS:
+        assert isinstance(served_model(task), ServedModel), task
+        assert issubclass(hooks.sweep(task), TaskSweep), task
+        assert callable(hooks.served_accuracy(task)) and callable(hooks.summary_lines(task)), task

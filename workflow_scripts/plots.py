@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if bool(a.latency_png) != bool(a.accuracy_png) or not (a.latency_png or a.power_png):
         p.error("give --latency-png with --accuracy-png, and/or --power-png")
-    tb, _, joined = merged(*load_tables(a.bench, a.accuracy), a.target)
+    tb, _, joined = merged(*load_tables(a.bench, a.accuracy, TASKS), a.target)
     if a.latency_png:
         plot_target(a.target, tb, joined, a.latency_png, a.accuracy_png)
         print(f"wrote {a.latency_png} and {a.accuracy_png}")

@@ -15,6 +15,7 @@ from workflow_scripts.core.pareto import pareto_front
 from workflow_scripts.core.precisions import PRECISIONS, REFERENCE, is_int8_name
 from workflow_scripts.core.results import load_tables, merged
 from workflow_scripts.plots import PLOT_KINDS
+from workflow_scripts.serving.report import serving_lines
 from workflow_scripts.tasks import TASKS
 
 
@@ -190,105 +191,6 @@ def _label(row: pd.Series) -> str:
     return f"{row['model']} {row['backend']} {row['precision']} b{int(row['batch'])}"
 
 
-def serving_lines(records: list[dict], target: str) -> list[str]:
-    """The Triton section of one target: the sweep table, overhead vs in-process, batching gain, served mAP."""
-    sweeps = [r for r in records if r.get("target") == target and "sweep" in r]
-    accs = {r["model"]: r for r in records if r.get("target") == target and r.get("backend") == "triton"}
-    if not sweeps:
-        return []
-    lines = [
-        "Serving through a real tritonserver (detection: ensemble preprocess → ONNX Runtime → postprocess; vla: "
-        "one python-backend model, preprocess + action chunk; tracking: one stateful model behind the sequence "
-        "batcher, one frame per request, concurrency = live sequences; batch 1 per request; perf_analyzer end to end):",
-        "",
-        "| model | protocol | concurrency | batching | p50 ms | p99 ms | throughput infer/s | queue ms | compute ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for rec in sorted(sweeps, key=lambda r: r["model"]):
-        for r in sorted(rec["sweep"], key=lambda r: (r["protocol"], r["concurrency"], r["batching"] == "off")):
-            b = r["breakdown_ms"]
-            compute = b["server_compute_input"] + b["server_compute_infer"] + b["server_compute_output"]
-            lines.append(
-                f"| {rec['model']} | {r['protocol']} | {r['concurrency']} | {r['batching']} | "
-                f"{r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | {r['throughput_infer_per_s']:.1f} | "
-                f"{b['server_queue']:.2f} | {compute:.2f} |"
-            )
-    lines.append("")
-    for rec in sorted(sweeps, key=lambda r: r["model"]):
-        comp = rec.get("comparison", {})
-        for protocol, g in comp.get("batching_gain_at_max_concurrency", {}).items():
-            lines.append(
-                f"- {rec['model']} {protocol}: dynamic batching gives **{g['gain']:.2f}×** the throughput at "
-                f"concurrency {g['concurrency']} ({g['throughput_on']:.1f} vs {g['throughput_off']:.1f} infer/s)."
-            )
-        for protocol, o in comp.get("overhead_vs_in_process", {}).items():
-            ens = o.get("triton_ensemble_p50_ms")
-            ens_text = (
-                f"; ensemble {ens:.2f} ms vs in-process pre+model+post {o['in_process_pipeline_p50_ms']:.2f} ms "
-                f"(**{o['pipeline_ratio']:.2f}×**)"
-                if ens is not None
-                else ""
-            )
-            lines.append(
-                f"- {rec['model']} {protocol} at concurrency 1: served model p50 {o['triton_model_p50_ms']:.2f} ms vs "
-                f"in-process ONNX Runtime {o['in_process_ort_model_p50_ms']:.2f} ms (**{o['model_ratio']:.2f}×**)"
-                f"{ens_text}."
-            )
-        for protocol, o in comp.get("overhead_vs_in_process_torch", {}).items():
-            lines.append(
-                f"- {rec['model']} {protocol} at concurrency 1: served action chunk p50 {o['triton_p50_ms']:.2f} ms vs "
-                f"in-process torch preprocess + chunk {o['in_process_pipeline_p50_ms']:.2f} ms "
-                f"(**{o['pipeline_ratio']:.2f}×**)."
-            )
-        for protocol, o in comp.get("overhead_vs_in_process_tracker", {}).items():
-            gain = comp.get("throughput_gain_at_max_live_sequences", {}).get(protocol)
-            top = max(r["concurrency"] for r in rec["sweep"])
-            lines.append(
-                f"- {rec['model']} {protocol}: served frame p50 {o['triton_p50_ms']:.2f} ms vs in-process "
-                f"Tracker.track {o['in_process_frame_p50_ms']:.2f} ms (**{o['ratio']:.2f}×**)"
-                + (f"; {top} live sequences give **{gain:.2f}×** the frames/s of one." if gain else ".")
-            )
-        acc = accs.get(rec["model"])
-        if acc and "auc" in acc:
-            ref = acc["reference"]
-            lines.append(
-                f"- {rec['model']} tracking through the sequence batcher ({acc['sequences']} val sequences, one "
-                f"correlation id each): AUC {acc['auc']:.4f} vs in-process torch {ref['precision']} {ref['auc']:.4f} "
-                f"(Δ {ref['delta_auc']:+.5f}, {'matches' if ref['matches'] else '**DIFFERS**'} within {ref['tolerance']:g})."
-            )
-        elif acc and "action_mse" in acc:
-            ref = acc["reference"]
-            lines.append(
-                f"- {rec['model']} actions through the server vs in-process torch {ref['precision']} on {acc['episodes']} "
-                f"episodes (same noise): MSE {acc['action_mse']:.2g}, max abs {acc['action_max_abs']:.2g} "
-                f"({'matches' if ref['matches'] else '**DIFFERS**'} within {ref['tolerance_max_abs']:g})."
-            )
-        elif acc:
-            ref = acc.get("reference")
-            ref_text = (
-                f", in-process {ref['backend']} {ref['map50_95']:.4f} (Δ {ref['delta_map50_95']:+.5f}, "
-                f"{'matches' if ref['matches'] else '**DIFFERS**'} within {ref['tolerance']:g})"
-                if ref
-                else ""
-            )
-            lines.append(
-                f"- {rec['model']} mAP50-95 through the server: {acc['map50_95']:.4f} on {acc['images']} images{ref_text}."
-            )
-    for co in (r for r in records if r.get("target") == target and "memory_after_load" in r):
-        mem = co["memory_after_traffic"]["models"]
-        parts = []
-        for m, lat in co["latency"].items():
-            gpu = f", GPU {mem[m]['gpu_mib']:.0f} MiB" if mem[m].get("gpu_mib") is not None else ""
-            parts.append(
-                f"{m} ({mem[m]['stubs']} stub{'s' * (mem[m]['stubs'] != 1)}, PSS {mem[m]['pss_mib']:.0f} MiB{gpu}): "
-                f"p50 {lat['alone']['p50']:.1f} → {lat['mixed']['p50']:.1f} ms, p99 {lat['alone']['p99']:.1f} → "
-                f"{lat['mixed']['p99']:.1f} ms"
-            )
-        lines.append(f"- Co-serving in one tritonserver, each alone → both at once: {'; '.join(parts)}.")
-    lines.append("")
-    return lines
-
-
 def reference_lines(references: list[dict], bench: pd.DataFrame) -> list[str]:
     """Cited figures beside this workflow's own: the best measured p50 / throughput of the same
     model, backend, precision and batch over every target of this run, stable rows only ('—' where none ran;
@@ -401,6 +303,12 @@ def _error_gate_text(acc: pd.DataFrame) -> str:
     return "; error metrics against the baseline's outputs, same inputs and noise: " + ", ".join(parts)
 
 
+def _timer_notes(bench: pd.DataFrame) -> list[str]:
+    """What the timers of the tasks among the bench rows include, beyond the shared lines (`TaskSpec.timer_note`)."""
+    present = set(bench["bench_task"].dropna()) if "bench_task" in bench else set()
+    return [spec.timer_note for name, spec in TASKS.items() if name in present and spec.timer_note]
+
+
 def render(
     bench: pd.DataFrame,
     acc: pd.DataFrame,
@@ -483,7 +391,7 @@ def render(
             groups = list(scored.groupby("task")) if not scored.empty and "task" in scored else []
             for task_name, group in groups:
                 what = f" ({task_name})" if len(groups) > 1 else ""
-                unit = {"vla": "chunks/s", "tracking": "frames/s"}.get(task_name, "img/s")
+                unit = TASKS[task_name].throughput_unit
                 passing = group[group["gate_passed"] == True]  # noqa: E712
                 if passing.empty:
                     lines += [f"**No configuration{what} passes the accuracy gate on this target.**", ""]
@@ -574,15 +482,7 @@ def render(
         "layout (GPU work synchronised); throughput = batch × iterations / summed model time.",
         "- **pre ms/batch**: letterbox + normalise of decoded images; **post ms/batch**: raw outputs to "
         "final detections (NMS), both timed separately and never inside the model timer.",
-        *(
-            [
-                "- **tracking**: one call = one frame of each live sequence (batch = live sequences), host clock "
-                "around the tracker's `track` after its prompt frame; **prompt frame ms**: `start` with the box, "
-                "timed apart; throughput = frames/s over the live sequences."
-            ]
-            if "bench_task" in bench and (bench["bench_task"] == "tracking").any()
-            else []
-        ),
+        *_timer_notes(bench),
         *(
             [
                 "- **timed by trtexec** (TensorRT engines where the job's Python has no TensorRT bindings): p50/p99 are "
@@ -611,7 +511,7 @@ def summarise(
     picture_files: list[Path] = (),
     calibration_caches: list[Path] = (),
 ) -> str:
-    bench, acc = load_tables(bench_files, accuracy_files)
+    bench, acc = load_tables(bench_files, accuracy_files, TASKS)
     serving = [read_json(p) for p in serving_files]
     plots = {}
     for p in plot_files:

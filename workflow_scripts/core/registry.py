@@ -71,3 +71,12 @@ def load_plugins() -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise PlanforgeError(f"${PLUGINS_ENV}: cannot import plugin {name!r} ({exc})") from None
+
+
+def resolve(path: str):
+    """The object a "module:name" string names (a registry entry's hook, imported only when it is called for)."""
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise PlanforgeError(f"{path!r}: cannot import it ({exc})") from None

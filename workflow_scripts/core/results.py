@@ -1,13 +1,18 @@
-"""Result JSONs as tables: the one reader the summary and the plots share."""
+"""Result JSONs as tables: the one reader the summary and the plots share.
+
+The accuracy rows read each task's metric and columns from the task registry the caller passes (`tasks.TASKS`):
+core imports nothing above it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from workflow_scripts.core.io import read_json
-from workflow_scripts.tasks import TASKS
 
 KEYS = ["target", "model", "backend", "precision"]
 
@@ -23,8 +28,11 @@ def _reported_reason(r: dict) -> str | None:
     return None
 
 
-def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Bench rows (one per model/backend/precision/batch) and accuracy rows, as DataFrames."""
+def load_tables(
+    bench_files: list[Path], accuracy_files: list[Path], tasks: Mapping[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Bench rows (one per model/backend/precision/batch) and accuracy rows, as DataFrames. `tasks`: task name →
+    its spec (`tasks.TASKS`: `metric`, `metric_label`, `columns`)."""
     bench = []
     for f in bench_files:
         r = read_json(f)
@@ -78,7 +86,7 @@ def load_tables(bench_files: list[Path], accuracy_files: list[Path]) -> tuple[pd
     acc = []
     for f in accuracy_files:
         r = read_json(f)
-        task = TASKS[r.get("task", "detection")]  # JSONs written before tasks existed are detection
+        task = tasks[r.get("task", "detection")]  # JSONs written before tasks existed are detection
         acc.append(
             {
                 "target": r["target"],

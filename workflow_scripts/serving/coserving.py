@@ -26,10 +26,11 @@ from workflow_scripts.core.data import load_split, read_image
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, read_json, run_cli, write_json
 from workflow_scripts.plan.settings import ServingSettings
+from workflow_scripts.serving.detection import write_image_input
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.repository import triton_models_of
+from workflow_scripts.serving.perf import parse_perf_csv
+from workflow_scripts.serving.served import triton_models_of
 from workflow_scripts.serving.server import TritonServer, fresh_log, serve
-from workflow_scripts.serving.sweep import parse_perf_csv, write_image_input
 from workflow_scripts.serving.vla import write_perf_input
 
 WINDOW_MS = 1500  # perf_analyzer time window: alone and mixed runs last about as long, so they overlap

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.models import BadImage, get_family, raw_outputs
+from workflow_scripts.core.runner_facts import RunnerFacts
+from workflow_scripts.models import BadImage, check_image, get_family, raw_outputs
 
 # The family's per-image preprocessing metadata (`family.META`: YOLO's letterbox, D-FINE's original size)
 # travels from the pre to the post model as one float32 row of its fields, in declaration order.
@@ -328,3 +331,204 @@ class Pi0Model(_Model):
                 seed = np.asarray([episodes[i]["seed"]], dtype=np.int64)
                 responses[i] = self.respond({"ACTIONS": a[None].astype(np.float32), "NOISE_SEED": seed[None]})
         return responses
+
+
+START, END = 1, 2  # sequence flag bits (as Triton's TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END)
+
+
+class TrackerSequenceModel(_Model):
+    """One `Tracker` per live sequence (correlation id); requests of one sequence arrive in order, one per batch.
+
+    Served behind `sequence_batching` (`served.SequenceModel`: the oldest strategy, the control inputs START, END,
+    READY (int32 0/1) and CORRID (uint64)); each tracker (the family's, `Tracker.start` / `track` / `close`) is held
+    by the model instance its sequence is bound to.
+
+    Per request (batch dimension first, added by Triton): FRAME uint8 [H, W, 3] (any H, W; fixed within a
+    sequence), BOX fp32 [4] xywh pixels (read on START only, where it is required); outputs BOX fp32 [4] (the
+    prompt frame: the box of its mask), SCORE fp32 [1] (object score logit; NaN on the prompt frame) and
+    LIVE_SEQUENCES int32 [1] (trackers the instance holds after this request). The flags START = 1 and END = 2
+    are bits of one value: a one-request sequence is START|END (started, answered, closed). A tracker is
+    dropped on END, and by the model's own reaper when its sequence has been idle for
+    `max_sequence_idle_microseconds` (Triton forgets such a sequence without telling the model), so state
+    never outlives its sequence; every drop is one line in the server log ("reaped sequence ...").
+    """
+
+    def initialize(self, args: dict) -> None:
+        kind = args.get("model_instance_kind", "CPU")
+        self.device = f"cuda:{args.get('model_instance_device_id', 0)}" if kind == "GPU" else "cpu"
+        self.instance = args.get("model_instance_name", "")
+        super().initialize(args)
+
+    def setup(self) -> None:
+        try:
+            import torch
+        except ImportError as exc:
+            import os
+
+            raise ImportError(
+                f"{exc}: the tracking model needs torch and transformers from the workflow's Python "
+                f"(PLANFORGE_WORKFLOW_SITE_PACKAGES={os.environ.get('PLANFORGE_WORKFLOW_SITE_PACKAGES')})"
+            ) from None
+        threads = int(self.params.get("threads") or 0)
+        if threads and self.device == "cpu":
+            torch.set_num_threads(threads)
+        self.runner = self.served_runner(self.device, threads or None)
+        if self.runner is None:  # torch FP32 eager, as the family loads it
+            self.facts = RunnerFacts.eager(self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval())
+        else:  # the bench's runner: how it holds and runs the model
+            self.facts = self.runner.facts()
+        self.idle_s = int(self.params["max_sequence_idle_us"]) / 1e6
+        self.trackers: dict[int, object] = {}
+        self.last_seen: dict[int, float] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.reaper = threading.Thread(target=self._reap_loop, name="planforge-reaper", daemon=True)
+        self.reaper.start()
+
+    def log(self, message: str) -> None:
+        self.pb.Logger.log_info(f"{self.instance}: {message}")
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def _drop(self, corrid: int, why: str) -> None:
+        tracker = self.trackers.pop(corrid, None)
+        self.last_seen.pop(corrid, None)
+        if tracker is not None:
+            tracker.close()
+            self.log(f"reaped sequence {corrid} ({why}); live sequences {len(self.trackers)}")
+
+    def reap_idle(self, now: float) -> None:
+        """Drop trackers whose last request is older than max_sequence_idle_microseconds (call under the lock)."""
+        for corrid, seen in list(self.last_seen.items()):
+            if now - seen > self.idle_s:
+                self._drop(corrid, f"idle {now - seen:.1f} s > max_sequence_idle {self.idle_s:g} s")
+
+    def _reap_loop(self) -> None:
+        while not self.stopping.wait(max(0.05, self.idle_s / 4)):
+            with self.lock:
+                self.reap_idle(time.monotonic())
+
+    # -- requests ------------------------------------------------------------------------------------------
+    def _control(self, request, name: str) -> int:
+        tensor = self.pb.get_input_tensor_by_name(request, name)
+        if tensor is None:  # the sequence batcher fills every control input; its absence is a config fault
+            raise BadInput(f"{name}: missing control input; serve this model with its sequence_batching config")
+        return int(tensor.as_numpy().reshape(-1)[0])
+
+    def _frame(self, request) -> np.ndarray:
+        frame_t = self.pb.get_input_tensor_by_name(request, "FRAME")
+        if frame_t is None:
+            raise BadInput("FRAME: missing; every request of a sequence carries its frame (uint8 [H, W, 3])")
+        frames = frame_t.as_numpy()
+        if len(frames) != 1:
+            raise BadInput(f"FRAME: a batch of {len(frames)}; send one frame per request (batch 1)")
+        try:
+            check_image(frames[0], "FRAME")
+        except BadImage as exc:
+            raise BadInput(str(exc)) from None
+        return frames[0]
+
+    def start(self, request, corrid: int, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """A START request: its BOX prompts a fresh tracker for the sequence (a live one is restarted)."""
+        box_t = self.pb.get_input_tensor_by_name(request, "BOX")
+        if box_t is None:
+            raise BadInput(
+                f"BOX: missing on the START request of sequence {corrid}; the first frame carries the "
+                "prompt box (fp32 [4], x y w h pixels)"
+            )
+        box = box_t.as_numpy().reshape(-1).astype(np.float64)
+        if box.size != 4 or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+            raise BadInput(f"BOX: expected x y w h with w, h > 0; got {box.tolist()} (sequence {corrid})")
+        if corrid in self.trackers:
+            self._drop(corrid, "restarted by START")
+        tracker = self.family.tracker(self.facts)  # as `in_process_tracker`
+        out_box = tracker.start(frame, box)
+        self.trackers[corrid] = tracker
+        return out_box, np.nan
+
+    def live_tracker(self, corrid: int, frame: np.ndarray):
+        """The live tracker of a later request's sequence; BadInput if there is none or the frame size changed."""
+        tracker = self.trackers.get(corrid)
+        if tracker is None:
+            raise BadInput(
+                f"CORRID: sequence {corrid} has no live tracker (never started, ended, or reaped after "
+                f"{self.idle_s:g} s idle); send its first frame with START and BOX"
+            )
+        if frame.shape[:2] != tracker.frame_shape:
+            h, w = tracker.frame_shape
+            raise BadInput(f"FRAME: {frame.shape[0]}x{frame.shape[1]}, but sequence {corrid} is {h}x{w}")
+        return tracker
+
+    def answer(self, corrid: int, flags: int, out_box, score: float) -> dict[str, np.ndarray]:
+        self.last_seen[corrid] = time.monotonic()
+        if flags & END:
+            self._drop(corrid, "END")
+        return {
+            "BOX": np.asarray(out_box, np.float32).reshape(1, 4),
+            "SCORE": np.asarray([[score]], np.float32),
+            "LIVE_SEQUENCES": np.asarray([[len(self.trackers)]], np.int32),
+        }
+
+    def track_batch(self, later: list[tuple]) -> list:
+        """The later (non-START) requests of one batch: one `track_many` call where the family has one (SAMURAI
+        encodes all their frames in one image-encoder batch); if it fails, each sequence is stepped alone so that
+        one sequence's failure is its own error answer. Returns (box, score) or the exception, per request."""
+        trackers, frames = [x[3] for x in later], [x[2] for x in later]
+        many = getattr(self.family, "track_many", None)
+        if many is not None and len(later) > 1:
+            try:
+                return many(trackers, frames)
+            except Exception:  # noqa: BLE001 - stepped one by one below, each failure answered on its own
+                pass
+        out = []
+        for t, f in zip(trackers, frames):
+            try:
+                out.append(t.track(f))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
+
+    def empty(self) -> dict[str, np.ndarray]:
+        live = np.asarray([[len(self.trackers)]], np.int32)
+        return {
+            "BOX": np.zeros((1, 4), np.float32),
+            "SCORE": np.full((1, 1), np.nan, np.float32),
+            "LIVE_SEQUENCES": live,
+        }
+
+    def execute(self, requests):
+        """START requests are answered in order; the batch's later requests are stepped together (`track_batch`)."""
+        responses: list = [None] * len(requests)
+        later = []  # (index, corrid, frame, tracker, flags)
+        with self.lock:
+            self.reap_idle(time.monotonic())
+            for i, request in enumerate(requests):
+                try:
+                    if not self._control(request, "READY"):  # a slot without a request: nothing to track
+                        responses[i] = self.respond(self.empty())
+                        continue
+                    corrid = self._control(request, "CORRID")
+                    flags = (START if self._control(request, "START") else 0) | (
+                        END if self._control(request, "END") else 0
+                    )
+                    frame = self._frame(request)
+                    if flags & START:
+                        responses[i] = self.respond(self.answer(corrid, flags, *self.start(request, corrid, frame)))
+                    else:
+                        later.append((i, corrid, frame, self.live_tracker(corrid, frame), flags))
+                except BadInput as exc:  # the client's fault: one line naming the input
+                    responses[i] = self.error(str(exc), invalid_argument=True)
+                except Exception as exc:  # the model failed on this sequence: the others go on
+                    responses[i] = self.error(f"{type(exc).__name__}: {exc}")
+            if later:
+                for (i, corrid, _, _, flags), result in zip(later, self.track_batch(later)):
+                    if isinstance(result, Exception):
+                        responses[i] = self.error(f"{type(result).__name__}: {result}")
+                    else:
+                        responses[i] = self.respond(self.answer(corrid, flags, *result))
+        return responses
+
+    def finalize(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            for corrid in list(self.trackers):
+                self._drop(corrid, "model unloaded")

@@ -1,315 +1,40 @@
-"""Tracking (SAMURAI) through Triton's sequence batcher: one stateful python-backend model, its client side.
+"""Tracking (SAMURAI) through Triton's sequence batcher: the client side of the served stateful model.
 
-- `TrackerSequenceModel`: the served model. `sequence_batching` with the oldest strategy and the control
-  inputs START, END, READY (int32 0/1) and CORRID (uint64); one `Tracker` (the family's, `Tracker.start` /
-  `track` / `close`) per correlation id, held by the model instance the sequence is bound to;
-- `tracking_model`: its repository entry (config.pbtxt, shim, the prepared checkpoint);
+The served model is `python_models.TrackerSequenceModel` (one `Tracker` per correlation id), written into the
+repository by `served.SequenceModel`.
+
 - `write_perf_input`: perf_analyzer --input-data JSON with one stream per val sequence;
-- `replay`: the val sequences through the server, one correlation id each, all of them live at once;
-- `run_tracking_sweep`: perf_analyzer sequence sweep (`--sequence-length`, concurrency = live sequences),
-  beside the in-process per-frame time of the same tracker (results/{target}/serving/{model}.json);
-- `evaluate_served_tracking`: OTB scores of the replayed sequences vs `tasks.tracking.evaluate` with the
-  in-process torch runner (results/{target}/serving/{model}_accuracy.json).
-
-Per request (batch dimension first, added by Triton): FRAME uint8 [H, W, 3] (any H, W; fixed within a
-sequence), BOX fp32 [4] xywh pixels (read on START only, where it is required); outputs BOX fp32 [4] (the
-prompt frame: the box of its mask), SCORE fp32 [1] (object score logit; NaN on the prompt frame) and
-LIVE_SEQUENCES int32 [1] (trackers the instance holds after this request). The flags START = 1 and END = 2
-are bits of one value: a one-request sequence is START|END (started, answered, closed). A tracker is
-dropped on END, and by the model's own reaper when its sequence has been idle for
-`max_sequence_idle_microseconds` (Triton forgets such a sequence without telling the model), so state
-never outlives its sequence; every drop is one line in the server log ("reaped sequence ...").
+- `SequenceClient`: the val sequences through the server, one correlation id each, several of them live at once;
+- `TrackingSweep`: the task's part of the perf_analyzer sweep (`perf.run_sweep`: `--sequence-length`, concurrency =
+  live sequences), beside the in-process per-frame time of the same tracker (results/{target}/serving/{model}.json);
+- `evaluate_served_tracking` (`served_accuracy`): OTB scores of the replayed sequences vs `tasks.tracking.evaluate`
+  with the in-process runner (results/{target}/serving/{model}_accuracy.json); an AUC difference above
+  `AUC_TOLERANCE` fails the job;
+- `summary_lines`: what the summary says of one served tracking model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.metrics import latency_stats
-from workflow_scripts.core.runner_facts import RunnerFacts
-from workflow_scripts.models import BadImage, check_image, get_family
-from workflow_scripts.plan.settings import ServingSettings
+from workflow_scripts.models import get_family
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.python_models import BadInput, _Model
-from workflow_scripts.serving.repository import (
-    _tensor,
-    backend_params,
-    in_process_runner,
-    model_config,
-    served_backend,
-    shim,
-    triton_models_of,
-)
+from workflow_scripts.serving.perf import Load, TaskSweep
+from workflow_scripts.serving.served import AccuracyJob, Checked, in_process_runner, served_backend, triton_models_of
 from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.tasks import tracking
 
-START, END = 1, 2  # sequence flag bits (as Triton's TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END)
-SEQUENCE_IDLE_US = 5_000_000  # default max_sequence_idle_microseconds (serving.sequence_idle_us)
 AUC_TOLERANCE = 0.001  # served vs in-process AUC: the same tracker code on both sides
-CONTROLS = {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END", "READY": "CONTROL_SEQUENCE_READY"}
-INPUTS = {"FRAME": ("TYPE_UINT8", [-1, -1, 3]), "BOX": ("TYPE_FP32", [4])}
-OUTPUTS = {"BOX": ("TYPE_FP32", [4]), "SCORE": ("TYPE_FP32", [1]), "LIVE_SEQUENCES": ("TYPE_INT32", [1])}
 
 
-# -- the served model (runs in the python backend's stub) -----------------------------------------------------
-class TrackerSequenceModel(_Model):
-    """One `Tracker` per live sequence (correlation id); requests of one sequence arrive in order, one per batch."""
-
-    def initialize(self, args: dict) -> None:
-        kind = args.get("model_instance_kind", "CPU")
-        self.device = f"cuda:{args.get('model_instance_device_id', 0)}" if kind == "GPU" else "cpu"
-        self.instance = args.get("model_instance_name", "")
-        super().initialize(args)
-
-    def setup(self) -> None:
-        try:
-            import torch
-        except ImportError as exc:
-            import os
-
-            raise ImportError(
-                f"{exc}: the tracking model needs torch and transformers from the workflow's Python "
-                f"(PLANFORGE_WORKFLOW_SITE_PACKAGES={os.environ.get('PLANFORGE_WORKFLOW_SITE_PACKAGES')})"
-            ) from None
-        threads = int(self.params.get("threads") or 0)
-        if threads and self.device == "cpu":
-            torch.set_num_threads(threads)
-        self.runner = self.served_runner(self.device, threads or None)
-        if self.runner is None:  # torch FP32 eager, as the family loads it
-            self.facts = RunnerFacts.eager(self.family.load_torch(self.model_dir / "checkpoint.pt", self.device).eval())
-        else:  # the bench's runner: how it holds and runs the model
-            self.facts = self.runner.facts()
-        self.idle_s = int(self.params["max_sequence_idle_us"]) / 1e6
-        self.trackers: dict[int, object] = {}
-        self.last_seen: dict[int, float] = {}
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.reaper = threading.Thread(target=self._reap_loop, name="planforge-reaper", daemon=True)
-        self.reaper.start()
-
-    def log(self, message: str) -> None:
-        self.pb.Logger.log_info(f"{self.instance}: {message}")
-
-    # -- state ---------------------------------------------------------------------------------------------
-    def _drop(self, corrid: int, why: str) -> None:
-        tracker = self.trackers.pop(corrid, None)
-        self.last_seen.pop(corrid, None)
-        if tracker is not None:
-            tracker.close()
-            self.log(f"reaped sequence {corrid} ({why}); live sequences {len(self.trackers)}")
-
-    def reap_idle(self, now: float) -> None:
-        """Drop trackers whose last request is older than max_sequence_idle_microseconds (call under the lock)."""
-        for corrid, seen in list(self.last_seen.items()):
-            if now - seen > self.idle_s:
-                self._drop(corrid, f"idle {now - seen:.1f} s > max_sequence_idle {self.idle_s:g} s")
-
-    def _reap_loop(self) -> None:
-        while not self.stopping.wait(max(0.05, self.idle_s / 4)):
-            with self.lock:
-                self.reap_idle(time.monotonic())
-
-    # -- requests ------------------------------------------------------------------------------------------
-    def _control(self, request, name: str) -> int:
-        tensor = self.pb.get_input_tensor_by_name(request, name)
-        if tensor is None:  # the sequence batcher fills every control input; its absence is a config fault
-            raise BadInput(f"{name}: missing control input; serve this model with its sequence_batching config")
-        return int(tensor.as_numpy().reshape(-1)[0])
-
-    def _frame(self, request) -> np.ndarray:
-        frame_t = self.pb.get_input_tensor_by_name(request, "FRAME")
-        if frame_t is None:
-            raise BadInput("FRAME: missing; every request of a sequence carries its frame (uint8 [H, W, 3])")
-        frames = frame_t.as_numpy()
-        if len(frames) != 1:
-            raise BadInput(f"FRAME: a batch of {len(frames)}; send one frame per request (batch 1)")
-        try:
-            check_image(frames[0], "FRAME")
-        except BadImage as exc:
-            raise BadInput(str(exc)) from None
-        return frames[0]
-
-    def start(self, request, corrid: int, frame: np.ndarray) -> tuple[np.ndarray, float]:
-        """A START request: its BOX prompts a fresh tracker for the sequence (a live one is restarted)."""
-        box_t = self.pb.get_input_tensor_by_name(request, "BOX")
-        if box_t is None:
-            raise BadInput(
-                f"BOX: missing on the START request of sequence {corrid}; the first frame carries the "
-                "prompt box (fp32 [4], x y w h pixels)"
-            )
-        box = box_t.as_numpy().reshape(-1).astype(np.float64)
-        if box.size != 4 or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
-            raise BadInput(f"BOX: expected x y w h with w, h > 0; got {box.tolist()} (sequence {corrid})")
-        if corrid in self.trackers:
-            self._drop(corrid, "restarted by START")
-        tracker = self.family.tracker(self.facts)  # as `in_process_tracker`
-        out_box = tracker.start(frame, box)
-        self.trackers[corrid] = tracker
-        return out_box, np.nan
-
-    def live_tracker(self, corrid: int, frame: np.ndarray):
-        """The live tracker of a later request's sequence; BadInput if there is none or the frame size changed."""
-        tracker = self.trackers.get(corrid)
-        if tracker is None:
-            raise BadInput(
-                f"CORRID: sequence {corrid} has no live tracker (never started, ended, or reaped after "
-                f"{self.idle_s:g} s idle); send its first frame with START and BOX"
-            )
-        if frame.shape[:2] != tracker.frame_shape:
-            h, w = tracker.frame_shape
-            raise BadInput(f"FRAME: {frame.shape[0]}x{frame.shape[1]}, but sequence {corrid} is {h}x{w}")
-        return tracker
-
-    def answer(self, corrid: int, flags: int, out_box, score: float) -> dict[str, np.ndarray]:
-        self.last_seen[corrid] = time.monotonic()
-        if flags & END:
-            self._drop(corrid, "END")
-        return {
-            "BOX": np.asarray(out_box, np.float32).reshape(1, 4),
-            "SCORE": np.asarray([[score]], np.float32),
-            "LIVE_SEQUENCES": np.asarray([[len(self.trackers)]], np.int32),
-        }
-
-    def track_batch(self, later: list[tuple]) -> list:
-        """The later (non-START) requests of one batch: one `track_many` call where the family has one (SAMURAI
-        encodes all their frames in one image-encoder batch); if it fails, each sequence is stepped alone so that
-        one sequence's failure is its own error answer. Returns (box, score) or the exception, per request."""
-        trackers, frames = [x[3] for x in later], [x[2] for x in later]
-        many = getattr(self.family, "track_many", None)
-        if many is not None and len(later) > 1:
-            try:
-                return many(trackers, frames)
-            except Exception:  # noqa: BLE001 - stepped one by one below, each failure answered on its own
-                pass
-        out = []
-        for t, f in zip(trackers, frames):
-            try:
-                out.append(t.track(f))
-            except Exception as exc:  # noqa: BLE001
-                out.append(exc)
-        return out
-
-    def empty(self) -> dict[str, np.ndarray]:
-        live = np.asarray([[len(self.trackers)]], np.int32)
-        return {
-            "BOX": np.zeros((1, 4), np.float32),
-            "SCORE": np.full((1, 1), np.nan, np.float32),
-            "LIVE_SEQUENCES": live,
-        }
-
-    def execute(self, requests):
-        """START requests are answered in order; the batch's later requests are stepped together (`track_batch`)."""
-        responses: list = [None] * len(requests)
-        later = []  # (index, corrid, frame, tracker, flags)
-        with self.lock:
-            self.reap_idle(time.monotonic())
-            for i, request in enumerate(requests):
-                try:
-                    if not self._control(request, "READY"):  # a slot without a request: nothing to track
-                        responses[i] = self.respond(self.empty())
-                        continue
-                    corrid = self._control(request, "CORRID")
-                    flags = (START if self._control(request, "START") else 0) | (
-                        END if self._control(request, "END") else 0
-                    )
-                    frame = self._frame(request)
-                    if flags & START:
-                        responses[i] = self.respond(self.answer(corrid, flags, *self.start(request, corrid, frame)))
-                    else:
-                        later.append((i, corrid, frame, self.live_tracker(corrid, frame), flags))
-                except BadInput as exc:  # the client's fault: one line naming the input
-                    responses[i] = self.error(str(exc), invalid_argument=True)
-                except Exception as exc:  # the model failed on this sequence: the others go on
-                    responses[i] = self.error(f"{type(exc).__name__}: {exc}")
-            if later:
-                for (i, corrid, _, _, flags), result in zip(later, self.track_batch(later)):
-                    if isinstance(result, Exception):
-                        responses[i] = self.error(f"{type(result).__name__}: {result}")
-                    else:
-                        responses[i] = self.respond(self.answer(corrid, flags, *result))
-        return responses
-
-    def finalize(self) -> None:
-        self.stopping.set()
-        with self.lock:
-            for corrid in list(self.trackers):
-                self._drop(corrid, "model unloaded")
-
-
-# -- repository entry -----------------------------------------------------------------------------------------
-def sequence_batching(idle_us: int, max_candidates: int, preferred: list[int], delay_us: int) -> str:
-    """The config.pbtxt block: the oldest strategy, the four control inputs, the idle timeout."""
-    controls = [
-        f'    {{ name: "{n}" control [ {{ kind: {k} int32_false_true: [ 0, 1 ] }} ] }}' for n, k in CONTROLS.items()
-    ]
-    controls.append('    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }')
-    pref = [b for b in preferred if b <= max_candidates]
-    pref_text = f"preferred_batch_size: [ {', '.join(map(str, pref))} ] " if pref else ""
-    return (
-        "sequence_batching {\n"
-        f"  max_sequence_idle_microseconds: {int(idle_us)}\n"
-        f"  oldest {{ max_candidate_sequences: {max_candidates} {pref_text}max_queue_delay_microseconds: {delay_us} }}\n"
-        "  control_input [\n" + ",\n".join(controls) + "\n  ]\n}\n"
-    )
-
-
-def tracking_model(tmp: Path, name: str, m: dict, gpu: bool, threads: int | None, serving: dict) -> dict:
-    """`{name}`: the stateful python-backend model (`TrackerSequenceModel`) on the prepared checkpoint, copied
-    beside it; the sequence batcher's oldest strategy with `max_batch_size` candidate sequences (a sequence
-    beyond them waits in Triton's backlog until one ends); each instance holds the trackers of its sequences."""
-    (tmp / name / "1").mkdir(parents=True)
-    shutil.copy2(m["checkpoint"], tmp / name / "1" / "checkpoint.pt")
-    (tmp / name / "1" / "model.py").write_text(shim("TrackerSequenceModel", "tracking"))
-    idle_us = int(serving.get("sequence_idle_us") or SEQUENCE_IDLE_US)
-    mbs = serving["max_batch_size"]
-    backend, precision, options = served_backend(m)
-    params = {
-        "family": m["family"],
-        "threads": threads or 0,
-        "max_sequence_idle_us": idle_us,
-        **backend_params(m),
-    }
-    config = model_config(
-        name,
-        [_tensor(k, t, d, optional=k == "BOX") for k, (t, d) in INPUTS.items()],
-        [_tensor(k, t, d) for k, (t, d) in OUTPUTS.items()],
-        mbs,
-        "KIND_GPU" if gpu else "KIND_CPU",
-        serving["instances"],
-        None,
-        params,
-    )
-    config += sequence_batching(idle_us, mbs, serving.get("preferred_batch_sizes") or [], serving["max_queue_delay_us"])
-    (tmp / name / "config.pbtxt").write_text(config)
-    return {
-        "family": m["family"],
-        "task": "tracking",
-        "model": name,
-        "backend": backend,
-        "precision": precision,
-        "backend_options": options,
-        "checkpoint": str(m["checkpoint"]),
-        "scheduler": "sequence_batching oldest",
-        "max_sequence_idle_us": idle_us,
-        "inputs": {k: {"datatype": t.removeprefix("TYPE_"), "dims": d} for k, (t, d) in INPUTS.items()},
-        "outputs": {k: {"datatype": t.removeprefix("TYPE_"), "dims": d} for k, (t, d) in OUTPUTS.items()},
-        "optional_inputs": ["BOX"],
-        "controls": {**{k: "INT32" for k in CONTROLS}, "CORRID": "UINT64"},
-    }
-
-
-# -- client side ----------------------------------------------------------------------------------------------
 PERF_SEQUENCES = 4  # val sequences in the perf_analyzer input data (one stream each, round robin)
 PERF_INPUT_BYTES = 256 * 2**20  # frames' bytes at most in that input data
 
@@ -442,102 +167,66 @@ def _serving(server, env, repository, server_log, startup_timeout, entry, http_p
     return serve(env, repository, server_log, http_port, grpc_port, startup_timeout, models=triton_models_of(entry))
 
 
-def run_tracking_sweep(
-    repository: Path,
-    index: dict,
-    model: str,
-    target: str,
-    dataset: Path,
-    server_log: Path,
-    s: ServingSettings,
-    env_dir: Path | None = None,
-    server: TritonServer | None = None,
-) -> dict:
-    """perf_analyzer sequence runs: `--sequence-length` = the val sequences' frames, concurrency = live sequences.
+class TrackingSweep(TaskSweep):
+    """perf_analyzer sequence runs: `--sequence-length` = the val sequences' frames, concurrency = live sequences;
+    the sequence batcher has no dynamic batching to switch off, so one mode."""
 
-    `s`: the serving job's settings (as `sweep.run_sweep`); `server`: one already serving the repository (else
-    this starts one, loading only this model)."""
-    from workflow_scripts.serving.sweep import perf_analyzer
-
-    concurrency, protocols, requests = s.concurrency, s.protocols, s.requests
-    startup_timeout, http_port, grpc_port = s.startup_timeout_s, s.http_port, s.grpc_port
-    stability, max_trials = s.stability_percentage, s.max_trials
-
-    env = ensure(env_dir)
-    entry = index["models"][model]
-    device = "cpu" if index["device"] == "cpu" else index["device"]
-    rows = []
-    t0 = time.perf_counter()
-    reference = in_process_frames(entry, repository, device, index.get("threads"), dataset, max(20, min(requests, 50)))
-    with tempfile.TemporaryDirectory(prefix="planforge-serving-") as tmp:
-        tmp = Path(tmp)
-        streams, length = write_perf_input(dataset, tmp / "sequences.json")
-        extra = ("--sequence-length", str(length), "--sequence-length-variation", "0", "--serial-sequences")
-        with _serving(server, env, repository, server_log, startup_timeout, entry, http_port, grpc_port) as server:
-            for protocol in protocols:
-                for c in concurrency:
-                    r = perf_analyzer(
-                        env,
-                        server,
-                        entry["model"],
-                        protocol,
-                        c,
-                        requests,
-                        str(tmp / "sequences.json"),
-                        None,
-                        tmp,
-                        stability,
-                        max_trials,
-                        extra,
-                    )
-                    rows.append({"batching": "on", "protocol": protocol, "live_sequences": c, **r})
-                    print(
-                        f"{model} {protocol} {c} live sequences: p50 {r['latency_ms']['p50']:.2f} ms, "
-                        f"p99 {r['latency_ms']['p99']:.2f} ms, {r['throughput_infer_per_s']:.1f} frames/s",
-                        flush=True,
-                    )
-    comparison = {
-        "overhead_vs_in_process_tracker": {
-            protocol: {
-                "in_process_frame_p50_ms": reference["frame_ms"]["p50"],
-                "triton_p50_ms": c1["latency_ms"]["p50"],
-                "ratio": round(c1["latency_ms"]["p50"] / reference["frame_ms"]["p50"], 3),
-            }
-            for protocol in protocols
-            for c1 in [r for r in rows if r["protocol"] == protocol and r["concurrency"] == min(concurrency)]
-        },
-        "throughput_gain_at_max_live_sequences": {
-            protocol: round(top["throughput_infer_per_s"] / one["throughput_infer_per_s"], 3)
-            for protocol in protocols
-            for one in [r for r in rows if r["protocol"] == protocol and r["concurrency"] == min(concurrency)]
-            for top in [r for r in rows if r["protocol"] == protocol and r["concurrency"] == max(concurrency)]
-        },
-    }
-    return {
-        "status": "ok",
-        "task": "tracking",
-        "model": model,
-        "target": target,
-        "served_model": entry["model"],
-        "scheduler": entry["scheduler"],
-        "max_sequence_idle_us": entry["max_sequence_idle_us"],
-        "repository": str(repository),
-        "input_data": {"val_sequences": streams, "sequence_length": length, "inputs": ["FRAME", "BOX"]},
-        "requests_per_window": requests,
-        "stability_percentage": stability,
-        "max_trials": max_trials,
-        "timer": "perf_analyzer end to end per request (one frame of one sequence): client send → server (sequence "
+    batching = ("on",)
+    unit = "frames/s"
+    timer = (
+        "perf_analyzer end to end per request (one frame of one sequence): client send → server (sequence "
         "batcher queue, Tracker.start or Tracker.track) → client receive; `concurrency` sequences live at once, "
         "each one request at a time (--serial-sequences); throughput is frames/s over all sequences; the first "
-        "frame of every sequence (START, the prompt) is included",
-        "serving_settings": index.get("serving", {}),
-        "sweep": rows,
-        "in_process_reference": reference,
-        "comparison": comparison,
-        "server": {"log": str(server.log), "environment": env.versions()},
-        "seconds": round(time.perf_counter() - t0, 1),
-        "environment": environment(device),
-    }
+        "frame of every sequence (START, the prompt) is included"
+    )
+
+    def head(self) -> dict:
+        e = self.entry
+        return {
+            "task": "tracking",
+            "model": self.model,
+            "target": self.target,
+            "served_model": e["model"],
+            "scheduler": e["scheduler"],
+            "max_sequence_idle_us": e["max_sequence_idle_us"],
+        }
+
+    def reference(self) -> dict:
+        iterations = max(20, min(self.s.requests, 50))
+        return in_process_frames(self.entry, self.repository, self.device, self.threads, self.dataset, iterations)
+
+    def load(self, tmp: Path) -> Load:
+        self.streams, self.length = write_perf_input(self.dataset, tmp / "sequences.json")
+        extra = ("--sequence-length", str(self.length), "--sequence-length-variation", "0", "--serial-sequences")
+        return Load(self.entry["model"], str(tmp / "sequences.json"), extra=extra)
+
+    def inputs(self) -> dict:
+        return {
+            "input_data": {"val_sequences": self.streams, "sequence_length": self.length, "inputs": ["FRAME", "BOX"]}
+        }
+
+    def row(self, concurrency: int) -> dict:
+        return {"live_sequences": concurrency}
+
+    def comparison(self, rows: list[dict], reference: dict) -> dict:
+        protocols, concurrency = self.s.protocols, self.s.concurrency
+        return {
+            "overhead_vs_in_process_tracker": {
+                protocol: {
+                    "in_process_frame_p50_ms": reference["frame_ms"]["p50"],
+                    "triton_p50_ms": c1["latency_ms"]["p50"],
+                    "ratio": round(c1["latency_ms"]["p50"] / reference["frame_ms"]["p50"], 3),
+                }
+                for protocol in protocols
+                for c1 in [r for r in rows if r["protocol"] == protocol and r["concurrency"] == min(concurrency)]
+            },
+            "throughput_gain_at_max_live_sequences": {
+                protocol: round(top["throughput_infer_per_s"] / one["throughput_infer_per_s"], 3)
+                for protocol in protocols
+                for one in [r for r in rows if r["protocol"] == protocol and r["concurrency"] == min(concurrency)]
+                for top in [r for r in rows if r["protocol"] == protocol and r["concurrency"] == max(concurrency)]
+            },
+        }
 
 
 def evaluate_served_tracking(
@@ -604,3 +293,48 @@ def evaluate_served_tracking(
         "wall_seconds_with_server_start": round(time.perf_counter() - t0, 2),
         "server": {"log": str(server.log), "environment": env.versions()},
     }
+
+
+def served_accuracy(job: AccuracyJob) -> Checked:
+    """The val sequences replayed through the server vs `tasks.tracking.evaluate` in process."""
+    s = job.settings
+    record = evaluate_served_tracking(
+        job.repository, job.index, job.model, job.target, job.dataset, job.server_log, s.max_images,
+        s.startup_timeout_s,
+    )  # fmt: skip
+    ref = record["reference"]
+    problem = None
+    if not ref["matches"]:
+        problem = (
+            f"AUC through the server {record['auc']:.4f} differs from in-process torch fp32 "
+            f"{ref['auc']:.4f} by {ref['delta_auc']:+.4f} (tolerance {ref['tolerance']:g}); the served tracker or "
+            "its requests differ from the in-process path"
+        )
+    line = (
+        f"{record['sequences']} sequences through {record['served_model']}: AUC {record['auc']:.4f}, "
+        f"in-process {ref['auc']:.4f} (Δ {ref['delta_auc']:+.5f})"
+    )
+    return Checked(record, problem, line)
+
+
+def summary_lines(rec: dict, acc: dict | None) -> list[str]:
+    """The summary's lines on one served tracking model: the served frame against `Tracker.track` in process, what
+    more live sequences gain, and the AUC through the sequence batcher."""
+    lines = []
+    comp = rec.get("comparison", {})
+    for protocol, o in comp.get("overhead_vs_in_process_tracker", {}).items():
+        gain = comp.get("throughput_gain_at_max_live_sequences", {}).get(protocol)
+        top = max(r["concurrency"] for r in rec["sweep"])
+        lines.append(
+            f"- {rec['model']} {protocol}: served frame p50 {o['triton_p50_ms']:.2f} ms vs in-process "
+            f"Tracker.track {o['in_process_frame_p50_ms']:.2f} ms (**{o['ratio']:.2f}×**)"
+            + (f"; {top} live sequences give **{gain:.2f}×** the frames/s of one." if gain else ".")
+        )
+    if acc:
+        ref = acc["reference"]
+        lines.append(
+            f"- {rec['model']} tracking through the sequence batcher ({acc['sequences']} val sequences, one "
+            f"correlation id each): AUC {acc['auc']:.4f} vs in-process torch {ref['precision']} {ref['auc']:.4f} "
+            f"(Δ {ref['delta_auc']:+.5f}, {'matches' if ref['matches'] else '**DIFFERS**'} within {ref['tolerance']:g})."
+        )
+    return lines

@@ -3,10 +3,13 @@
 - `episode_request`: one val episode as the model's request tensors (IMAGES, STATE, TOKENS, TOKEN_MASK, NOISE);
 - `write_perf_input`: perf_analyzer --input-data JSON of the first val episodes (their own noise);
 - `ActionClient`: episodes → actions through the server (tritonclient HTTP, a few requests in flight);
-- `run_vla_sweep`: the perf_analyzer sweep (dynamic batching on and off, every protocol and concurrency),
-  beside the in-process torch chunk timed in the same job (results/{target}/serving/{model}.json);
-- `evaluate_served_actions`: the val episodes through the server vs the in-process torch FP32 actions of the
-  same checkpoint, by the task's own loop (`tasks.vla.evaluate`) (results/{target}/serving/{model}_accuracy.json).
+- `VlaSweep`: the task's part of the perf_analyzer sweep (`perf.run_sweep`: dynamic batching on and off, every
+  protocol and concurrency), beside the in-process torch chunk timed in the same job
+  (results/{target}/serving/{model}.json);
+- `evaluate_served_actions` (`served_accuracy`): the val episodes through the server vs the in-process torch FP32
+  actions of the same checkpoint, by the task's own loop (`tasks.vla.evaluate`)
+  (results/{target}/serving/{model}_accuracy.json); a max abs error above `ACTION_TOLERANCE` fails the job;
+- `summary_lines`: what the summary says of one served vla model.
 """
 
 from __future__ import annotations
@@ -18,18 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.metrics import latency_stats
 from workflow_scripts.models import get_family
-from workflow_scripts.plan.settings import ServingSettings
 from workflow_scripts.serving.env import ensure
-from workflow_scripts.serving.repository import (
-    in_process_runner,
-    served_backend,
-    triton_models_of,
-    without_dynamic_batching,
-)
+from workflow_scripts.serving.perf import Load, TaskSweep, batching_gain_lines, compare_batching
+from workflow_scripts.serving.served import AccuracyJob, Checked, in_process_runner, served_backend, triton_models_of
 from workflow_scripts.serving.server import TritonServer, fresh_log, serve
 from workflow_scripts.tasks import vla
 
@@ -132,92 +129,45 @@ def in_process_chunk(entry: dict, repository: Path, device: str, threads, datase
     }
 
 
-def run_vla_sweep(
-    repository: Path,
-    index: dict,
-    model: str,
-    target: str,
-    dataset: Path,
-    server_log: Path,
-    s: ServingSettings,
-    env_dir: Path | None = None,
-) -> dict:
-    """perf_analyzer on the served Pi0 model with val episodes as input data, dynamic batching on and off
-    (`s`: the serving job's settings, as `sweep.run_sweep`)."""
-    from workflow_scripts.serving.sweep import compare_batching, perf_analyzer
+class VlaSweep(TaskSweep):
+    """The served Pi0 model with the first val episodes (their own noise) as input data, dynamic batching on and
+    off, beside the in-process torch chunk."""
 
-    concurrency, protocols, requests = s.concurrency, s.protocols, s.requests
-    startup_timeout, http_port, grpc_port = s.startup_timeout_s, s.http_port, s.grpc_port
-    stability, max_trials = s.stability_percentage, s.max_trials
+    unit = "chunks/s"
+    timer = (
+        "perf_analyzer end to end per request: client send → server (queue, preprocess, prefix, "
+        "denoising steps) → client receive; one episode (one action chunk) per request, `concurrency` in flight"
+    )
 
-    env = ensure(env_dir)
-    entry = index["models"][model]
-    device = "cpu" if index["device"] == "cpu" else index["device"]
-    fresh_log(server_log)
-    rows = []
-    t0 = time.perf_counter()
-    reference = in_process_chunk(entry, repository, device, index.get("threads"), dataset, min(requests, 50))
-    with tempfile.TemporaryDirectory(prefix="planforge-serving-") as tmp:
-        tmp = Path(tmp)
-        n = write_perf_input(dataset, tmp / "episodes.json")
-        repos = {"on": repository, "off": without_dynamic_batching(repository, tmp / "repo-no-batching")}
-        for batching, repo in repos.items():
-            with serve(
-                env, repo, server_log, http_port, grpc_port, startup_timeout, models=triton_models_of(entry)
-            ) as server:
-                for protocol in protocols:
-                    for c in concurrency:
-                        r = perf_analyzer(
-                            env,
-                            server,
-                            entry["model"],
-                            protocol,
-                            c,
-                            requests,
-                            str(tmp / "episodes.json"),
-                            None,
-                            tmp,
-                            stability,
-                            max_trials,
-                        )
-                        rows.append({"batching": batching, "protocol": protocol, **r})
-                        print(
-                            f"{model} batching {batching} {protocol} c{c}: p50 {r['latency_ms']['p50']:.2f} ms, "
-                            f"p99 {r['latency_ms']['p99']:.2f} ms, {r['throughput_infer_per_s']:.1f} chunks/s",
-                            flush=True,
-                        )
-    comparison = {"batching_gain_at_max_concurrency": compare_batching(rows, max(concurrency))}
-    comparison["overhead_vs_in_process_torch"] = {
-        protocol: {
-            "in_process_chunk_p50_ms": reference["chunk_ms"]["p50"],
-            "in_process_pipeline_p50_ms": reference["pipeline_ms"]["p50"],
-            "triton_p50_ms": c1["latency_ms"]["p50"],
-            "pipeline_ratio": round(c1["latency_ms"]["p50"] / reference["pipeline_ms"]["p50"], 3),
+    def head(self) -> dict:
+        return {"task": "vla", "model": self.model, "target": self.target, "served_model": self.entry["model"]}
+
+    def reference(self) -> dict:
+        return in_process_chunk(
+            self.entry, self.repository, self.device, self.threads, self.dataset, min(self.s.requests, 50)
+        )  # fmt: skip
+
+    def load(self, tmp: Path) -> Load:
+        self.episodes = write_perf_input(self.dataset, tmp / "episodes.json")
+        return Load(self.entry["model"], str(tmp / "episodes.json"))
+
+    def inputs(self) -> dict:
+        info = {"val_episodes": self.episodes, "inputs": sorted(DATATYPES), "noise": "each episode's own (NOISE given)"}
+        return {"input_data": info}
+
+    def comparison(self, rows: list[dict], reference: dict) -> dict:
+        comparison = {"batching_gain_at_max_concurrency": compare_batching(rows, max(self.s.concurrency))}
+        comparison["overhead_vs_in_process_torch"] = {
+            protocol: {
+                "in_process_chunk_p50_ms": reference["chunk_ms"]["p50"],
+                "in_process_pipeline_p50_ms": reference["pipeline_ms"]["p50"],
+                "triton_p50_ms": c1["latency_ms"]["p50"],
+                "pipeline_ratio": round(c1["latency_ms"]["p50"] / reference["pipeline_ms"]["p50"], 3),
+            }
+            for protocol in self.s.protocols
+            for c1 in [r for r in rows if r["protocol"] == protocol and r["batching"] == "on" and r["concurrency"] == 1]
         }
-        for protocol in protocols
-        for c1 in [r for r in rows if r["protocol"] == protocol and r["batching"] == "on" and r["concurrency"] == 1]
-    }
-    return {
-        "status": "ok",
-        "task": "vla",
-        "model": model,
-        "target": target,
-        "served_model": entry["model"],
-        "repository": str(repository),
-        "input_data": {"val_episodes": n, "inputs": sorted(DATATYPES), "noise": "each episode's own (NOISE given)"},
-        "requests_per_window": requests,
-        "stability_percentage": stability,
-        "max_trials": max_trials,
-        "timer": "perf_analyzer end to end per request: client send → server (queue, preprocess, prefix, "
-        "denoising steps) → client receive; one episode (one action chunk) per request, `concurrency` in flight",
-        "serving_settings": index.get("serving", {}),
-        "sweep": rows,
-        "in_process_reference": reference,
-        "comparison": comparison,
-        "server": {"log": str(server_log), "environment": env.versions()},
-        "seconds": round(time.perf_counter() - t0, 1),
-        "environment": environment(device),
-    }
+        return comparison
 
 
 def evaluate_served_actions(
@@ -278,3 +228,45 @@ def evaluate_served_actions(
             f"{model}: {served['episodes']} episodes through the server, {local['episodes']} in-process"
         )
     return record
+
+
+def served_accuracy(job: AccuracyJob) -> Checked:
+    """The val episodes through the server vs in-process on the served backend and precision."""
+    s = job.settings
+    record = evaluate_served_actions(
+        job.repository, job.index, job.model, job.target, job.dataset, job.server_log, s.batch, s.max_images,
+        s.startup_timeout_s,
+    )  # fmt: skip
+    ref = record["reference"]
+    problem = None
+    if not ref["matches"]:
+        problem = (
+            f"actions through the server differ from in-process torch fp32 by up to "
+            f"{record['action_max_abs']:.3g} (tolerance {ref['tolerance_max_abs']:g}); the served model or its "
+            "inputs differ from the in-process path"
+        )
+    line = (
+        f"{record['episodes']} episodes through {record['served_model']}: action MSE "
+        f"{record['action_mse']:.3g}, max abs {record['action_max_abs']:.3g} vs in-process torch fp32"
+    )
+    return Checked(record, problem, line)
+
+
+def summary_lines(rec: dict, acc: dict | None) -> list[str]:
+    """The summary's lines on one served vla model: what dynamic batching gains, the served chunk against the
+    in-process one, and the served actions against in-process."""
+    lines = batching_gain_lines(rec)
+    for protocol, o in rec.get("comparison", {}).get("overhead_vs_in_process_torch", {}).items():
+        lines.append(
+            f"- {rec['model']} {protocol} at concurrency 1: served action chunk p50 {o['triton_p50_ms']:.2f} ms vs "
+            f"in-process torch preprocess + chunk {o['in_process_pipeline_p50_ms']:.2f} ms "
+            f"(**{o['pipeline_ratio']:.2f}×**)."
+        )
+    if acc:
+        ref = acc["reference"]
+        lines.append(
+            f"- {rec['model']} actions through the server vs in-process torch {ref['precision']} on {acc['episodes']} "
+            f"episodes (same noise): MSE {acc['action_mse']:.2g}, max abs {acc['action_max_abs']:.2g} "
+            f"({'matches' if ref['matches'] else '**DIFFERS**'} within {ref['tolerance_max_abs']:g})."
+        )
+    return lines
