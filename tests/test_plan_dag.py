@@ -43,6 +43,22 @@ def test_rules_ask_the_plan_and_never_read_its_config():
     assert not found, "rules read the config instead of asking the plan:\n" + "\n".join(found)
 
 
+def test_only_the_engine_stage_names_tensorrt():
+    """Engines are one planner (plan/engines.py): the other stages ask it, through Plan.artifact_stage, rather than
+    branch on the backend's name; and each stage module stays small."""
+    plan_dir = REPO / "workflow_scripts" / "plan"
+    named = [
+        f"{f.name}:{n}: {line.strip()}"
+        for f in sorted(plan_dir.glob("*.py"))
+        if f.name != "engines.py"
+        for n, line in enumerate(f.read_text().splitlines(), 1)
+        if re.search(r"[\"']tensorrt[\"']", line)
+    ]
+    assert not named, "a stage other than the engine stage branches on TensorRT:\n" + "\n".join(named)
+    sizes = {f.name: len(f.read_text().splitlines()) for f in plan_dir.glob("*.py")}
+    assert max(sizes.values()) <= 600, sizes
+
+
 def normalized_jobs(text: str, workdir: Path) -> str:
     """A dry run's jobs, one block each, sorted: no job ids, no code inputs, no temp folders."""
     text = text.split("Building DAG of jobs...", 1)[-1].replace(str(workdir), "WORKDIR")
