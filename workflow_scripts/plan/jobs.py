@@ -87,8 +87,8 @@ class Plan:
         ]
 
 
-# Plan.<name> → plan.<stage>.<method>: the flat names callers outside the rules (tests, common.smk's adapters)
-# use; the rules name the stage.
+# Plan.<name> → plan.<stage>.<method>: the flat names that callers outside the DAG use (tests, the scripts beside
+# docs/measured/ results); the rules and rules/common.smk name the stage.
 _DELEGATED = {
     "ctx": (
         "available job_python missing_interpreter available_on target_models here family imgsz dataset_dir "
