@@ -1,17 +1,17 @@
 rule accuracy:
     input:
-        artifact=w(PLAN.model_artifact),
-        companions=w(PLAN.artifact_companions),
+        artifact=w(PLAN.measure.model_artifact),
+        companions=w(PLAN.measure.artifact_companions),
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
-        baseline=w(PLAN.baseline_accuracy),
+        baseline=w(PLAN.measure.baseline_accuracy),
         code=measure_code("accuracy"),
     output:
         "results/{target}/accuracy/{model}/{backend}_{precision}.json",
     log:
         "logs/accuracy/{target}/{model}/{backend}_{precision}.log",
     wildcard_constraints:
-        model=_one_of(PLAN.other_models("vla")),
+        model=_one_of(PLAN.ctx.other_models("vla")),
     conda:
         "../envs/bench.yaml"
     container:
@@ -21,8 +21,8 @@ rule accuracy:
     params:
         family=family,
         dataset=dataset_dir,
-        settings=settings(PLAN.accuracy_settings),
-        python=w(PLAN.job_python),
+        settings=settings(PLAN.measure.accuracy_settings),
+        python=w(PLAN.ctx.job_python),
         baseline=optional_arg("--baseline", "baseline"),
     shell:
         "{params.python:q} -m workflow_scripts.accuracy --model {wildcards.model} --family {params.family}"
@@ -34,12 +34,12 @@ rule accuracy:
 rule accuracy_vla:
     """vla models: also save the actions; the baseline's are the reference the others are scored against."""
     input:
-        artifact=w(PLAN.model_artifact),
-        companions=w(PLAN.artifact_companions),
+        artifact=w(PLAN.measure.model_artifact),
+        companions=w(PLAN.measure.artifact_companions),
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
-        baseline=w(PLAN.baseline_accuracy),
-        reference=w(PLAN.reference_outputs),
+        baseline=w(PLAN.measure.baseline_accuracy),
+        reference=w(PLAN.measure.reference_outputs),
         code=measure_code("accuracy"),
     output:
         json="results/{target}/accuracy/{model}/{backend}_{precision}.json",
@@ -47,7 +47,7 @@ rule accuracy_vla:
     log:
         "logs/accuracy/{target}/{model}/{backend}_{precision}.log",
     wildcard_constraints:
-        model=_one_of(PLAN.models_of_task("vla")),
+        model=_one_of(PLAN.ctx.models_of_task("vla")),
     conda:
         "../envs/bench.yaml"
     container:
@@ -57,8 +57,8 @@ rule accuracy_vla:
     params:
         family=family,
         dataset=dataset_dir,
-        settings=settings(PLAN.accuracy_settings),
-        python=w(PLAN.job_python),
+        settings=settings(PLAN.measure.accuracy_settings),
+        python=w(PLAN.ctx.job_python),
         baseline=optional_arg("--baseline", "baseline"),
         reference=optional_arg("--reference", "reference"),
     shell:

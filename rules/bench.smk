@@ -1,7 +1,7 @@
 rule bench:
     input:
-        artifact=w(PLAN.model_artifact),
-        companions=w(PLAN.artifact_companions),
+        artifact=w(PLAN.measure.model_artifact),
+        companions=w(PLAN.measure.artifact_companions),
         val=val_annotations,
         code=measure_code("bench"),
     output:
@@ -19,9 +19,9 @@ rule bench:
     params:
         family=family,
         dataset=dataset_dir,
-        settings=settings(PLAN.bench_settings),
-        python=w(PLAN.job_python),
-        trtexec=flag("--trtexec", PLAN.bench_trtexec),
+        settings=settings(PLAN.measure.bench_settings),
+        python=w(PLAN.ctx.job_python),
+        trtexec=flag("--trtexec", PLAN.measure.bench_timer),
     shell:
         "{params.python:q} -m workflow_scripts.bench --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --backend {wildcards.backend} --precision {wildcards.precision}"

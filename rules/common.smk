@@ -1,5 +1,5 @@
-# Thin adapters between Snakemake's wildcards and the job plan (workflow_scripts/plan/jobs.py), which
-# holds the runs, the paths, the outputs per target, availability and each rule's typed settings.
+# Thin adapters between Snakemake's wildcards and the job plan (workflow_scripts/plan/jobs.py): one planner per
+# stage (PLAN.data, .export, .quantize, .engines, .measure, .serving, .report) over one Context (PLAN.ctx).
 import json
 import re
 
@@ -10,7 +10,6 @@ from workflow_scripts.core.io import PlanforgeError
 from workflow_scripts.core.precisions import (
     CALIBRATION_METHODS,
     PRECISIONS,
-    parse_variant,
     qdq_variants,
 )
 from workflow_scripts.plan.jobs import Plan
@@ -63,38 +62,38 @@ def settings(fn):
 
 
 def family(wildcards):
-    return PLAN.family(wildcards.model)
+    return PLAN.ctx.family(wildcards.model)
 
 
 def imgsz(wildcards):
-    return PLAN.imgsz(wildcards.model)
+    return PLAN.ctx.imgsz(wildcards.model)
 
 
 def dataset_dir(wildcards):
-    return PLAN.dataset_dir(wildcards.model)
+    return PLAN.ctx.dataset_dir(wildcards.model)
 
 
 def val_annotations(wildcards):
-    return PLAN.val_annotations(wildcards.model)
+    return PLAN.ctx.val_annotations(wildcards.model)
 
 
 def model_code(step):
-    return lambda wildcards: PLAN.model_code(step, wildcards.model)
+    return lambda wildcards: PLAN.ctx.model_code(step, wildcards.model)
 
 
 def measure_code(step):
-    return lambda wildcards: PLAN.measure_code(
+    return lambda wildcards: PLAN.ctx.measure_code(
         step, wildcards.target, wildcards.model, wildcards.backend
     )
 
 
 def gpus(wildcards):
-    return PLAN.gpus(wildcards.target)
+    return PLAN.ctx.gpus(wildcards.target)
 
 
 def target_container(wildcards):
     """The target's pinned image (targets.<t>.container) for --sdm apptainer; none: the host environment."""
-    return PLAN.container(wildcards.target)
+    return PLAN.ctx.container(wildcards.target)
 
 
 def flag(name, fn):
@@ -126,13 +125,15 @@ def int8_fallback_rows(kind):
         ) as f:
             return json.load(f)
 
-    return lambda wildcards: PLAN.fallback_outputs(kind, decision)
+    return lambda wildcards: PLAN.quantize.fallback_outputs(kind, decision)
 
 
 def target_rows(kind):
     """A target's bench or accuracy rows for its plots: the planned ones and its INT8 fallback rows where needed."""
     fallback = int8_fallback_rows(kind)
-    planned = PLAN.bench_outputs if kind == "bench" else PLAN.accuracy_outputs
+    planned = (
+        PLAN.measure.bench_outputs if kind == "bench" else PLAN.measure.accuracy_outputs
+    )
 
     def rows(wildcards):
         mine = f"results/{wildcards.target}/"

@@ -1,18 +1,18 @@
 rule synthetic_dataset:
     input:
-        code=PLAN.step_code("make_dataset"),
+        code=PLAN.ctx.step_code("make_dataset"),
     output:
         "artifacts/data/{dataset}/instances_{split}.json",
     log:
         "logs/data/{dataset}_{split}.log",
     wildcard_constraints:
-        dataset=_one_of(PLAN.datasets_of_kind("synthetic")),
+        dataset=_one_of(PLAN.data.datasets_of_kind("synthetic")),
     conda:
         "../envs/data.yaml"
     params:
         # only what makes this split's pixels: its own size, not the other splits' sizes
-        settings=settings(PLAN.split_settings),
-        folder=lambda w: f"artifacts/data/{w.dataset}",
+        settings=settings(PLAN.data.split_settings),
+        folder=w(PLAN.data.folder),
     shell:
         "python -m workflow_scripts.make_dataset --settings {params.settings:q} --out {params.folder}"
         " --split {wildcards.split} > {log} 2>&1"
@@ -38,18 +38,18 @@ rule coco_dataset:
             ancient("artifacts/data/coco/downloads/annotations_trainval2017.zip"),
             ancient("artifacts/data/coco/downloads/val2017.zip"),
         ],
-        code=PLAN.step_code("coco"),
+        code=PLAN.ctx.step_code("coco"),
     output:
         "artifacts/data/{dataset}/instances_{split}.json",
     log:
         "logs/data/{dataset}_{split}.log",
     wildcard_constraints:
-        dataset=_one_of(PLAN.datasets_of_kind("coco")),
+        dataset=_one_of(PLAN.data.datasets_of_kind("coco")),
     conda:
         "../envs/data.yaml"
     params:
-        settings=settings(PLAN.coco_settings),
-        folder=lambda w: f"artifacts/data/{w.dataset}",
+        settings=settings(PLAN.data.coco_settings),
+        folder=w(PLAN.data.folder),
     shell:
         "python -m workflow_scripts.coco build --downloads artifacts/data/coco/downloads --out {params.folder}"
         " --split {wildcards.split} --settings {params.settings:q} > {log} 2>&1"
@@ -72,19 +72,19 @@ rule download_weights:
 rule episodes_dataset:
     """The vla task's episodes (kind episodes): index JSON + arrays, from the seed (workflow_scripts/tasks/vla.py)."""
     input:
-        code=PLAN.step_code("make_episodes"),
+        code=PLAN.ctx.step_code("make_episodes"),
     output:
         index="artifacts/data/{dataset}/episodes_{split}.json",
         arrays="artifacts/data/{dataset}/episodes_{split}.npz",
     log:
         "logs/data/{dataset}_episodes_{split}.log",
     wildcard_constraints:
-        dataset=_one_of(PLAN.datasets_of_kind("episodes")),
+        dataset=_one_of(PLAN.data.datasets_of_kind("episodes")),
     conda:
         "../envs/data.yaml"
     params:
-        settings=settings(PLAN.episodes_settings),
-        folder=lambda w: f"artifacts/data/{w.dataset}",
+        settings=settings(PLAN.data.episodes_settings),
+        folder=w(PLAN.data.folder),
     shell:
         "python -m workflow_scripts.make_episodes --settings {params.settings:q} --out {params.folder}"
         " --split {wildcards.split} > {log} 2>&1"
@@ -93,19 +93,19 @@ rule episodes_dataset:
 rule videos_dataset:
     """The tracking task's videos (kind videos): index JSON + arrays, from the seed (workflow_scripts/tasks/tracking.py)."""
     input:
-        code=PLAN.step_code("make_videos"),
+        code=PLAN.ctx.step_code("make_videos"),
     output:
         index="artifacts/data/{dataset}/videos_{split}.json",
         arrays="artifacts/data/{dataset}/videos_{split}.npz",
     log:
         "logs/data/{dataset}_videos_{split}.log",
     wildcard_constraints:
-        dataset=_one_of(PLAN.datasets_of_kind("videos")),
+        dataset=_one_of(PLAN.data.datasets_of_kind("videos")),
     conda:
         "../envs/data.yaml"
     params:
-        settings=settings(PLAN.videos_settings),
-        folder=lambda w: f"artifacts/data/{w.dataset}",
+        settings=settings(PLAN.data.videos_settings),
+        folder=w(PLAN.data.folder),
     shell:
         "python -m workflow_scripts.make_videos --settings {params.settings:q} --out {params.folder}"
         " --split {wildcards.split} > {log} 2>&1"

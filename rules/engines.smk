@@ -7,9 +7,9 @@
 
 rule build_engine:
     input:
-        onnx=w(PLAN.engine_onnx),
-        calib=w(PLAN.engine_calibration),
-        code=PLAN.step_code("tensorrt.build_engine"),
+        onnx=w(PLAN.engines.onnx),
+        calib=w(PLAN.engines.calibration),
+        code=PLAN.ctx.step_code("tensorrt.build_engine"),
     output:
         engine="artifacts/engines/{target}/{model}/{precision}_b{batch}.plan",
         sidecar="artifacts/engines/{target}/{model}/{precision}_b{batch}.json",
@@ -23,9 +23,9 @@ rule build_engine:
     resources:
         bench=1,
     params:
-        settings=settings(PLAN.engine_settings),
-        python=w(PLAN.job_python),
-        timing_cache=flag("--timing-cache", PLAN.timing_cache),
+        settings=settings(PLAN.engines.settings),
+        python=w(PLAN.ctx.job_python),
+        timing_cache=flag("--timing-cache", PLAN.engines.timing_cache),
     shell:
         "{params.python:q} -m workflow_scripts.tensorrt.build_engine --onnx {input.onnx} --settings {params.settings:q}"
         " {params.timing_cache} --engine {output.engine} --sidecar {output.sidecar} > {log} 2>&1"

@@ -1,6 +1,6 @@
 rule prepare_checkpoint:
     input:
-        src=lambda w: PLAN.checkpoint_source(w.model),
+        src=lambda w: PLAN.export.checkpoint_source(w.model),
         code=model_code("prepare_checkpoint"),
     output:
         ckpt="artifacts/checkpoints/{model}.pt",
@@ -11,8 +11,8 @@ rule prepare_checkpoint:
         "../envs/export.yaml"
     params:
         family=family,
-        src=lambda w: PLAN.models[w.model]["checkpoint"],
-        model_settings=settings(PLAN.model_settings),
+        src=lambda w: PLAN.export.checkpoint(w.model),
+        model_settings=settings(PLAN.export.model_settings),
     shell:
         "python -m workflow_scripts.prepare_checkpoint --family {params.family} --src {params.src:q}"
         " --model-settings {params.model_settings:q} --out {output.ckpt} --info {output.info} > {log} 2>&1"
@@ -22,25 +22,21 @@ rule export_onnx:
     input:
         ckpt="artifacts/checkpoints/{model}.pt",
         val=val_annotations,
-        code=lambda w: PLAN.export_code(w.model),
+        code=lambda w: PLAN.export.export_code(w.model),
     output:
         onnx="artifacts/onnx/{model}/fp32.onnx",
         report="artifacts/onnx/{model}/fp32.json",
     log:
         "logs/onnx/{model}/fp32.log",
     wildcard_constraints:
-        model=_one_of(PLAN.models_without_onnx_parts()),
+        model=_one_of(PLAN.export.models_without_onnx_parts()),
     conda:
         "../envs/export.yaml"
     params:
+        **PLAN.export.options(),
         family=family,
         dataset=dataset_dir,
         imgsz=imgsz,
-        opset=PLAN.cfg["export"]["opset"],
-        batch_flag="" if PLAN.cfg["export"]["dynamic_batch"] else "--static-batch",
-        simplify=PLAN.cfg["export"]["simplify"],
-        check_images=PLAN.cfg["export"]["check_images"],
-        max_abs_error=PLAN.cfg["export"]["max_abs_error"],
     shell:
         "python -m workflow_scripts.export --family {params.family} --checkpoint {input.ckpt}"
         " --dataset {params.dataset} --out {output.onnx} --report {output.report} --imgsz {params.imgsz}"
@@ -51,7 +47,7 @@ rule export_onnx:
 use rule export_onnx as export_onnx_parts with:
     output:
         onnx="artifacts/onnx/{model}/fp32.onnx",
-        parts=PLAN.onnx_part_patterns(),
+        parts=PLAN.export.onnx_part_patterns(),
         report="artifacts/onnx/{model}/fp32.json",
     wildcard_constraints:
-        model=_one_of(PLAN.models_with_onnx_parts()),
+        model=_one_of(PLAN.export.models_with_onnx_parts()),

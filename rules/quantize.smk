@@ -1,7 +1,7 @@
 rule calibrate:
     input:
         onnx="artifacts/onnx/{model}/fp32.onnx",
-        calib=lambda w: PLAN.calib_annotations(w.model),
+        calib=lambda w: PLAN.ctx.calib_annotations(w.model),
         code=model_code("calibrate"),
     output:
         ranges="artifacts/calib/{model}/{calib}.ranges.json",
@@ -14,7 +14,7 @@ rule calibrate:
         family=family,
         dataset=dataset_dir,
         imgsz=imgsz,
-        settings=settings(PLAN.calibration_settings),
+        settings=settings(PLAN.quantize.calibration_settings),
     shell:
         "python -m workflow_scripts.calibrate --family {params.family} --onnx {input.onnx} --dataset {params.dataset}"
         " --imgsz {params.imgsz} --method {wildcards.calib} --settings {params.settings:q} --ranges {output.ranges}"
@@ -24,7 +24,7 @@ rule calibrate:
 rule trt_calibration_cache:
     input:
         ranges="artifacts/calib/{model}/{calib}.ranges.json",
-        code=PLAN.step_code("tensorrt.calib_cache"),
+        code=PLAN.ctx.step_code("tensorrt.calib_cache"),
     output:
         "artifacts/calib/{model}/{calib}.cache",
     log:
@@ -32,7 +32,7 @@ rule trt_calibration_cache:
     conda:
         "../envs/export.yaml"
     params:
-        trt_version=PLAN.cfg["quantize"]["trt_version"],
+        trt_version=PLAN.quantize.trt_version(),
     shell:
         "python -m workflow_scripts.tensorrt.calib_cache --ranges {input.ranges} --method {wildcards.calib}"
         " --trt-version {params.trt_version} --out {output} > {log} 2>&1"
@@ -42,7 +42,7 @@ rule quantize_onnx:
     """A QDQ variant: int8_<calib> (U8S8) or int8_<calib>_u8u8 (CPUs whose u8s8 kernels saturate; plan.int8_scheme)."""
     input:
         fp32="artifacts/onnx/{model}/fp32.onnx",
-        ranges=w(PLAN.qdq_ranges),
+        ranges=w(PLAN.quantize.qdq_ranges),
         code=model_code("quantize"),
     output:
         onnx="artifacts/onnx/{model}/{qdq}.onnx",
@@ -55,8 +55,8 @@ rule quantize_onnx:
         "../envs/export.yaml"
     params:
         family=family,
-        method=lambda w: parse_variant(w.qdq).calibration,
-        settings=settings(PLAN.quantize_settings),
+        method=w(PLAN.quantize.method),
+        settings=settings(PLAN.quantize.quantize_settings),
     shell:
         "python -m workflow_scripts.quantize --family {params.family} --fp32 {input.fp32} --ranges {input.ranges}"
         " --method {params.method} --settings {params.settings:q} --out {output.onnx} --report {output.report}"
@@ -69,15 +69,15 @@ checkpoint int8_fallback:
     accuracy rows (int8_fallback_rows), so the summary lists no copy of a passing row, and a second dry run
     after a complete one is empty."""
     input:
-        unpack(w(PLAN.fallback_inputs)),
+        unpack(w(PLAN.quantize.fallback_inputs)),
         fp32="artifacts/onnx/{model}/fp32.onnx",
         qdq="artifacts/onnx/{model}/{qdq}.onnx",
         qdq_report="artifacts/onnx/{model}/{qdq}.json",
-        ranges=w(PLAN.qdq_ranges),
+        ranges=w(PLAN.quantize.qdq_ranges),
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
-        calib=lambda w: PLAN.calib_annotations(w.model),
-        code=w(PLAN.fallback_code),
+        calib=lambda w: PLAN.ctx.calib_annotations(w.model),
+        code=w(PLAN.quantize.fallback_code),
     output:
         onnx="artifacts/onnx/{model}/{qdq}_fb.onnx",
         report="artifacts/onnx/{model}/{qdq}_fb.json",
@@ -90,9 +90,9 @@ checkpoint int8_fallback:
     params:
         family=family,
         dataset=dataset_dir,
-        method=lambda w: parse_variant(w.qdq).calibration,
+        method=w(PLAN.quantize.method),
         baseline=optional_arg("--baseline", "baseline"),
-        settings=settings(PLAN.fallback_settings),
+        settings=settings(PLAN.quantize.fallback_settings),
     shell:
         "python -m workflow_scripts.sensitivity --model {wildcards.model} --family {params.family}"
         " --fp32 {input.fp32} --qdq {input.qdq} --ranges {input.ranges} --method {params.method}"

@@ -2,7 +2,7 @@ rule plots:
     input:
         bench=target_rows("bench"),
         accuracy=target_rows("accuracy"),
-        code=PLAN.step_code("plots"),
+        code=PLAN.ctx.step_code("plots"),
     output:
         latency=report(
             "results/plots/{target}_latency_vs_batch.png",
@@ -28,7 +28,7 @@ rule plots:
 rule power_plot:
     input:
         bench=target_rows("bench"),
-        code=PLAN.step_code("plots"),
+        code=PLAN.ctx.step_code("plots"),
     output:
         report(
             "results/plots/{target}_latency_vs_power.png",
@@ -47,11 +47,11 @@ rule power_plot:
 
 rule pictures:
     input:
-        artifact=w(PLAN.model_artifact),
-        companions=w(PLAN.artifact_companions),
+        artifact=w(PLAN.measure.model_artifact),
+        companions=w(PLAN.measure.artifact_companions),
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
-        code=w(PLAN.picture_code),
+        code=w(PLAN.measure.picture_code),
     output:
         report(
             "results/{target}/pictures/{model}/{backend}_{precision}.png",
@@ -70,8 +70,8 @@ rule pictures:
     params:
         family=family,
         dataset=dataset_dir,
-        settings=settings(PLAN.picture_settings),
-        python=w(PLAN.job_python),
+        settings=settings(PLAN.measure.picture_settings),
+        python=w(PLAN.ctx.job_python),
     shell:
         "{params.python:q} -m workflow_scripts.pictures --model {wildcards.model} --family {params.family}"
         " --artifact {input.artifact} --checkpoint-info {input.info} --backend {wildcards.backend}"
@@ -81,17 +81,17 @@ rule pictures:
 
 rule summary:
     input:
-        bench=PLAN.bench_outputs(),
-        accuracy=PLAN.accuracy_outputs(),
-        plots=PLAN.plot_outputs(),
-        pictures=PLAN.picture_outputs(),
-        serving=PLAN.serving_outputs(),
-        serving_plots=PLAN.serving_plot_outputs(),
-        calibration_caches=PLAN.calibration_cache_outputs(),
-        fallback_decisions=PLAN.fallback_decision_outputs(),
+        bench=PLAN.measure.bench_outputs(),
+        accuracy=PLAN.measure.accuracy_outputs(),
+        plots=PLAN.report.plot_outputs(),
+        pictures=PLAN.measure.picture_outputs(),
+        serving=PLAN.serving.outputs(),
+        serving_plots=PLAN.serving.plot_outputs(),
+        calibration_caches=PLAN.quantize.calibration_cache_outputs(),
+        fallback_decisions=PLAN.quantize.fallback_decision_outputs(),
         fallback_bench=int8_fallback_rows("bench"),  # INT8 float-fallback rows, where needed (quantize.smk)
         fallback_accuracy=int8_fallback_rows("accuracy"),
-        code=PLAN.step_code("summary"),
+        code=PLAN.ctx.step_code("summary"),
     output:
         report(
             "results/summary.md",
@@ -103,10 +103,10 @@ rule summary:
     conda:
         "../envs/report.yaml"
     params:
-        unavailable=as_json(PLAN.unavailable_lines()),
-        gate=PLAN.cfg["accuracy"]["gate"],
-        baseline=PLAN.baseline_label(),
-        references=as_json(PLAN.cfg["references"]),
+        unavailable=as_json(PLAN.report.unavailable_lines()),
+        gate=PLAN.report.gate(),
+        baseline=PLAN.report.baseline_label(),
+        references=as_json(PLAN.report.references()),
     shell:
         "python -m workflow_scripts.summary --bench {input.bench} {input.fallback_bench}"
         " --accuracy {input.accuracy} {input.fallback_accuracy}"

@@ -3,7 +3,7 @@
 
 rule triton_env:
     input:
-        code=PLAN.step_code("serving.env"),
+        code=PLAN.ctx.step_code("serving.env"),
     output:
         "artifacts/envs/triton.json",
     log:
@@ -16,10 +16,10 @@ rule triton_env:
 
 rule triton_repository:
     input:
-        onnx=w(PLAN.triton_onnx),
-        checkpoints=w(PLAN.triton_checkpoints),
-        engines=w(PLAN.triton_engine_files),
-        code=PLAN.triton_code(),
+        onnx=w(PLAN.serving.triton_onnx),
+        checkpoints=w(PLAN.serving.triton_checkpoints),
+        engines=w(PLAN.serving.triton_engine_files),
+        code=PLAN.serving.triton_code(),
     output:
         directory("artifacts/triton/{target}"),
     log:
@@ -27,8 +27,8 @@ rule triton_repository:
     conda:
         "../envs/serving.yaml"
     params:
-        models=settings(PLAN.triton_models),
-        settings=settings(PLAN.triton_settings),
+        models=settings(PLAN.serving.triton_models),
+        settings=settings(PLAN.serving.triton_settings),
     shell:
         "python -m workflow_scripts.serving.repository --target {wildcards.target} --models {params.models:q}"
         " --settings {params.settings:q} --out {output} > {log} 2>&1"
@@ -39,8 +39,8 @@ rule serving:
         repository="artifacts/triton/{target}",
         env="artifacts/envs/triton.json",
         val=val_annotations,
-        bench_b1=w(PLAN.serving_bench_b1),
-        code=PLAN.step_code("serving.sweep"),
+        bench_b1=w(PLAN.serving.bench_b1),
+        code=PLAN.ctx.step_code("serving.sweep"),
     output:
         json="results/{target}/serving/{model}.json",
         csv="results/{target}/serving/{model}.csv",
@@ -56,7 +56,7 @@ rule serving:
         bench=1,
     params:
         dataset=dataset_dir,
-        settings=settings(PLAN.serving_settings),
+        settings=settings(PLAN.serving.settings),
         bench_b1=optional_arg("--bench-b1", "bench_b1"),
     shell:
         "python -m workflow_scripts.serving.sweep --repository {input.repository} --model {wildcards.model}"
@@ -70,8 +70,8 @@ rule serving_accuracy:
         env="artifacts/envs/triton.json",
         info="artifacts/checkpoints/{model}.json",
         val=val_annotations,
-        reference=w(PLAN.serving_reference),
-        code=PLAN.step_code("serving.accuracy"),
+        reference=w(PLAN.serving.reference),
+        code=PLAN.ctx.step_code("serving.accuracy"),
     output:
         "results/{target}/serving/{model}_accuracy.json",
     log:
@@ -86,7 +86,7 @@ rule serving_accuracy:
         bench=1,
     params:
         dataset=dataset_dir,
-        settings=settings(PLAN.serving_accuracy_settings),
+        settings=settings(PLAN.serving.accuracy_settings),
         reference=optional_arg("--reference", "reference"),
     shell:
         "python -m workflow_scripts.serving.accuracy --repository {input.repository} --model {wildcards.model}"
@@ -99,9 +99,11 @@ rule serving_coserving:
     input:
         repository="artifacts/triton/{target}",
         env="artifacts/envs/triton.json",
-        vla=lambda w: PLAN.val_annotations(PLAN.coserving(w.target)[0]),
-        detection=lambda w: PLAN.val_annotations(PLAN.coserving(w.target)[1]),
-        code=PLAN.step_code("serving.coserving"),
+        vla=lambda w: PLAN.ctx.val_annotations(PLAN.serving.coserving(w.target)[0]),
+        detection=lambda w: PLAN.ctx.val_annotations(
+            PLAN.serving.coserving(w.target)[1]
+        ),
+        code=PLAN.ctx.step_code("serving.coserving"),
     output:
         "results/{target}/serving/coserving.json",
     log:
@@ -115,8 +117,8 @@ rule serving_coserving:
     resources:
         bench=1,
     params:
-        m=w(PLAN.coserving_settings),
-        settings=settings(PLAN.serving_settings),
+        m=w(PLAN.serving.coserving_settings),
+        settings=settings(PLAN.serving.settings),
     shell:
         "python -m workflow_scripts.serving.coserving --repository {input.repository} --target {wildcards.target}"
         " --vla-model {params.m[vla]} --vla-dataset {params.m[vla_data]} --detection-model {params.m[det]}"
@@ -126,8 +128,8 @@ rule serving_coserving:
 
 rule serving_plot:
     input:
-        serving=lambda w: PLAN.serving_results(w.target),
-        code=PLAN.step_code("serving.plot"),
+        serving=lambda w: PLAN.serving.results(w.target),
+        code=PLAN.ctx.step_code("serving.plot"),
     output:
         report(
             "results/plots/{target}_serving_throughput_vs_p99.png",

@@ -155,13 +155,18 @@ def test_parts_exported_from_another_checkpoint_are_refused(exported, tmp_path):
 
 
 def test_the_plan_names_the_files_the_family_writes():
+    from workflow_scripts.config import validate
     from workflow_scripts.plan.jobs import Plan, onnx_path
 
-    plan = Plan.__new__(Plan)
-    plan.models = {"s": {"family": "samurai"}}
+    cfg = {
+        "datasets": {"clips": {"kind": "videos", "seed": 0, "splits": {"val": 1}}},
+        "models": {"s": {"family": "samurai", "checkpoint": "samurai-tiny.yaml", "dataset": "clips"}},
+        "targets": {"cpu": {"device": "cpu", "threads": 1, "backends": {"torch": ["fp32"]}, "batch_sizes": [1]}},
+    }
+    plan = Plan(validate(cfg, check_files=False))
     files = samurai.part_files(onnx_path("s", "fp32"))
     assert str(files.pop("image_encoder")) == onnx_path("s", "fp32")
-    assert [str(f) for f in files.values()] == plan.onnx_parts("s")
+    assert [str(f) for f in files.values()] == plan.export.onnx_parts("s")
 
 
 def test_the_dag_exports_the_parts_in_one_job_and_its_onnx_runtime_jobs_read_them_and_the_checkpoint(tmp_path):
