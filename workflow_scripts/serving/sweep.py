@@ -257,7 +257,17 @@ def run_sweep(
                         model_only.append({"model": infer_model, "protocol": protocol, **r})
                     for c in concurrency:
                         r = perf_analyzer(
-                            env, server, ensemble, protocol, c, requests, str(tmp / "image.json"), shape, tmp
+                            env,
+                            server,
+                            ensemble,
+                            protocol,
+                            c,
+                            requests,
+                            str(tmp / "image.json"),
+                            shape,
+                            tmp,
+                            stability,
+                            max_trials,
                         )
                         rows.append({"batching": batching, "protocol": protocol, **r})
                         print(
