@@ -137,6 +137,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_collection_finish(session):
+    """A module whose tests mostly wait (tests/test_slurm_cluster.py: snakemake polling a Slurm cluster) defines
+    `start_early(config, items)`; once the selected tests are known it starts that waiting in a thread
+    (tests/_early.py), beside the files run before it."""
+    if session.config.option.collectonly:
+        return
+    by_module: dict = {}
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and hasattr(module, "start_early"):
+            by_module.setdefault(module, []).append(item)
+    for module, items in by_module.items():
+        module.start_early(session.config, items)
+
+
 @pytest.fixture(scope="session")
 def built_workflow(tmp_path_factory) -> Path:
     """The tiny workflow run once end to end; tests copy it before changing anything."""

@@ -89,11 +89,20 @@ MpiDefault=none
 
 
 class Cluster:
-    def __init__(self, root: Path, partitions: tuple[str, ...] = ("debug",), gpus: int = 1, min_mem_mb: int = 0):
+    def __init__(
+        self,
+        root: Path,
+        partitions: tuple[str, ...] = ("debug",),
+        gpus: int = 1,
+        min_mem_mb: int = 0,
+        base_env: dict[str, str] | None = None,
+    ):
         """`partitions`: one per name, all on the one node, the first the default. Memory is recorded, not
         consumed (CR_Core): jobs share the node's cores; a node with less memory than `min_mem_mb` is
-        declared with that much (slurmd's config_overrides) so a profile's --mem requests fit."""
+        declared with that much (slurmd's config_overrides) so a profile's --mem requests fit. `base_env`: the
+        environment the daemons and clients start from (default: this process's, as it is at each call)."""
         self.root = root
+        self.base_env = base_env
         self.partitions = partitions
         self.min_mem_mb = min_mem_mb
         self.gpus = gpus
@@ -105,8 +114,9 @@ class Cluster:
     @property
     def env(self) -> dict[str, str]:
         """The environment every Slurm client (sbatch, sacct, ..., and the snakemake plugin) must run with."""
-        path = f"{self.root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-        return {**os.environ, "SLURM_CONF": str(self.conf), "PATH": path}
+        base = os.environ if self.base_env is None else self.base_env
+        path = f"{self.root / 'bin'}{os.pathsep}{base.get('PATH', '')}"
+        return {**base, "SLURM_CONF": str(self.conf), "PATH": path}
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._records import accuracy_record, bench_record
 from workflow_scripts import summary
 from workflow_scripts.core.results import load_tables, merged
 from workflow_scripts.plots import plot_accuracy
@@ -20,39 +21,13 @@ ROWS = [("torch", "fp32", 30.0, 0.70), ("onnxruntime", "fp32", 20.0, 0.69), ("on
 
 
 def _bench(backend: str, precision: str, p50: float) -> dict:
-    lat = {"mean": p50, "std": p50 * 0.02, "p50": p50, "p90": p50, "p95": p50, "p99": p50 * 1.1, "min": p50, "max": p50}
-    return {
-        "target": "cpu",
-        "model": "m",
-        "task": "detection",
-        "backend": backend,
-        "precision": precision,
-        "batch": 1,
-        "latency_ms": lat,
-        "throughput_items_per_s": 1000 / p50,
-        "preprocess_ms": lat,
-        "postprocess_ms": lat,
-        "environment": {"cpu": "x86", "libraries": {}, "git_commit": "x", "timestamp": "t"},
-        "runner": {},
-        "iterations": 100,
-        "warmup": 10,
-        "threads": 2,
-        "stable": True,
-        "dispersion": {"timer": "latency_ms", "cv": 0.02, "p99_over_p50": 1.1},
-    }
+    return bench_record(
+        backend, precision, p50, stable=True, dispersion={"timer": "latency_ms", "cv": 0.02, "p99_over_p50": 1.1}
+    )
 
 
 def _accuracy(backend: str, precision: str, score: float) -> dict:
-    return {
-        "task": "detection",
-        "target": "cpu",
-        "model": "m",
-        "backend": backend,
-        "precision": precision,
-        "map50_95": score,
-        "map50": score + 0.1,
-        "images": 6,
-    }
+    return accuracy_record(backend, precision, score)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests._early import Early
 from tests.conftest import REPO, TINY_CONFIG, make_workflow_copy, snakemake, write_config
 from tests.slurm_cluster import Cluster, ClusterUnavailable, missing_binaries
 
@@ -59,22 +60,19 @@ SLURM_ARGS = (
 )
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def _start_cluster(root: Path, env: dict[str, str]) -> Cluster:
     missing = missing_binaries()
     if missing:
         pytest.skip(f"Slurm binaries not installed ({', '.join(missing)}): apt-get install slurm-wlm munge")
     mem = max(r.get("mem_mb", 0) for r in [PROFILE["default-resources"], *PROFILE["set-resources"].values()])
-    c = Cluster(tmp_path_factory.mktemp("slurm"), partitions=PARTITIONS, min_mem_mb=mem)
+    c = Cluster(root, partitions=PARTITIONS, min_mem_mb=mem, base_env=env)
+    STARTED.append(c)
     try:
         c.start()
     except ClusterUnavailable as e:
         c.stop()
         pytest.skip(f"cannot start a Slurm cluster here: {e}")
-    try:
-        yield c
-    finally:
-        c.stop()
+    return c
 
 
 def slurm_snakemake(cluster: Cluster, work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,18 +88,83 @@ def when(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
 
 
-@pytest.fixture(scope="module")
-def slurm_run(cluster: Cluster, tmp_path_factory):
+def _slurm_run(cluster: Cluster, where: Path):
     """The tiny workflow run end to end through the Slurm profile; the jobs it submitted, from slurmctld."""
-    work = make_workflow_copy(tmp_path_factory.mktemp("slurm-wf") / "wf", SLURM_CONFIG)
+    work = make_workflow_copy(where / "wf", SLURM_CONFIG)
     before = set(cluster.jobs())
     t0 = time.monotonic()
     proc = slurm_snakemake(cluster, work, "results/summary.md")
     wall = time.monotonic() - t0
     jobs = {i: j for i, j in cluster.jobs().items() if i not in before}
-    plan = snakemake(work, "--profile", "profiles/slurm", "--configfile", "config/config.yaml", "-n", "--forceall")
-    print(f"slurm run: {len(jobs)} jobs in {wall:.0f} s")
+    plan = snakemake(
+        work, "--profile", "profiles/slurm", "--configfile", "config/config.yaml", "-n", "--forceall", env=cluster.env
+    )
     return work, proc, jobs, wall, plan.stdout
+
+
+# Every test here but test_without_slurm_the_cluster_says_why waits on Slurm: snakemake's status polls grow by
+# 10 s while no job has finished, and slurmctld enforces time limits every 30 s. That waiting starts in a thread once
+# the run is collected (tests/_early.py), beside the files run before this one, with the environment as it was then
+# (other tests' monkeypatched variables never reach these jobs). The steps run one at a time, in this order, on one
+# cluster; each test checks its step's outcome with the assertions it always had.
+EARLY = Early()
+STARTED: list[Cluster] = []  # to stop at the end of the run, whatever happened
+# the step each test needs (besides the cluster and the end-to-end run every step starts from)
+STEP_OF_TEST = {
+    "test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_only_what_is_missing": "cancelled",
+    "test_a_gpu_target_asks_slurm_for_a_gpu": "gpu",
+    "test_an_unknown_partition_is_one_clear_line": "unknown_partition",
+    "test_an_account_is_named_in_one_line": "account",
+    "test_a_job_stopped_at_its_time_limit_is_reported": "time_limit",
+}
+NEEDS_NO_CLUSTER = {"test_without_slurm_the_cluster_says_why"}
+
+
+def start_early(config, items) -> None:
+    """Called by tests/conftest.py once this module's selected `items` are known."""
+    names = {item.originalname for item in items}
+    if not names - NEEDS_NO_CLUSTER:
+        return
+    root = config._tmp_path_factory.mktemp("slurm-early")
+    env = dict(os.environ)
+    steps = [
+        ("cluster", lambda: _start_cluster(root / "slurm", env)),
+        ("slurm_run", lambda: _slurm_run(EARLY.result("cluster"), root / "slurm-wf")),
+    ]
+    for name, step in SCENARIOS.items():
+        if name in {STEP_OF_TEST.get(n) for n in names}:
+            where = root / name
+            steps.append(
+                (name, lambda step=step, where=where: step(EARLY.result("slurm_run"), EARLY.result("cluster"), where))
+            )
+    EARLY.start(steps)
+
+    def stop() -> None:
+        # after a whole run every step is done; after an interrupted one the cluster goes first, which ends its jobs
+        for c in STARTED:
+            c.stop()
+        EARLY.join(timeout=120)
+
+    config.add_cleanup(stop)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Cluster:
+    if not EARLY.started:
+        pytest.fail("the Slurm steps never started: tests/conftest.py's pytest_collection_finish starts them")
+    return EARLY.result("cluster")
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster: Cluster):
+    result = EARLY.result("slurm_run")
+    print(f"slurm run: {len(result[2])} jobs in {result[3]:.0f} s")
+    return result
+
+
+def early_step(name: str) -> None:
+    """Wait for step `name` (its failure raised here) and print what it printed."""
+    print("\n".join(EARLY.result(name)))
 
 
 def test_the_workflow_runs_end_to_end_through_slurm(slurm_run):
@@ -183,10 +246,9 @@ def test_the_slurm_run_against_local(slurm_run, tmp_path):
     print(f"{len(jobs)} Slurm jobs in {wall:.0f} s; the same DAG locally with --cores 2: {time.monotonic() - t0:.0f} s")
 
 
-def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_only_what_is_missing(
-    slurm_run, cluster: Cluster, tmp_path
-):
-    work = tmp_path / "wf"
+def _cancelled(slurm_run, cluster: Cluster, where: Path) -> list[str]:
+    said: list[str] = []
+    work = where / "wf"
     shutil.copytree(slurm_run[0], work, symlinks=True)
     victim = "results/cpu/bench/a/onnxruntime_fp32_b1.json"
     (work / victim).unlink()
@@ -203,7 +265,7 @@ def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_onl
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    print("\n".join(ln for ln in out.splitlines() if job_id in ln or log in ln or "Error in rule" in ln))
+    said.append("\n".join(ln for ln in out.splitlines() if job_id in ln or log in ln or "Error in rule" in ln))
     assert job_id in out and log in out, out[-3000:]
     assert cluster.jobs()[job_id]["JobState"] == "CANCELLED"
     assert (work / ".snakemake" / "slurm_logs" / "rule_bench" / "cpu_a_onnxruntime_fp32_1" / f"{job_id}.log").is_file()
@@ -221,7 +283,14 @@ def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_onl
     assert [j["Comment"] for j in rerun.values() if rule_of(j) == "bench"] == [
         "rule_bench_wildcards_cpu_a_onnxruntime_fp32_1"
     ]
-    print(f"cancelled job {job_id}; rerun submitted {len(rerun)} jobs: {sorted(rule_of(j) for j in rerun.values())}")
+    said.append(
+        f"cancelled job {job_id}; rerun submitted {len(rerun)} jobs: {sorted(rule_of(j) for j in rerun.values())}"
+    )
+    return said
+
+
+def test_a_cancelled_job_is_reported_with_its_id_and_log_and_a_rerun_submits_only_what_is_missing(slurm_run):
+    early_step("cancelled")
 
 
 def snakemake_cmd() -> list[str]:
@@ -275,10 +344,9 @@ def wait_for_step(cluster: Cluster, job_id: str, proc: subprocess.Popen, timeout
     raise AssertionError(f"job {job_id}: no step started")
 
 
-def test_a_gpu_target_asks_slurm_for_a_gpu(slurm_run, cluster: Cluster, tmp_path):
-    """The rules' gpu resource becomes a GRES request (the test node declares one GPU with no device behind it:
-    the job may fail to find CUDA; what Slurm was asked for is the check)."""
-    work = tmp_path / "wf"
+def _gpu(slurm_run, cluster: Cluster, where: Path) -> list[str]:
+    said: list[str] = []
+    work = where / "wf"
     shutil.copytree(slurm_run[0], work, symlinks=True)
     gpu = copy.deepcopy(SLURM_CONFIG)
     gpu["targets"] = {"gpu": {**SLURM_CONFIG["targets"]["cpu"], "device": "cuda", "batch_sizes": [1]}}
@@ -290,10 +358,18 @@ def test_a_gpu_target_asks_slurm_for_a_gpu(slurm_run, cluster: Cluster, tmp_path
     assert len(new) == 1
     assert new[0]["TresPerJob"] == "gres:gpu:1", new[0]
     assert new[0]["Partition"] == PROFILE["set-resources"]["bench"]["slurm_partition"]
+    return said
 
 
-def test_an_unknown_partition_is_one_clear_line(slurm_run, cluster: Cluster, tmp_path):
-    work = tmp_path / "wf"
+def test_a_gpu_target_asks_slurm_for_a_gpu(slurm_run):
+    """The rules' gpu resource becomes a GRES request (the test node declares one GPU with no device behind it:
+    the job may fail to find CUDA; what Slurm was asked for is the check)."""
+    early_step("gpu")
+
+
+def _unknown_partition(slurm_run, cluster: Cluster, where: Path) -> list[str]:
+    said: list[str] = []
+    work = where / "wf"
     shutil.copytree(slurm_run[0], work, symlinks=True)
     (work / "results" / "summary.md").unlink()
     proc = slurm_snakemake(
@@ -302,16 +378,19 @@ def test_an_unknown_partition_is_one_clear_line(slurm_run, cluster: Cluster, tmp
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     lines = [ln for ln in text.splitlines() if "nope" in ln]
-    print("\n".join(lines))
+    said.append("\n".join(lines))
     assert any("invalid partition specified: nope" in ln.lower() for ln in lines), text[-3000:]
     assert not (work / "results" / "summary.md").exists()
+    return said
 
 
-def test_an_account_is_named_in_one_line(slurm_run, cluster: Cluster, tmp_path):
-    """With slurmdbd, the plugin refuses an unknown account: "The given account nope appears to be invalid.
-    Available accounts: ...". This cluster has no slurmdbd, so Slurm knows no accounts and accepts any: the
-    plugin says in one line that it could not check it, and the job runs."""
-    work = tmp_path / "wf"
+def test_an_unknown_partition_is_one_clear_line(slurm_run):
+    early_step("unknown_partition")
+
+
+def _account(slurm_run, cluster: Cluster, where: Path) -> list[str]:
+    said: list[str] = []
+    work = where / "wf"
     shutil.copytree(slurm_run[0], work, symlinks=True)
     (work / "results" / "summary.md").unlink()
     proc = slurm_snakemake(
@@ -319,8 +398,16 @@ def test_an_account_is_named_in_one_line(slurm_run, cluster: Cluster, tmp_path):
     )
     text = proc.stdout + proc.stderr
     lines = [ln for ln in text.splitlines() if "'nope'" in ln]
-    print("\n".join(lines))
+    said.append("\n".join(lines))
     assert any("account" in ln for ln in lines), text[-3000:]
+    return said
+
+
+def test_an_account_is_named_in_one_line(slurm_run):
+    """With slurmdbd, the plugin refuses an unknown account: "The given account nope appears to be invalid.
+    Available accounts: ...". This cluster has no slurmdbd, so Slurm knows no accounts and accepts any: the
+    plugin says in one line that it could not check it, and the job runs."""
+    early_step("account")
 
 
 def test_without_slurm_the_cluster_says_why(monkeypatch, tmp_path):
@@ -334,8 +421,9 @@ def test_without_slurm_the_cluster_says_why(monkeypatch, tmp_path):
         sc.Cluster(tmp_path).start()
 
 
-def test_a_job_stopped_at_its_time_limit_is_reported(slurm_run, cluster: Cluster, tmp_path):
-    work = tmp_path / "wf"
+def _time_limit(slurm_run, cluster: Cluster, where: Path) -> list[str]:
+    said: list[str] = []
+    work = where / "wf"
     shutil.copytree(slurm_run[0], work, symlinks=True)
     victim = "results/cpu/bench/a/torch_fp32_b1.json"
     (work / victim).unlink()
@@ -354,9 +442,23 @@ def test_a_job_stopped_at_its_time_limit_is_reported(slurm_run, cluster: Cluster
             proc.kill()
     (new_job,) = [i for i in cluster.jobs() if i not in before]
     assert new_job == job_id
-    print("\n".join(ln for ln in out.splitlines() if job_id in ln and "SLURM" in ln))
+    said.append("\n".join(ln for ln in out.splitlines() if job_id in ln and "SLURM" in ln))
     assert proc.returncode != 0
     assert cluster.jobs()[job_id]["JobState"] == "TIMEOUT"
     assert f"SLURM-job '{job_id}' failed, SLURM status is: 'TIMEOUT'" in out
     assert "logs/bench/cpu/a/torch_fp32_b1.log" in out
     assert not (work / victim).exists()
+    return said
+
+
+def test_a_job_stopped_at_its_time_limit_is_reported(slurm_run):
+    early_step("time_limit")
+
+
+SCENARIOS = {
+    "cancelled": _cancelled,
+    "gpu": _gpu,
+    "unknown_partition": _unknown_partition,
+    "account": _account,
+    "time_limit": _time_limit,
+}

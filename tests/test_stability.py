@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests._records import accuracy_record, bench_record
 from tests.conftest import REPO
 from tests.test_bad_input import TARGET, _prepared_once, _run_step  # noqa: F401 (the fixture)
 from workflow_scripts.config import DEFAULTS
@@ -322,39 +323,25 @@ def test_a_loop_disturbed_in_every_attempt_is_marked_unstable(onnx_model, tmp_pa
 
 
 def _record(backend: str, batch: int, p50: float, stable: bool | None) -> dict:
-    lat = {"mean": p50, "std": p50 * 0.05, "p50": p50, "p90": p50, "p95": p50, "p99": p50 * 1.2, "min": p50, "max": p50}
-    rec = {
-        "target": "cpu",
-        "model": "m",
-        "backend": backend,
-        "precision": "fp32",
-        "batch": batch,
-        "latency_ms": lat,
-        "throughput_items_per_s": 1000 * batch / p50,
-        "preprocess_ms": lat,
-        "postprocess_ms": lat,
-        "environment": {"cpu": "x86", "libraries": {}, "git_commit": "x", "timestamp": "t"},
-        "runner": {},
-        "iterations": 100,
-        "warmup": 10,
-        "threads": 2,
-    }
-    if stable is not None:  # None: a JSON written before rows recorded their stability
-        reason = (
-            None
-            if stable
-            else "disturbed in each of 3 timed loops (reported: the least disturbed, attempt 2: cv 0.41 > 0.25)"
-        )
-        rec |= {
-            "stable": stable,
-            "dispersion": {
-                "timer": "latency_ms",
-                "cv": 0.05 if stable else 0.41,
-                "p99_over_p50": 1.2 if stable else 3.1,
-            },
-            "stability": {"reason": reason},
-        }
-    return rec
+    if stable is None:  # a JSON written before rows recorded their stability
+        return bench_record(backend, "fp32", p50, batch=batch, cv=0.05, p99_over_p50=1.2)
+    reason = (
+        None
+        if stable
+        else "disturbed in each of 3 timed loops (reported: the least disturbed, attempt 2: cv 0.41 > 0.25)"
+    )
+    dispersion = {"timer": "latency_ms", "cv": 0.05 if stable else 0.41, "p99_over_p50": 1.2 if stable else 3.1}
+    return bench_record(
+        backend,
+        "fp32",
+        p50,
+        batch=batch,
+        cv=0.05,
+        p99_over_p50=1.2,
+        stable=stable,
+        dispersion=dispersion,
+        stability={"reason": reason},
+    )
 
 
 def _summary(tmp_path: Path, rows: list[tuple[str, int, float, bool | None]]) -> str:
@@ -369,8 +356,7 @@ def _summary(tmp_path: Path, rows: list[tuple[str, int, float, bool | None]]) ->
         a = tmp_path / f"{backend}_acc.json"
         a.write_text(
             json.dumps(
-                {"target": "cpu", "model": "m", "backend": backend, "precision": "fp32", "map50_95": 0.5}
-                | {"map50": 0.7, "images": 6, "ratio_to_baseline": 1.0, "gate": {"passed": True}, "baseline": None}
+                accuracy_record(backend, "fp32", 0.5, ratio_to_baseline=1.0, gate={"passed": True}, baseline=None)
             )
         )
         accs.append(a)
