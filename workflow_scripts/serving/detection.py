@@ -114,7 +114,7 @@ class DetectionSweep(TaskSweep):
 
     def load(self, tmp: Path) -> Load:
         shape = write_image_input(self.image, tmp / "image.json")
-        return Load(self.ensemble, str(tmp / "image.json"), shape, configured_stability=False)
+        return Load(self.ensemble, str(tmp / "image.json"), shape)
 
     def inputs(self) -> dict:
         return {"image_shape": list(self.image.shape)}

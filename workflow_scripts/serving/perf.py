@@ -158,9 +158,6 @@ class Load:
     input_data: str  # --input-data: a JSON file, or "random"
     shape: str | None = None  # --shape
     extra: tuple[str, ...] = ()  # e.g. a sequence model's --sequence-length
-    # False: perf_analyzer's own stability rule (25 %, 6 trials) rather than the serving settings' (the detection
-    # ensemble's levels have always been measured so)
-    configured_stability: bool = True
 
 
 class TaskSweep:
@@ -252,10 +249,9 @@ def run_sweep(
                 log = srv.log
 
                 def measure(what: Load, concurrency: int, protocol: str, srv=srv) -> dict:
-                    settings = {"stability": s.stability_percentage, "max_trials": s.max_trials}
                     return perf_analyzer(
                         env, srv, what.model, protocol, concurrency, s.requests, what.input_data, what.shape, tmp,
-                        extra_args=what.extra, **(settings if what.configured_stability else {}),
+                        stability=s.stability_percentage, max_trials=s.max_trials, extra_args=what.extra,
                     )  # fmt: skip
 
                 for protocol in s.protocols:
