@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 
 from workflow_scripts.core.envinfo import cpu_name
@@ -131,7 +131,7 @@ def check(record: dict, artifact: Path, max_change: float | None) -> dict | None
     if past:
         at, prev = past[-1]
         ratio = p50 / prev if prev else float("inf")
-        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
         out.update(previous_p50_ms=prev, previous_at=when, ratio=round(ratio, 4))
         out["reproduced"] = abs(ratio - 1) <= max_change
         if not out["reproduced"]:
