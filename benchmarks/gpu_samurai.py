@@ -158,7 +158,7 @@ class Run:
         vids = tracking.load_videos(dataset, "val")
         t = samurai.tracker(runner.facts())
         t.start(vids.frames[0, 0], vids.boxes[0, 0])
-        order = tracking._pingpong(vids.frames.shape[1])
+        order = tracking.pingpong_order(vids.frames.shape[1])
         for _ in range(frames):
             t.track(vids.frames[0, next(order)])
         prof = cProfile.Profile()

@@ -216,11 +216,11 @@ def validate(config: dict, check_files: bool = True) -> dict:
                 problem = spec.device_problem(target["device"], precision)
                 if problem:
                     raise PlanforgeError(f"{where}: {problem}")
-        trt = target["tensorrt"]
+        tensorrt_cfg = target["tensorrt"]
         dla_int8 = any(parse_precision(p).int8_engine for p in target["backends"].get("tensorrt", []))
-        if trt["dla_core"] is not None and dla_int8 and not int8_given:
-            trt["int8"] = "implicit"  # DLA INT8: from the calibration cache, unless the config says otherwise
-        if trt["dla_core"] is not None and dla_int8 and trt["int8"] != "implicit":
+        if tensorrt_cfg["dla_core"] is not None and dla_int8 and not int8_given:
+            tensorrt_cfg["int8"] = "implicit"  # DLA INT8: from the calibration cache, unless the config says otherwise
+        if tensorrt_cfg["dla_core"] is not None and dla_int8 and tensorrt_cfg["int8"] != "implicit":
             raise PlanforgeError(
                 f"config key targets.{name}.tensorrt.int8: a DLA INT8 engine is built from the calibration cache "
                 "the workflow makes (artifacts/calib/<model>/<method>.cache); set it to implicit"

@@ -17,7 +17,7 @@ from workflow_scripts.plan import paths
 from workflow_scripts.plan.context import Context, Stage
 from workflow_scripts.power import SAMPLERS
 from workflow_scripts.runners import BACKENDS
-from workflow_scripts.tensorrt import engines as trt
+from workflow_scripts.tensorrt import engines as tensorrt_engines
 
 BACKEND = "tensorrt"  # the backend that runs engines (BACKENDS[BACKEND].artifact == "engine")
 # the steps whose jobs run a model on a target, under targets.<t>.python where one is set (rules: params.python)
@@ -67,7 +67,7 @@ class EnginePlanner(Stage):
             return None
         if self.ctx.available_on(target, BACKEND)[0]:
             return "runner"
-        return "trtexec" if self.target_builder(target) and trt.find_trtexec() else None
+        return "trtexec" if self.target_builder(target) and tensorrt_engines.find_trtexec() else None
 
     # -- the engine as a backend's artifact (Stage's questions) -------------------------------------------
     def artifact(self, target: str, model: str, backend: str, precision: str, batch: str | None = None) -> str:
@@ -87,7 +87,7 @@ class EnginePlanner(Stage):
 
     def timer(self, target: str, backend: str) -> str | None:
         """The trtexec a bench job times its engine with (the trtexec timing path), else None."""
-        return trt.find_trtexec() if self.timed_by(target) == "trtexec" else None
+        return tensorrt_engines.find_trtexec() if self.timed_by(target) == "trtexec" else None
 
     def unavailable_line(self, target: str, backend: str, why: str) -> str:
         if self.timed_by(target) == "trtexec":
@@ -101,7 +101,7 @@ class EnginePlanner(Stage):
                 f"trtexec to time them either): {why}"
             )
         python = self.ctx.targets[target]["python"]
-        return f"{target}: tensorrt: {trt.unavailable_reason()}" + (f"; {why}" if python else "")
+        return f"{target}: tensorrt: {tensorrt_engines.unavailable_reason()}" + (f"; {why}" if python else "")
 
     # -- build_engine ---------------------------------------------------------------------------------
     def outputs(self, targets: list[str] | None = None) -> list[str]:
@@ -126,22 +126,24 @@ class EnginePlanner(Stage):
 
     def onnx(self, target: str, model: str, precision: str, **_) -> str:
         """The ONNX an engine is built from (QDQ model for explicit INT8, else the FP32 export)."""
-        return trt.onnx_input(model, precision, self.config(target, precision))
+        return tensorrt_engines.onnx_input(model, precision, self.config(target, precision))
 
     def calibration(self, target: str, model: str, precision: str, **_) -> list[str]:
         """The calibration cache an implicit-INT8 engine reads (none otherwise)."""
-        cache = trt.calibration_cache(model, precision, self.config(target, precision))
+        cache = tensorrt_engines.calibration_cache(model, precision, self.config(target, precision))
         return [cache] if cache else []
 
     def settings(self, target: str, model: str, precision: str, batch: str, **_) -> dict:
-        return trt.engine_settings(
+        return tensorrt_engines.engine_settings(
             model,
             precision,
             int(batch),
             self.ctx.imgsz(model),
             self.ctx.input_name(model),
             self.config(target, precision),
-            trt.machine_identity(jetson=self.ctx.is_jetson(target), python=self.ctx.targets[target]["python"]),
+            tensorrt_engines.machine_identity(
+                jetson=self.ctx.is_jetson(target), python=self.ctx.targets[target]["python"]
+            ),
         )
 
     def timing_cache(self, target: str, precision: str, **_) -> str | None:

@@ -37,7 +37,7 @@ from workflow_scripts.plan.quantize import QuantizePlanner
 from workflow_scripts.plan.report import ReportPlanner
 from workflow_scripts.plan.serving import ServingPlanner
 from workflow_scripts.runners import BACKENDS, backend_available, backend_available_in
-from workflow_scripts.tensorrt import engines as trt
+from workflow_scripts.tensorrt import engines as tensorrt_engines
 
 
 class Plan:
@@ -52,7 +52,7 @@ class Plan:
         cfg: dict,
         available: Callable[[str], tuple[bool, str]] = backend_available,
         gpu_name: Callable[[], str] = machine.gpu_name,
-        trt_builder: Callable[[], str | None] = trt.builder,
+        trt_builder: Callable[[], str | None] = tensorrt_engines.builder,
         available_in: Callable[[str, str], tuple[bool, str]] = backend_available_in,
         machine_isa: Callable[[], str] = local_isa,
     ) -> None:

@@ -130,7 +130,7 @@ def gpu_providers(precision: Precision | str, device: str, options: dict) -> lis
     providers = []
     for name in order:
         if name == "tensorrt":
-            trt = {
+            trt_options = {
                 "device_id": device_id,
                 "trt_fp16_enable": flags.fp16,
                 "trt_int8_enable": flags.int8,
@@ -140,9 +140,9 @@ def gpu_providers(precision: Precision | str, device: str, options: dict) -> lis
                 "trt_max_workspace_size": int(options["workspace_mib"]) * 1024 * 1024,
             }
             if options["int8_calibration_table"]:  # ORT's own table, for a float model with implicit INT8
-                trt["trt_int8_calibration_table_name"] = options["int8_calibration_table"]
-                trt["trt_int8_use_native_calibration_table"] = False
-            providers.append(("TensorrtExecutionProvider", trt))
+                trt_options["trt_int8_calibration_table_name"] = options["int8_calibration_table"]
+                trt_options["trt_int8_use_native_calibration_table"] = False
+            providers.append(("TensorrtExecutionProvider", trt_options))
         elif name == "cuda":
             providers.append(
                 ("CUDAExecutionProvider", {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"})

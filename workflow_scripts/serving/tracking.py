@@ -140,7 +140,7 @@ def in_process_frames(entry: dict, repository: Path, device: str, threads, datas
     t0 = time.perf_counter()
     t.start(vids.frames[0, 0], vids.boxes[0, 0])
     prompt = time.perf_counter() - t0
-    order = tracking._pingpong(vids.frames.shape[1])
+    order = tracking.pingpong_order(vids.frames.shape[1])
     for _ in range(2):
         t.track(vids.frames[0, next(order)])
     times = []

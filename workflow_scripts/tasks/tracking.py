@@ -104,7 +104,7 @@ def _path(rng: np.random.Generator, frames: int, size: int, w: float, h: float, 
     return out
 
 
-def _sequence(rng: np.random.Generator, frames: int, size: int, distractors: int, masks: list | None = None):
+def make_sequence(rng: np.random.Generator, frames: int, size: int, distractors: int, masks: list | None = None):
     """One sequence: frames [F, H, W, 3] uint8, target boxes [F, 4] xywh, visible fraction [F], its description.
 
     `masks`: a list that receives the target's visible mask per frame ([H, W] bool; the tiny tracker's training)."""
@@ -172,7 +172,7 @@ def make_videos(out: str | Path, settings: dict, split: str) -> dict:
     visible = np.zeros((count, frames), np.float32)
     records = []
     for i in range(count):
-        videos[i], boxes[i], visible[i], about = _sequence(rng, frames, size, int(s["distractors"]))
+        videos[i], boxes[i], visible[i], about = make_sequence(rng, frames, size, int(s["distractors"]))
         records.append({"id": i, **about, "min_visible": round(float(visible[i].min()), 3)})
     arrays = arrays_path(out, split)
     with atomic_path(arrays, suffix=".npz.tmp") as tmp, open(tmp, "wb") as f:
@@ -377,7 +377,7 @@ TIMERS = {
 }
 
 
-def _pingpong(frames: int):
+def pingpong_order(frames: int):
     """Frame indices 1..F-1, F-2..0, 1.. forever (a sequence that never ends, with continuous motion)."""
     order = [*range(1, frames), *range(frames - 2, -1, -1)]
     while True:
@@ -410,7 +410,7 @@ def bench_unit(fam, runner, dataset, batch: int, imgsz: int, host_iterations: in
     for i in seqs:
         t = fam.tracker(facts)
         t.start(vids.frames[i, 0], vids.boxes[i, 0])
-        live.append((t, vids.frames[i], _pingpong(vids.frames.shape[1])))
+        live.append((t, vids.frames[i], pingpong_order(vids.frames.shape[1])))
     after_start = _gpu_allocated(runner.device)
     start_bytes = [t.state_bytes() for t, _, _ in live]
     calls = {"n": 0}

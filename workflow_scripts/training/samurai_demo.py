@@ -97,7 +97,7 @@ def videos_clip(rng: np.random.Generator, frames: int, size: int) -> tuple[np.nd
     """(frames, masks) of one sequence from the tracking task's own generator (`make_videos`: textured
     background, a moving, scale-changing target, two distractors crossing it, some in front)."""
     masks: list = []
-    video, _, _, _ = tracking._sequence(rng, frames, size, 2, masks=masks)
+    video, _, _, _ = tracking.make_sequence(rng, frames, size, 2, masks=masks)
     return video, np.stack(masks)
 
 
@@ -107,7 +107,7 @@ def task_val_clips(count: int, frames: int, size: int, seed: int = 0) -> list[tu
     rng = np.random.default_rng([seed, 1])  # make_videos' val stream
     out = []
     for _ in range(count):
-        video, boxes, _, _ = tracking._sequence(rng, frames, size, 2)
+        video, boxes, _, _ = tracking.make_sequence(rng, frames, size, 2)
         out.append((video, boxes))
     return out
 
