@@ -199,3 +199,18 @@ def test_a_package_has_no_import_cycle(part):
 def test_the_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+MAX_LINES = 600
+TABLES: set[str] = set()  # modules that are a table (data, not logic) may be longer; none is today
+
+
+def test_no_module_is_over_600_lines():
+    """A module a newcomer can read in one sitting: workflow_scripts/ and benchmarks/ stay at most MAX_LINES."""
+    long = [
+        f"{p.relative_to(REPO)}: {n} lines"
+        for root in (PKG, REPO / "benchmarks")
+        for p in sorted(root.rglob("*.py"))
+        if p.relative_to(REPO).as_posix() not in TABLES and (n := len(p.read_text().splitlines())) > MAX_LINES
+    ]
+    assert not long, f"split these by concern (more than {MAX_LINES} lines):\n" + "\n".join(long)

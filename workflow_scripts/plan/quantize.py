@@ -174,7 +174,7 @@ class QuantizePlanner(Stage):
         for t in self.ctx.targets:
             planned = set(self.plan.measure.runs(t))
             for m, b, p, v in self.int8_runs(t):
-                fb = parse_precision(p).name + "_fb"
+                fb = parse_precision(p).fallback_variant
                 if (m, v) not in decided or (m, b, fb) in planned:
                     continue
                 d = decision(m, v)
