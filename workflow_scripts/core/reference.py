@@ -1,11 +1,12 @@
 """How fast this machine runs right now: a fixed reference kernel timed beside each CPU bench loop.
 
-Other processes inside the machine show in /proc/stat (`core.load`), but on a shared virtual machine most of
-the swings come from outside it: the host's other tenants on the same physical cores, caches and memory
-bandwidth, which nothing inside the VM counts. On the 2-core CI VM a row marked stable in two cold runs of the
-default moved up to 2× (docs/measured/cpu/default_twice/), with other processes at 0.08-0.15 CPUs in both.
-A kernel whose work never changes measures that directly: when it runs slower than this machine's best, so did
-the loop beside it (the correlation, measured: docs/measured/cpu/reference/).
+Other processes inside the machine show in /proc/stat (`core.load`); a shared virtual machine can also be slowed
+from outside it, by the host's other tenants on the same physical cores, caches and memory bandwidth, which nothing
+inside the VM counts. A kernel whose work never changes measures that directly: when it runs slower than this
+machine's best, so did the loop beside it (docs/measured/cpu/run_to_run/host_speed/: on the 2-core CI VM a
+matrix product ran up to 1.39× slower at times, and a row's p50 followed it with correlation 0.91). It does not see
+every swing: rows that moved 2× between passes had it within 1.07× of its best (docs/measured/cpu/run_to_run/);
+core/repeatability.py compares each row with its last run for those.
 
 The kernel: one ONNX Runtime session of a 384×384 float32 MatMul (MLAS's GEMM, the same thread pool and
 vector units the rows use), on as many intra-op threads as the bench row, timed for `seconds` before and

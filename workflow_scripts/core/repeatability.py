@@ -1,7 +1,7 @@
 """Run to run: does a bench row's p50 agree with this machine's last measurement of the same row?
 
-On the shared 2-core CI VM the same row, stable in both of two cold runs of the default (no other process
-beyond Snakemake's own), came out up to 2.4× apart: 17.40 then 7.38 ms (docs/measured/cpu/default_twice/).
+On the shared 2-core CI VM the same row, stable in both of two passes (no other process beyond Snakemake's own),
+came out up to 2.4× apart: 17.40 then 7.38 ms (docs/measured/cpu/run_to_run/).
 Nothing inside one run tells such a row: its loop was steady, the VM's counters quiet, and a reference kernel
 beside it ran at the machine's usual speed (core/reference.py). Only the next measurement of the same thing does.
 So the bench remembers each row's last clean p50 (`rows.json` beside the reference history, or
