@@ -24,7 +24,14 @@ from workflow_scripts.core import repeatability
 from workflow_scripts.core.envinfo import environment
 from workflow_scripts.core.io import PlanforgeError, run_cli, write_json
 from workflow_scripts.core.isa import int8_record
-from workflow_scripts.core.load import GpuProbe, LoadProbe, contention_verdict, usable_cpus, wait_for_quiet
+from workflow_scripts.core.load import (
+    GpuProbe,
+    LoadProbe,
+    contention_verdict,
+    loop_verdict,
+    usable_cpus,
+    wait_for_quiet,
+)
 from workflow_scripts.core.metrics import latency_stats, stability_verdict
 from workflow_scripts.core.reference import ReferenceProbe, reference_verdict
 from workflow_scripts.models import FAMILIES, get_family
@@ -173,21 +180,6 @@ def contention(load: dict, stability: Stability) -> dict:
         "reason": "; ".join(v["reason"] for v in verdicts if v["reason"]) or None,
         "score": max(v["score"] for v in verdicts),
         "slow_host": verdicts[1]["disturbed"],
-    }
-
-
-def loop_verdict(spread: dict, contention: dict) -> dict:
-    """One timed loop's verdict: its spread's (core.metrics.stability_verdict) and its contention's
-    (core.load.contention_verdict). Stable when neither is disturbed; the reason names each that is; the score
-    is the worse of the two (<= 1 is stable)."""
-    reasons = [r for r in (spread["reason"], contention["reason"]) if r]
-    return {
-        **spread,
-        "stable": spread["stable"] and not contention["disturbed"],
-        "reason": "; ".join(reasons) or None,
-        "score": max(spread["score"], contention["score"]),
-        "contended": contention["disturbed"],
-        "slow_host": contention.get("slow_host", False),
     }
 
 

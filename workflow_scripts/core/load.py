@@ -162,6 +162,21 @@ def contention_verdict(load: dict, max_other_cpus: float) -> dict:
     return {"disturbed": bool(reasons), "reason": "; ".join(reasons) or None, "score": round(score, 4)}
 
 
+def loop_verdict(spread: dict, contention: dict) -> dict:
+    """One timed loop's verdict: its spread's (core.metrics.stability_verdict) and its contention's
+    (contention_verdict). Stable when neither is disturbed; the reason names each that is; the score
+    is the worse of the two (<= 1 is stable)."""
+    reasons = [r for r in (spread["reason"], contention["reason"]) if r]
+    return {
+        **spread,
+        "stable": spread["stable"] and not contention["disturbed"],
+        "reason": "; ".join(reasons) or None,
+        "score": max(spread["score"], contention["score"]),
+        "contended": contention["disturbed"],
+        "slow_host": contention.get("slow_host", False),
+    }
+
+
 def wait_for_quiet(
     max_other_cpus: float,
     timeout_s: float,

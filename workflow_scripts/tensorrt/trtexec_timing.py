@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from workflow_scripts.core.io import PlanforgeError, read_json
-from workflow_scripts.core.load import GpuProbe, LoadProbe, contention_verdict, wait_for_quiet
+from workflow_scripts.core.load import GpuProbe, LoadProbe, contention_verdict, loop_verdict, wait_for_quiet
 from workflow_scripts.core.metrics import stability_verdict
 from workflow_scripts.power import get_sampler
 from workflow_scripts.tensorrt import engines
@@ -162,16 +162,10 @@ def time_engine(
             t = parse_times(read_json(times), str(times))
             records = read_json(times)
             span_s = (max(r["endComputeMs"] for r in records) - min(r["startComputeMs"] for r in records)) / 1e3
-            spread = stability_verdict(t["gpu_compute_ms"], stability.max_cv, stability.max_p99_over_p50)
-            others = contention_verdict(load, stability.max_other_cpus)
-            reasons = [r for r in (spread["reason"], others["reason"]) if r]
-            verdict = {
-                **spread,
-                "stable": spread["stable"] and not others["disturbed"],
-                "reason": "; ".join(reasons) or None,
-                "score": max(spread["score"], others["score"]),
-                "contended": others["disturbed"],
-            }
+            verdict = loop_verdict(
+                stability_verdict(t["gpu_compute_ms"], stability.max_cv, stability.max_p99_over_p50),
+                contention_verdict(load, stability.max_other_cpus),
+            )
             warm = _WARMUP_DONE.search(output)
             runs.append(
                 {
